@@ -1,0 +1,40 @@
+"""Options of a run, shared by ``geoseg run``, ``geoseg batch`` and the library."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["RunOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Everything that decides what a run computes (the journal of a batch hashes these).
+
+    ``tile_px``/``overlap_px``: tile size and the overlap (halo) between neighbours, in pixels.
+    ``bands``: 1-based band indexes to read (``None``: RGB by colour interpretation, else the
+    first three, else all). ``min_score``: drop instances scored below it. ``simplify_px``:
+    Douglas-Peucker tolerance in pixels applied to the pixel-exact outlines (0 keeps them
+    exact). ``crs``: a CRS to assume for a scene that has a geotransform but no CRS.
+    ``gsd_m``: read the scene resampled to this ground sampling distance (``None``: what the
+    model asks for, if anything). ``merge_iou``: IoU, inside the strip two tiles share, above
+    which two fragments are taken for one object.
+    """
+
+    model: str = "default"
+    tile_px: int = 512
+    overlap_px: int = 128
+    batch_size: int = 4
+    device: str = "auto"
+    min_score: float = 0.5
+    bands: tuple[int, ...] | None = None
+    simplify_px: float = 0.5
+    crs: str | None = None
+    gsd_m: float | None = None
+    merge_iou: float = 0.5
+    formats: tuple[str, ...] = field(default=("gpkg", "geojson"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

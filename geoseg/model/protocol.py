@@ -1,0 +1,193 @@
+"""The segmenter protocol that every geoseg model follows, and ``--model`` resolution.
+
+A segmenter is any object with
+
+- ``classes``: a tuple of class names, e.g. ``("building", "field", "ship")``;
+- ``predict(tiles)``: ``tiles`` is a float32 array ``(N, bands, H, W)`` (uint8 imagery arrives
+  as value / 255, other types through the per-scene stretch of :mod:`geoseg.scene`); it returns
+  a sequence of N instance sets, each with ``masks`` (bool ``(K, H, W)``), ``labels`` (int
+  ``(K,)``, indices into ``classes``) and ``scores`` (float ``(K,)``), as attributes or as
+  mapping keys.
+
+Optional attributes that geoseg reads when present: ``name`` (str), ``checksum`` (str),
+``untrained`` (bool), ``gsd_range_m`` (``(min, max)`` ground sampling distances in metres the
+model was trained on) and ``input_bands`` (how many bands ``predict`` wants; geoseg repeats a
+single band or keeps the first bands to match).
+
+``--model`` accepts ``default`` (the weights shipped in the package), a path to a ``.pt``
+checkpoint written by ``geoseg train``, or ``package.module:factory`` (``factory()`` is
+called once per worker process, with ``device=...`` if it accepts that keyword).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from geoseg.errors import ModelError, UserInputError
+
+__all__ = ["Instances", "ModelInfo", "Segmenter", "describe_model", "load_segmenter"]
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """What ``geoseg run`` needs of a model."""
+
+    classes: tuple[str, ...]
+
+    def predict(self, tiles: np.ndarray) -> Sequence[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Instances:
+    """The instances found in one tile, validated: masks ``(K, H, W)`` bool, labels, scores."""
+
+    masks: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def from_any(cls, obj: Any, *, shape_hw: tuple[int, int], n_classes: int) -> Instances:
+        """Accept an object with attributes or a mapping, convert to NumPy and check shapes."""
+
+        def field(name: str) -> Any:
+            if isinstance(obj, Mapping):
+                if name not in obj:
+                    raise ModelError(f"model output lacks {name!r}")
+                return obj[name]
+            if not hasattr(obj, name):
+                raise ModelError(f"model output lacks {name!r}")
+            return getattr(obj, name)
+
+        masks = _to_numpy(field("masks"))
+        labels = _to_numpy(field("labels")).astype(np.int64).reshape(-1)
+        scores = _to_numpy(field("scores")).astype(np.float32).reshape(-1)
+        count = len(labels)
+        if count == 0:
+            masks = np.zeros((0, *shape_hw), dtype=bool)
+        if masks.ndim == 4 and masks.shape[1] == 1:  # torchvision's (K, 1, H, W)
+            masks = masks[:, 0]
+        if masks.shape != (count, *shape_hw) or len(scores) != count:
+            raise ModelError(
+                f"model returned masks {masks.shape}, labels ({count},), scores ({len(scores)},)"
+                f" for a tile of {shape_hw}: expected masks ({count}, {shape_hw[0]}, "
+                f"{shape_hw[1]})"
+            )
+        if count and (labels.min() < 0 or labels.max() >= n_classes):
+            raise ModelError(f"model returned label {labels.max()} outside its {n_classes} classes")
+        if masks.dtype != bool:
+            masks = masks > 0.5
+        return cls(masks, labels, scores)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What outputs record about the model that made them."""
+
+    spec: str
+    name: str
+    checksum: str
+    classes: tuple[str, ...]
+    untrained: bool
+    gsd_range_m: tuple[float, float] | None
+
+
+def describe_model(model: Segmenter, spec: str) -> ModelInfo:
+    """Read the optional attributes of a loaded segmenter into a :class:`ModelInfo`."""
+    gsd = getattr(model, "gsd_range_m", None)
+    return ModelInfo(
+        spec=spec,
+        name=str(getattr(model, "name", spec)),
+        checksum=str(getattr(model, "checksum", "") or _spec_checksum(spec)),
+        classes=tuple(model.classes),
+        untrained=bool(getattr(model, "untrained", False)),
+        gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
+    )
+
+
+def _spec_checksum(spec: str) -> str:
+    path = Path(spec)
+    if path.is_file():
+        return file_sha256(path)
+    return "sha256:" + hashlib.sha256(spec.encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+_CACHE: dict[tuple[str, str], Segmenter] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_segmenter(spec: str = "default", *, device: str = "auto") -> Segmenter:
+    """Load the model named by ``spec`` once per process and return it (cached).
+
+    Workers call this inside their tasks, so a model is never pickled into the task graph:
+    only ``spec`` and ``device`` travel.
+    """
+    key = (spec, device)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _load_uncached(spec, device)
+        return _CACHE[key]
+
+
+def _load_uncached(spec: str, device: str) -> Segmenter:
+    if spec == "default":
+        from geoseg.model.maskrcnn import load_default
+
+        return load_default(device=device)
+    if spec.endswith((".pt", ".pth")) or Path(spec).is_file():
+        path = Path(spec)
+        if not path.is_file():
+            raise UserInputError(f"{spec}: model checkpoint not found")
+        from geoseg.model.maskrcnn import load_checkpoint
+
+        return load_checkpoint(path, device=device)
+    if ":" in spec:
+        return _load_factory(spec, device)
+    raise UserInputError(
+        f"--model {spec!r}: expected 'default', a .pt checkpoint or 'package.module:factory'"
+    )
+
+
+def _load_factory(spec: str, device: str) -> Segmenter:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserInputError(f"--model {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserInputError(f"--model {spec!r}: {module_name} has no callable {attr!r}")
+    try:
+        accepts_device = "device" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepts_device = False
+    model = factory(device=device) if accepts_device else factory()
+    if not isinstance(model, Segmenter):
+        raise ModelError(
+            f"--model {spec!r}: the factory returned {type(model).__name__}, which lacks "
+            "'classes' or 'predict'"
+        )
+    return model
