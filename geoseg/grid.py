@@ -27,6 +27,7 @@ This module needs only the standard library; it imports neither rasterio nor tor
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,11 +129,11 @@ def core_bounds(offsets: list[int], tile_px: int, length_px: int) -> list[tuple[
     [(0, 448), (448, 692), (692, 1000)]
     """
     cuts = [0]
-    for prev, nxt in zip(offsets, offsets[1:], strict=False):
+    for prev, nxt in itertools.pairwise(offsets):
         prev_stop = min(prev + tile_px, length_px)
         cuts.append((nxt + prev_stop) // 2)
     cuts.append(length_px)
-    return list(zip(cuts[:-1], cuts[1:], strict=True))
+    return list(itertools.pairwise(cuts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +169,11 @@ class TileGrid:
         height, width = self.shape_yx
         rows = axis_offsets(height, self.tile_px, self.overlap_px)
         cols = axis_offsets(width, self.tile_px, self.overlap_px)
-        return rows, cols, core_bounds(rows, self.tile_px, height), core_bounds(
-            cols, self.tile_px, width
+        return (
+            rows,
+            cols,
+            core_bounds(rows, self.tile_px, height),
+            core_bounds(cols, self.tile_px, width),
         )
 
     @property

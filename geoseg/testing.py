@@ -38,8 +38,10 @@ def decode_instances(pixels: np.ndarray) -> dict[str, np.ndarray]:
     codes = np.rint(np.asarray(pixels[:3]) * 255).astype(np.int64)
     cls, ids = codes[0], codes[1] * 256 + codes[2]
     present = np.unique(ids[(cls > 0) & (ids > 0)])
-    masks = np.stack([ids == i for i in present]) if len(present) else np.zeros(
-        (0, *ids.shape), dtype=bool
+    masks = (
+        np.stack([ids == i for i in present])
+        if len(present)
+        else np.zeros((0, *ids.shape), dtype=bool)
     )
     labels = np.array([np.bincount(cls[m]).argmax() - 1 for m in masks], dtype=np.int64)
     return {"masks": masks, "labels": labels, "scores": np.ones(len(present), np.float32)}
@@ -69,14 +71,20 @@ def write_coded_scene(
     nodata_yx: np.ndarray | None = None,
     blocksize: int = 256,
 ) -> Path:
-    """Write a tiled GeoTIFF coded scene; pixels where ``nodata_yx`` is true get an internal mask."""
+    """Write a coded scene as a GeoTIFF; where ``nodata_yx`` is true, an internal mask hides it."""
     import rasterio
 
     data = encode_instances(ids_yx, class_of)
     height, width = ids_yx.shape
     profile = {
-        "driver": "GTiff", "height": height, "width": width, "count": 3, "dtype": "uint8",
-        "crs": crs, "transform": transform, "compress": "deflate",
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": crs,
+        "transform": transform,
+        "compress": "deflate",
     }
     if height >= blocksize and width >= blocksize:
         profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)

@@ -43,6 +43,8 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, _COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        if not rows:
+            return
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -64,7 +66,8 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
       geoseg run scene.tif -o out/
     """
     level = logging.WARNING - 10 * verbose + 10 * quiet
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=max(level, logging.DEBUG), format=fmt)
     ctx.obj = {"verbosity": verbose - quiet}
 
 
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:  # an internal failure: one line, the traceback with -v
         logging.getLogger("geoseg").debug("internal error", exc_info=True)
-        click.echo(f"Error (internal): {type(exc).__name__}: {exc} (rerun with -vv for details)",
-                   err=True)
+        click.echo(
+            f"Error (internal): {type(exc).__name__}: {exc} (rerun with -vv for details)", err=True
+        )
         sys.exit(1)
     sys.exit(0)

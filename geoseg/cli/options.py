@@ -1,0 +1,139 @@
+"""Options shared by ``geoseg run`` and ``geoseg batch``, defined once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from geoseg.config import RunOptions
+
+__all__ = ["options_from_cli", "parse_bands", "run_options"]
+
+_DEFAULTS = RunOptions()
+
+
+def parse_bands(value: str | None) -> tuple[int, ...] | None:
+    """``"1,2,3"`` -> ``(1, 2, 3)``; raises :class:`click.BadParameter` for anything else."""
+    if value is None or value == "":
+        return None
+    try:
+        bands = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of band numbers", param_hint="--bands"
+        ) from None
+    if any(b < 1 for b in bands):
+        raise click.BadParameter("band numbers start at 1", param_hint="--bands")
+    return bands
+
+
+def _bands_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    return parse_bands(value)
+
+
+def _device_callback(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise click.BadParameter(f"{value!r}: use auto, cpu, cuda or cuda:N", param_hint="--device")
+
+
+_OPTIONS = [
+    click.option(
+        "--model",
+        "model",
+        default=_DEFAULTS.model,
+        show_default=True,
+        help="'default' (the model shipped with geoseg), a checkpoint written by "
+        "'geoseg train' (model.pt), or your own 'package.module:factory'.",
+    ),
+    click.option(
+        "--tile-size",
+        "tile_px",
+        type=click.IntRange(min=32),
+        default=_DEFAULTS.tile_px,
+        show_default=True,
+        help="Side of the square tiles the model sees, in pixels.",
+    ),
+    click.option(
+        "--overlap",
+        "overlap_px",
+        type=click.IntRange(min=0),
+        default=_DEFAULTS.overlap_px,
+        show_default=True,
+        help="Pixels shared by neighbouring tiles; make it larger than the objects "
+        "you care about so they are seen whole.",
+    ),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=_DEFAULTS.batch_size,
+        show_default=True,
+        help="Tiles per model call (and per Dask task).",
+    ),
+    click.option(
+        "--device",
+        default=_DEFAULTS.device,
+        show_default=True,
+        callback=_device_callback,
+        help="auto (a GPU if there is one), cpu, cuda or cuda:N.",
+    ),
+    click.option(
+        "--min-score",
+        type=click.FloatRange(0, 1),
+        default=_DEFAULTS.min_score,
+        show_default=True,
+        help="Drop objects the model is less sure of.",
+    ),
+    click.option(
+        "--bands",
+        default=None,
+        callback=_bands_callback,
+        metavar="1,2,3",
+        help="Bands to read, numbered from 1. Default: red, green, blue by colour "
+        "interpretation, else the first three.",
+    ),
+    click.option(
+        "--scheduler",
+        default="threads",
+        show_default=True,
+        help="threads, processes, or the address of a Dask scheduler "
+        "(tcp://host:8786) to run on an existing cluster.",
+    ),
+    click.option(
+        "--simplify",
+        "simplify_px",
+        type=click.FloatRange(min=0),
+        default=_DEFAULTS.simplify_px,
+        show_default=True,
+        help="Smooth outlines by this tolerance in pixels; 0 keeps them pixel-exact.",
+    ),
+    click.option(
+        "--crs",
+        default=None,
+        metavar="EPSG:XXXX",
+        help="CRS of a scene that has a geotransform but no CRS.",
+    ),
+    click.option(
+        "--gsd",
+        "gsd_m",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Read the scene resampled to this many metres per pixel (default: the "
+        "range the model was trained on, if the scene is outside it).",
+    ),
+]
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a command with the options every run shares."""
+    for option in reversed(_OPTIONS):
+        func = option(func)
+    return func
+
+
+def options_from_cli(**kwargs: Any) -> RunOptions:
+    """Build :class:`RunOptions` from the parsed options (ignoring ones it does not know)."""
+    fields = set(RunOptions.__dataclass_fields__)
+    return RunOptions(**{k: v for k, v in kwargs.items() if k in fields})

@@ -1,0 +1,91 @@
+"""Write a scene's objects: a GeoPackage with one layer per class, RFC 7946 GeoJSON per class.
+
+Every file is written under a temporary name in the output folder and renamed into place only
+when complete, so a run that is killed leaves no file that looks finished. The GeoPackage
+records the model and its checksum in its dataset metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import geopandas as gpd
+import pyogrio
+
+__all__ = ["COLUMNS", "partial_path", "write_outputs"]
+
+COLUMNS = ["id", "class", "score", "area_m2", "perimeter_m"]
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it is complete (same folder, so rename is atomic)."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+def write_outputs(
+    layers: Mapping[str, gpd.GeoDataFrame],
+    outdir: str | Path,
+    stem: str,
+    *,
+    metadata: Mapping[str, str],
+    formats: tuple[str, ...] = ("gpkg", "geojson"),
+) -> list[Path]:
+    """Write ``layers`` (class name -> frame in the scene CRS) and return the final paths.
+
+    Classes without objects still get an (empty) GeoPackage layer and GeoJSON file, so the set
+    of outputs does not depend on what a scene contains.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        if "gpkg" in formats:
+            final = outdir / f"{stem}.gpkg"
+            tmp = partial_path(final)
+            _write_gpkg(tmp, layers, metadata)
+            staged.append((tmp, final))
+        if "geojson" in formats:
+            for class_name, frame in layers.items():
+                final = outdir / f"{stem}_{class_name}.geojson"
+                tmp = partial_path(final)
+                _write_geojson(tmp, frame)
+                staged.append((tmp, final))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        for leftover in outdir.glob(f".{stem}*.partial.*"):
+            leftover.unlink(missing_ok=True)
+        raise
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    return [final for _, final in staged]
+
+
+def _write_gpkg(
+    tmp: Path, layers: Mapping[str, gpd.GeoDataFrame], metadata: Mapping[str, str]
+) -> None:
+    tmp.unlink(missing_ok=True)
+    for k, (class_name, frame) in enumerate(layers.items()):
+        pyogrio.write_dataframe(
+            frame,
+            tmp,
+            layer=class_name,
+            driver="GPKG",
+            geometry_type="MultiPolygon",
+            append=k > 0,
+            dataset_metadata=dict(metadata) if k == 0 else None,
+            layer_metadata={"geoseg:class": class_name},
+        )
+
+
+def _write_geojson(tmp: Path, frame: gpd.GeoDataFrame) -> None:
+    tmp.unlink(missing_ok=True)
+    wgs84 = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
+    if len(wgs84) == 0:
+        # GDAL writes no file for an empty layer in some versions: write the collection here.
+        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+        return
+    pyogrio.write_dataframe(wgs84, tmp, driver="GeoJSON", layer_options={"RFC7946": "YES"})

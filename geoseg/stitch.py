@@ -1,0 +1,179 @@
+"""Stitching: every object once and whole, from the fragments that overlapping tiles saw.
+
+Input: :class:`Fragment` values, one per instance per tile, as pixel-exact polygons in the
+scene's (working-grid) pixel coordinates, so polygons from different tiles share one integer
+lattice and their intersections and unions are exact.
+
+The algorithm, in three steps:
+
+1. **Link.** Two fragments from different tiles are linked when, *inside the strip their two
+   tiles share*, their IoU reaches ``merge_iou``. Both tiles see the same pixels there, so one
+   object gives two nearly equal shapes in the strip, however much of it each tile saw; two
+   distinct objects that touch (terraced houses, adjacent fields) share an edge but no area, so
+   their IoU in the strip is about 0 and they are never linked. Links are grouped transitively
+   with union-find, so an object several tiles wide becomes one group.
+2. **Own.** Each group is kept only if one of its fragments has area inside the *core* of the
+   tile that saw it (see :mod:`geoseg.grid`): the cores partition the scene, so the tile that
+   owns a place decides whether an object is there, and a copy seen only in another tile's
+   halo is dropped when the owner did not see it.
+3. **Shape.** A group with a *complete* fragment (one that touches no seam side of its tile,
+   so the tile saw the whole object) is drawn by its best complete fragment. A group with
+   none (an object larger than what any tile sees whole) is the union of each fragment clipped
+   to its own tile's core: pieces that meet exactly on the core boundaries.
+
+A last pass drops an object whose IoU with a better-scored one of the same class reaches
+``merge_iou`` (a duplicate that linking missed because a model drew the two copies apart).
+
+Limits: an object whose parts in the shared strip are drawn too differently by the two tiles
+(IoU below ``merge_iou``) comes out as two pieces cut at the core boundary; an object larger
+than a tile whose owner tile missed part of it comes out with that part missing. Both are
+rare when the overlap exceeds the size of the objects (see :mod:`geoseg.grid`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from geoseg.grid import PixelWindow, Tile
+
+__all__ = ["Fragment", "StitchedObject", "stitch", "union_find_groups"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """One instance as one tile saw it: a polygon in scene pixel coordinates (x = column)."""
+
+    tile: Tile
+    polygon_px: BaseGeometry
+    label: int
+    score: float
+    touches_seam: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StitchedObject:
+    """One object of the scene: its polygon in scene pixel coordinates, class and score."""
+
+    polygon_px: BaseGeometry
+    label: int
+    score: float
+    n_fragments: int
+
+
+def union_find_groups(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of ``n`` items linked by ``pairs``, each sorted, in first-item order.
+
+    >>> union_find_groups(5, [(0, 2), (3, 4), (2, 4)])
+    [[0, 2, 3, 4], [1]]
+    """
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def _box(window: PixelWindow) -> BaseGeometry:
+    return shapely.box(*window.bbox_xyxy)
+
+
+def link_pairs(fragments: Sequence[Fragment], merge_iou: float) -> list[tuple[int, int]]:
+    """Pairs of fragments from different tiles whose IoU inside their shared strip passes."""
+    if len(fragments) < 2:
+        return []
+    polygons = np.array([f.polygon_px for f in fragments], dtype=object)
+    tree = shapely.STRtree(polygons)
+    left, right = tree.query(polygons, predicate="intersects")
+    pairs = []
+    for i, j in zip(left.tolist(), right.tolist(), strict=True):
+        if i >= j or fragments[i].tile.index_yx == fragments[j].tile.index_yx:
+            continue
+        shared = fragments[i].tile.window.intersection(fragments[j].tile.window)
+        if shared is None:
+            continue
+        strip = _box(shared)
+        a = shapely.intersection(polygons[i], strip)
+        b = shapely.intersection(polygons[j], strip)
+        union = shapely.union(a, b).area
+        if union > 0 and shapely.intersection(a, b).area / union >= merge_iou:
+            pairs.append((i, j))
+    return pairs
+
+
+def _in_core(fragment: Fragment) -> BaseGeometry:
+    return shapely.intersection(fragment.polygon_px, _box(fragment.tile.core))
+
+
+def _shape_group(members: list[Fragment]) -> StitchedObject | None:
+    owned = [m for m in members if _in_core(m).area > 0]
+    if not owned:
+        return None
+    complete = [m for m in members if not m.touches_seam]
+    if complete:
+        best = max(complete, key=lambda m: (m.score, m.polygon_px.area))
+        polygon, score = best.polygon_px, best.score
+    else:
+        polygon = shapely.union_all([_in_core(m) for m in owned])
+        areas = np.array([_in_core(m).area for m in owned])
+        score = float(np.average([m.score for m in owned], weights=areas))
+    polygon = _polygonal(polygon)
+    if polygon.is_empty:
+        return None
+    votes: dict[int, float] = {}
+    for m in members:
+        votes[m.label] = votes.get(m.label, 0.0) + m.score * m.polygon_px.area
+    label = max(votes, key=lambda k: votes[k])
+    return StitchedObject(polygon, label, float(score), len(members))
+
+
+def _polygonal(geometry: BaseGeometry) -> BaseGeometry:
+    """Keep only the polygonal parts (clipping can leave lines and points on core edges)."""
+    if geometry.geom_type in ("Polygon", "MultiPolygon"):
+        return geometry
+    parts = [g for g in shapely.get_parts(geometry) if g.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(parts) if parts else shapely.Polygon()
+
+
+def _drop_duplicates(objects: list[StitchedObject], merge_iou: float) -> list[StitchedObject]:
+    if len(objects) < 2:
+        return objects
+    order = sorted(range(len(objects)), key=lambda k: -objects[k].score)
+    polygons = np.array([objects[k].polygon_px for k in order], dtype=object)
+    tree = shapely.STRtree(polygons)
+    dropped = np.zeros(len(order), dtype=bool)
+    for rank, polygon in enumerate(polygons):
+        if dropped[rank]:
+            continue
+        for other in tree.query(polygon, predicate="intersects"):
+            if other <= rank or dropped[other]:
+                continue
+            if objects[order[other]].label != objects[order[rank]].label:
+                continue
+            union = shapely.union(polygon, polygons[other]).area
+            inter = shapely.intersection(polygon, polygons[other]).area
+            if union > 0 and inter / union >= merge_iou:
+                dropped[other] = True
+    return [objects[order[r]] for r in range(len(order)) if not dropped[r]]
+
+
+def stitch(fragments: Sequence[Fragment], *, merge_iou: float = 0.5) -> list[StitchedObject]:
+    """Merge the fragments of all tiles into objects, each once and whole (see module doc)."""
+    groups = union_find_groups(len(fragments), link_pairs(fragments, merge_iou))
+    objects = [_shape_group([fragments[k] for k in group]) for group in groups]
+    return _drop_duplicates([o for o in objects if o is not None], merge_iou)
