@@ -159,9 +159,10 @@ class TileGrid:
             raise UserInputError(f"scene of {height} x {width} pixels has nothing to tile")
         if tile_px < 32:
             raise UserInputError(f"--tile-size {tile_px} is too small: use at least 32 pixels")
-        if not 0 <= overlap_px < tile_px:
+        if not 1 <= overlap_px < tile_px:
             raise UserInputError(
-                f"--overlap {overlap_px} must be at least 0 and smaller than --tile-size {tile_px}"
+                f"--overlap {overlap_px} must be at least 1 (objects cut by a tile border are "
+                f"matched in the strip two tiles share) and smaller than --tile-size {tile_px}"
             )
         return cls((int(height), int(width)), int(tile_px), int(overlap_px))
 

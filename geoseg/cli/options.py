@@ -59,7 +59,7 @@ _OPTIONS = [
     click.option(
         "--overlap",
         "overlap_px",
-        type=click.IntRange(min=0),
+        type=click.IntRange(min=1),
         default=_DEFAULTS.overlap_px,
         show_default=True,
         help="Pixels shared by neighbouring tiles; make it larger than the objects "
