@@ -77,7 +77,7 @@ def _write_gpkg(
             geometry_type="MultiPolygon",
             append=k > 0,
             dataset_metadata=dict(metadata) if k == 0 else None,
-            layer_metadata={"geoseg:class": class_name},
+            layer_metadata={"geoseg_class": class_name},
         )
 
 

@@ -289,12 +289,12 @@ def finish_scene(
     objects = stitch(fragments, merge_iou=plan.options.merge_iou)
     layers = objects_to_layers(objects, plan)
     metadata = {
-        "geoseg:version": _version(),
-        "geoseg:model": plan.model.name,
-        "geoseg:model_checksum": plan.model.checksum,
-        "geoseg:scene": plan.scene.path,
-        "geoseg:gsd_m": f"{plan.scene.gsd_m:.6g}",
-        "geoseg:options": str(plan.options.to_dict()),
+        "geoseg_version": _version(),
+        "geoseg_model": plan.model.name,
+        "geoseg_model_checksum": plan.model.checksum,
+        "geoseg_scene": plan.scene.path,
+        "geoseg_gsd_m": f"{plan.scene.gsd_m:.6g}",
+        "geoseg_options": str(plan.options.to_dict()),
     }
     outputs = write_outputs(
         layers, outdir, plan.scene.stem, metadata=metadata, formats=plan.options.formats

@@ -23,11 +23,18 @@ UTM_TRANSFORM = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 4_000_000.0)
 def coded_scene(tmp_path: Path) -> Callable[..., Path]:
     """Write a coded scene from an id raster; returns its path."""
 
-    def make(ids: np.ndarray, class_of: dict[int, int], *, name: str = "scene.tif",
-             transform: Affine = UTM_TRANSFORM, crs: str | None = UTM,
-             nodata: np.ndarray | None = None) -> Path:
-        return write_coded_scene(tmp_path / name, ids, class_of, transform=transform, crs=crs,
-                                 nodata_yx=nodata)
+    def make(
+        ids: np.ndarray,
+        class_of: dict[int, int],
+        *,
+        name: str = "scene.tif",
+        transform: Affine = UTM_TRANSFORM,
+        crs: str | None = UTM,
+        nodata: np.ndarray | None = None,
+    ) -> Path:
+        return write_coded_scene(
+            tmp_path / name, ids, class_of, transform=transform, crs=crs, nodata_yx=nodata
+        )
 
     return make
 
@@ -35,8 +42,9 @@ def coded_scene(tmp_path: Path) -> Callable[..., Path]:
 def truth_polygon(ids: np.ndarray, instance_id: int, transform: Affine) -> shapely.Geometry:
     """The pixel-exact outline of one painted instance, in the scene's CRS."""
     mask = ids == instance_id
-    parts = [shape(g) for g, _ in features.shapes(mask.astype(np.uint8), mask=mask,
-                                                    transform=transform)]
+    parts = [
+        shape(g) for g, _ in features.shapes(mask.astype(np.uint8), mask=mask, transform=transform)
+    ]
     return shapely.union_all(parts)
 
 

@@ -86,7 +86,9 @@ def test_grid_values_are_hashable_and_tokenize_deterministically() -> None:
 
 
 def test_light_modules_do_not_import_torch_or_rasterio() -> None:
-    code = ("import sys, geoseg, geoseg.grid, geoseg.stitch; "
-            "print(any(m in sys.modules for m in ('torch', 'rasterio', 'dask')))")
+    code = (
+        "import sys, geoseg, geoseg.grid, geoseg.stitch; "
+        "print(any(m in sys.modules for m in ('torch', 'rasterio', 'dask')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
