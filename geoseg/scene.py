@@ -164,10 +164,10 @@ def fit_gsd(
     height, width = scene.file_shape_yx
     factor = scene.file_gsd_m / target
     shape_yx = (max(1, round(height * factor)), max(1, round(width * factor)))
-    file_transform = scene.transform * Affine.scale(
+    file_transform = scene.transform @ Affine.scale(
         scene.shape_yx[1] / scene.file_shape_yx[1], scene.shape_yx[0] / scene.file_shape_yx[0]
     )
-    transform = file_transform * Affine.scale(width / shape_yx[1], height / shape_yx[0])
+    transform = file_transform @ Affine.scale(width / shape_yx[1], height / shape_yx[0])
     log.info("%s: GSD %.3g m read at %.3g m", scene.path, scene.file_gsd_m, target)
     return replace(scene, shape_yx=shape_yx, transform=transform, gsd_m=target)
 
@@ -219,7 +219,7 @@ def pixel_size_m(transform: Affine, crs: CRS, shape_yx: tuple[int, int]) -> floa
     col_size = math.hypot(transform.a, transform.d)
     row_size = math.hypot(transform.b, transform.e)
     if crs.is_geographic:
-        lon, lat = transform * (shape_yx[1] / 2, shape_yx[0] / 2)
+        lon, lat = transform @ (shape_yx[1] / 2, shape_yx[0] / 2)
         geod = Geod(ellps="WGS84")
         _, _, dx = geod.inv(lon, lat, lon + col_size, lat)
         _, _, dy = geod.inv(lon, lat, lon, lat + row_size)
