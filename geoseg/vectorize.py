@@ -11,14 +11,12 @@ non-north-up grids.
 from __future__ import annotations
 
 import hashlib
-import warnings
 
 import numpy as np
 import shapely
 from affine import Affine
 from pyproj import CRS, Geod, Transformer
 from rasterio import features
-from rasterio.errors import NotGeoreferencedWarning
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
@@ -31,16 +29,16 @@ _GEOD = Geod(ellps="WGS84")
 
 def crop_to_polygon(crop: MaskCrop) -> BaseGeometry:
     """The pixel-exact outline (holes kept) of a mask crop, in scene pixel coordinates."""
-    transform = Affine.translation(crop.col_off, crop.row_off)
+    # Shifted by one pixel and back, so the transform is never the identity (which rasterio
+    # warns about); coordinates are whole numbers, so the shift is exact.
+    transform = Affine.translation(crop.col_off + 1, crop.row_off + 1)
     mask = np.ascontiguousarray(crop.mask, dtype=np.uint8)
-    with warnings.catch_warnings():
-        # A crop at the scene origin has an identity transform, which rasterio warns about.
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        parts = [
-            shape(geom)
-            for geom, _ in features.shapes(mask, mask=mask.astype(bool), transform=transform)
-        ]
-    return shapely.union_all(parts) if len(parts) > 1 else parts[0]
+    parts = [
+        shape(geom)
+        for geom, _ in features.shapes(mask, mask=mask.astype(bool), transform=transform)
+    ]
+    outline = shapely.union_all(parts) if len(parts) > 1 else parts[0]
+    return shapely.transform(outline, lambda xy: xy - 1.0)
 
 
 def to_crs_polygon(

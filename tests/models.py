@@ -1,0 +1,49 @@
+"""Test-only models for the protocol (imported by name, as users' models are)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from geoseg.testing import OracleSegmenter
+
+_lock = threading.Lock()
+CALLS = {"factory": 0}
+
+
+def counting_oracle() -> OracleSegmenter:
+    """An oracle whose factory counts how often it is called."""
+    with _lock:
+        CALLS["factory"] += 1
+    return OracleSegmenter()
+
+
+class FailingModel:
+    classes = ("building",)
+
+    def predict(self, tiles: np.ndarray) -> list:
+        raise RuntimeError("this model always fails")
+
+
+class AttributeOutputModel:
+    """Returns instance sets as objects with attributes, and torchvision-like (K, 1, H, W)."""
+
+    classes = ("building", "field", "ship")
+
+    def predict(self, tiles: np.ndarray) -> list:
+        out = []
+        for tile in OracleSegmenter().predict(tiles):
+            ns = type("Out", (), {})()
+            ns.masks = tile["masks"][:, None].astype(np.float32)
+            ns.labels, ns.scores = tile["labels"], tile["scores"]
+            out.append(ns)
+        return out
+
+
+def failing() -> FailingModel:
+    return FailingModel()
+
+
+def attribute_output() -> AttributeOutputModel:
+    return AttributeOutputModel()

@@ -1,0 +1,102 @@
+"""The Dask graph: model loaded once per worker, distributed clusters, failures leave nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geoseg.config import RunOptions
+from geoseg.model.protocol import _CACHE
+from geoseg.pipeline import plan_scene, run_scene, scene_tasks
+from geoseg.testing import write_coded_scene
+from tests import models
+from tests.conftest import ORACLE, UTM, UTM_TRANSFORM
+from tests.test_stitching import street_scene
+
+
+@pytest.fixture
+def street(tmp_path: Path) -> Path:
+    ids, class_of = street_scene()
+    return write_coded_scene(
+        tmp_path / "street.tif", ids, class_of, transform=UTM_TRANSFORM, crs=UTM
+    )
+
+
+def test_model_is_loaded_once_per_worker_not_per_task(tmp_path: Path, street: Path) -> None:
+    _CACHE.clear()
+    models.CALLS["factory"] = 0
+    options = RunOptions(
+        model="tests.models:counting_oracle", tile_px=64, overlap_px=16, batch_size=2
+    )
+    result = run_scene(street, tmp_path / "out", options=options, scheduler="threads")
+    assert len(plan_scene(street, options).batches) > 10
+    assert models.CALLS["factory"] == 1
+    assert result.counts["building"] == 7
+
+
+def test_graph_has_read_predict_vectorize_per_batch_and_no_model(street: Path) -> None:
+    import pickle
+
+    plan = plan_scene(street, RunOptions(model=ORACLE, tile_px=128, overlap_px=32, batch_size=4))
+    tasks = scene_tasks(plan)
+    assert len(tasks) == len(plan.batches) == -(-plan.n_tiles // 4)
+    graph = dict(tasks[0].__dask_graph__())
+    names = {str(k).split("-")[0] for k in graph}
+    assert names == {"read_stage", "predict_stage", "vectorize_stage"}
+    assert len(pickle.dumps(tasks)) < 200_000  # specs and tiles, not a model
+
+
+def test_runs_on_a_distributed_cluster(tmp_path: Path, street: Path) -> None:
+    from distributed import LocalCluster
+
+    options = RunOptions(model=ORACLE, tile_px=128, overlap_px=32, simplify_px=0)
+    local = run_scene(street, tmp_path / "local", options=options)
+    done = []
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        result = run_scene(
+            street,
+            tmp_path / "dist",
+            options=options,
+            scheduler=cluster.scheduler_address,
+            progress=done.append,
+        )
+    assert result.counts == local.counts
+    assert sum(done) == result.n_tiles + result.n_skipped
+
+
+def test_a_failing_model_leaves_no_output(tmp_path: Path, street: Path) -> None:
+    with pytest.raises(RuntimeError, match="always fails"):
+        run_scene(
+            street,
+            tmp_path / "out",
+            options=RunOptions(model="tests.models:failing", tile_px=128, overlap_px=32),
+        )
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_attribute_outputs_and_k1hw_masks_are_accepted(tmp_path: Path, street: Path) -> None:
+    result = run_scene(
+        street,
+        tmp_path / "out",
+        options=RunOptions(model="tests.models:attribute_output", tile_px=128, overlap_px=32),
+    )
+    assert result.counts == {"building": 7, "field": 1, "ship": 2}
+
+
+def test_single_band_scene_is_repeated_for_a_three_band_model(tmp_path: Path) -> None:
+    import rasterio
+
+    ids, class_of = street_scene()
+    path = write_coded_scene(tmp_path / "rgb.tif", ids, class_of, transform=UTM_TRANSFORM, crs=UTM)
+    with rasterio.open(path) as src:
+        assert src.count == 3
+    plan = plan_scene(path, RunOptions(model=ORACLE, bands=(2,)))
+    assert plan.scene.bands == (2,)
+    from geoseg.pipeline import _match_bands
+
+    assert _match_bands(np.zeros((1, 1, 4, 4)), 3).shape == (1, 3, 4, 4)
+    assert _match_bands(np.zeros((1, 4, 4, 4)), 3).shape == (1, 3, 4, 4)
