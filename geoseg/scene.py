@@ -293,13 +293,16 @@ def open_working_grid(scene: SceneInfo) -> Iterator[Any]:
             yield src
             return
         height, width = scene.shape_yx
+        # Averaging when shrinking (no aliasing), bilinear when enlarging.
+        shrinking = scene.gsd_m > scene.file_gsd_m
+        resampling = Resampling.average if shrinking else Resampling.bilinear
         with WarpedVRT(
             src,
             crs=src.crs,
             transform=scene.transform,
             width=width,
             height=height,
-            resampling=Resampling.bilinear,
+            resampling=resampling,
         ) as vrt:
             yield vrt
 

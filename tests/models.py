@@ -47,3 +47,13 @@ def failing() -> FailingModel:
 
 def attribute_output() -> AttributeOutputModel:
     return AttributeOutputModel()
+
+
+class ScaleAwareOracle(OracleSegmenter):
+    """An oracle that says it was trained on 0.5 m to 10 m imagery."""
+
+    gsd_range_m = (0.5, 10.0)
+
+
+def scale_aware_oracle() -> ScaleAwareOracle:
+    return ScaleAwareOracle()

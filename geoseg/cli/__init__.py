@@ -68,6 +68,8 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     level = logging.WARNING - 10 * verbose + 10 * quiet
     fmt = "%(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=max(level, logging.DEBUG), format=fmt)
+    if verbose == 0:  # GDAL's own warnings (via rasterio) only when asked for
+        logging.getLogger("rasterio").setLevel(logging.ERROR)
     ctx.obj = {"verbosity": verbose - quiet}
 
 
