@@ -1,0 +1,118 @@
+"""The checkpoint file of geoseg's Mask R-CNN: written atomically, read with ``weights_only``.
+
+A checkpoint is a dict saved with :func:`torch.save` that holds only tensors, strings, numbers,
+lists and dicts, so :func:`torch.load` reads it with ``weights_only=True`` (no pickled code)::
+
+    {"format": "geoseg-maskrcnn", "version": 1,
+     "arch": {...},              # MaskRCNNArch.to_dict()
+     "classes": ["building", ...],
+     "normalization": {...},     # how pixels were scaled before the network saw them
+     "gsd_range_m": [min, max],  # or None: ground sampling distances trained on
+     "state_dict": {...},        # the network's tensors
+     "train": {...}}             # what made it: options, epochs, data, validation figures
+
+A training checkpoint (the ``last.pt`` that ``geoseg train`` resumes from) also holds
+``"resume"``: optimizer state and the epoch reached; it loads as a model all the same.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from geoseg.errors import UserInputError
+
+__all__ = ["FORMAT", "VERSION", "read_checkpoint", "save_checkpoint"]
+
+FORMAT = "geoseg-maskrcnn"
+VERSION = 1
+_REQUIRED = ("arch", "classes", "state_dict")
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    state_dict: Mapping[str, Any],
+    arch: Mapping[str, Any],
+    classes: tuple[str, ...] | list[str],
+    normalization: Mapping[str, Any],
+    gsd_range_m: tuple[float, float] | list[float] | None,
+    train: Mapping[str, Any] | None = None,
+    resume: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint to ``path`` atomically (a temporary file, then :func:`os.replace`).
+
+    Tensors are moved to the CPU, so a checkpoint written on a GPU loads anywhere.
+    """
+    import torch
+
+    path = Path(path)
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": dict(arch),
+        "classes": list(classes),
+        "normalization": dict(normalization),
+        "gsd_range_m": [float(g) for g in gsd_range_m] if gsd_range_m else None,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "train": dict(train or {}),
+    }
+    if resume is not None:
+        payload["resume"] = dict(resume)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a checkpoint (on the CPU, ``weights_only=True``).
+
+    Raises :class:`~geoseg.errors.UserInputError` with a one-line message when the file is
+    missing, unreadable, not a PyTorch file, or not a geoseg Mask R-CNN checkpoint.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: model checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as exc:
+        raise UserInputError(
+            f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); "
+            "give a .pt file written by 'geoseg train'"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserInputError(
+            f"{path}: not a geoseg Mask R-CNN checkpoint (no 'format': '{FORMAT}'); "
+            "give a .pt file written by 'geoseg train'"
+        )
+    version = payload.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise UserInputError(
+            f"{path}: checkpoint version {version!r} is newer than this geoseg reads "
+            f"({VERSION}); upgrade geoseg"
+        )
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise UserInputError(f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged")
+    return payload
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

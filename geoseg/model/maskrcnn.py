@@ -1,0 +1,386 @@
+"""geoseg's built-in backend: a small Mask R-CNN (torchvision) sized for CPUs.
+
+The network is torchvision's :class:`~torchvision.models.detection.MaskRCNN` on a narrow
+ResNet-like backbone (BatchNorm, no pretrained weights: nothing is downloaded) with a feature
+pyramid from stride 4 (small ships and houses) to stride 64, slim box and mask heads, and
+anchors from 8 to 256 pixels. Images are never rescaled inside the network: a 512-pixel tile
+is seen at 512 pixels, so the ground sampling distance a model was trained at is the one it
+expects (``gsd_range_m``; the pipeline resamples scenes outside that range).
+
+- :class:`MaskRCNNSegmenter` follows :class:`geoseg.model.Segmenter`.
+- :func:`load_checkpoint` loads a ``.pt`` written by ``geoseg train``; :func:`load_default`
+  the weights shipped in ``geoseg/model/weights/default.pt``.
+- :func:`build_network` makes the bare ``torch.nn.Module`` (used by :mod:`geoseg.train`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.resnet import BasicBlock
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
+from geoseg.model.checkpoint import read_checkpoint
+from geoseg.model.protocol import file_sha256
+
+__all__ = [
+    "DEFAULT_CLASSES",
+    "DEFAULT_WEIGHTS",
+    "NORMALIZATION",
+    "SCORE_FLOOR",
+    "MaskRCNNArch",
+    "MaskRCNNSegmenter",
+    "build_network",
+    "load_checkpoint",
+    "load_default",
+    "resolve_device",
+]
+
+DEFAULT_CLASSES = ("building", "field", "ship")
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.pt"
+SCORE_FLOOR = 0.05
+"""Instances scored below this are dropped by the model; the pipeline applies ``--min-score``."""
+
+NORMALIZATION: dict[str, Any] = {
+    "input": "float32 in 0..1: uint8 as value/255, other types a per-band 2-98 percentile "
+    "stretch over the scene (geoseg.scene.normalize)",
+    "image_mean": [0.4, 0.4, 0.4],
+    "image_std": [0.25, 0.25, 0.25],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MaskRCNNArch:
+    """The shape of the network; stored in every checkpoint so it can be rebuilt exactly.
+
+    ``widths``/``blocks``: channels and residual blocks of the four backbone stages (strides
+    4, 8, 16, 32). ``fpn_channels``: width of the feature pyramid. ``anchor_sizes_px``: anchor
+    sides per pyramid level (strides 4 to 64), each with every ``aspect_ratios``.
+    """
+
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    blocks: tuple[int, ...] = (1, 2, 2, 1)
+    fpn_channels: int = 96
+    anchor_sizes_px: tuple[tuple[int, ...], ...] = (
+        (8, 12),
+        (16, 24),
+        (32, 48),
+        (64, 96),
+        (128, 256),
+    )
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    box_head_dim: int = 256
+    mask_layers: tuple[int, ...] = (64, 64)
+    rpn_pre_nms_top_n_train: int = 1000
+    rpn_post_nms_top_n_train: int = 500
+    rpn_pre_nms_top_n_test: int = 600
+    rpn_post_nms_top_n_test: int = 300
+    box_batch_size_per_image: int = 128
+    box_detections_per_img: int = 200
+    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and numbers (checkpoint-safe)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MaskRCNNArch:
+        """Rebuild from :meth:`to_dict` output; unknown keys go to ``extra``."""
+        names = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        for key in ("widths", "blocks", "aspect_ratios", "mask_layers"):
+            if key in known:
+                known[key] = tuple(known[key])
+        if "anchor_sizes_px" in known:
+            known["anchor_sizes_px"] = tuple(tuple(s) for s in known["anchor_sizes_px"])
+        extra = {k: v for k, v in data.items() if k not in names}
+        return cls(**known, extra=extra)
+
+
+class _NoResizeTransform(GeneralizedRCNNTransform):
+    """torchvision's transform without its resizing: tiles are seen at their own size."""
+
+    def resize(self, image: torch.Tensor, target: Any = None) -> tuple[torch.Tensor, Any]:
+        return image, target
+
+
+def _backbone(arch: MaskRCNNArch) -> BackboneWithFPN:
+    stem_width = arch.widths[0]
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    layers["stem"] = nn.Sequential(
+        nn.Conv2d(3, stem_width // 2, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(stem_width // 2),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(stem_width // 2, stem_width, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(stem_width),
+        nn.ReLU(inplace=True),
+    )
+    in_width = stem_width
+    for i, (width, n_blocks) in enumerate(zip(arch.widths, arch.blocks, strict=True)):
+        stride = 1 if i == 0 else 2
+        blocks: list[nn.Module] = []
+        for b in range(n_blocks):
+            s = stride if b == 0 else 1
+            down = None
+            if s != 1 or in_width != width:
+                down = nn.Sequential(
+                    nn.Conv2d(in_width, width, 1, stride=s, bias=False), nn.BatchNorm2d(width)
+                )
+            blocks.append(BasicBlock(in_width, width, stride=s, downsample=down))
+            in_width = width
+        layers[f"layer{i + 1}"] = nn.Sequential(*blocks)
+    body = nn.Sequential(layers)
+    for m in body.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    for m in body.modules():  # start each residual branch near zero: stable from scratch
+        if isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)
+    return BackboneWithFPN(
+        body,
+        return_layers={f"layer{i + 1}": str(i) for i in range(len(arch.widths))},
+        in_channels_list=list(arch.widths),
+        out_channels=arch.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def build_network(
+    arch: MaskRCNNArch, n_classes: int, normalization: Mapping[str, Any] | None = None
+) -> MaskRCNN:
+    """A randomly initialised torchvision Mask R-CNN for ``n_classes`` (plus background)."""
+    norm = dict(normalization or NORMALIZATION)
+    backbone = _backbone(arch)
+    channels = arch.fpn_channels
+    anchors = AnchorGenerator(
+        sizes=arch.anchor_sizes_px,
+        aspect_ratios=(arch.aspect_ratios,) * len(arch.anchor_sizes_px),
+    )
+    n_anchors = len(arch.anchor_sizes_px[0]) * len(arch.aspect_ratios)
+    levels = [str(i) for i in range(len(arch.widths))]
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(channels, n_anchors),
+        rpn_pre_nms_top_n_train=arch.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=arch.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=arch.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=arch.rpn_post_nms_top_n_test,
+        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(channels * 7 * 7, arch.box_head_dim),
+        box_predictor=FastRCNNPredictor(arch.box_head_dim, n_classes + 1),
+        box_score_thresh=SCORE_FLOOR,
+        box_detections_per_img=arch.box_detections_per_img,
+        box_batch_size_per_image=arch.box_batch_size_per_image,
+        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(channels, list(arch.mask_layers), dilation=1),
+        mask_predictor=MaskRCNNPredictor(arch.mask_layers[-1], arch.mask_layers[-1], n_classes + 1),
+    )
+    model.transform = _NoResizeTransform(
+        min_size=512,
+        max_size=4096,
+        image_mean=list(norm["image_mean"]),
+        image_std=list(norm["image_std"]),
+    )
+    return model
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; otherwise the named torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise UserInputError(
+            f"--device {device!r}: not a torch device (cpu, cuda, cuda:1)"
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"--device {device!r}: CUDA is not available here; use cpu or auto")
+    return resolved
+
+
+class MaskRCNNSegmenter:
+    """A Mask R-CNN that follows the :class:`geoseg.model.Segmenter` protocol.
+
+    ``predict`` takes float32 tiles ``(N, bands, H, W)`` in 0..1 (one band is repeated to
+    three, more than three are cut to the first three) and returns, per tile, ``masks`` (bool
+    ``(K, H, W)``, mask probability >= 0.5), ``labels`` (int64 indices into ``classes``) and
+    ``scores`` (float32), for instances scored at least :data:`SCORE_FLOOR`.
+    """
+
+    input_bands = 3
+
+    def __init__(
+        self,
+        network: MaskRCNN,
+        *,
+        classes: Sequence[str],
+        arch: MaskRCNNArch,
+        name: str = "maskrcnn",
+        checksum: str = "",
+        untrained: bool = False,
+        gsd_range_m: tuple[float, float] | None = None,
+        normalization: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        batch_size: int = 4,
+    ) -> None:
+        self.classes = tuple(classes)
+        self.arch = arch
+        self.name = name
+        self.checksum = checksum
+        self.untrained = untrained
+        self.gsd_range_m = gsd_range_m
+        self.normalization = dict(normalization or NORMALIZATION)
+        self.batch_size = batch_size
+        self._device = resolve_device(device)
+        self.device = str(self._device)
+        self.network = network.to(self._device).eval()
+
+    def __repr__(self) -> str:
+        return (
+            f"MaskRCNNSegmenter(name={self.name!r}, classes={self.classes}, device={self.device!r})"
+        )
+
+    def predict(self, tiles: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Instances in each tile (see the class docstring)."""
+        tiles = np.asarray(tiles, dtype=np.float32)
+        if tiles.ndim != 4:
+            raise ModelError(f"predict wants tiles (N, bands, H, W); got shape {tiles.shape}")
+        tiles = _three_bands(tiles)
+        out: list[dict[str, np.ndarray]] = []
+        cuda = self._device.type == "cuda"
+        with torch.inference_mode(), torch.autocast("cuda", enabled=cuda):
+            for start in range(0, len(tiles), self.batch_size):
+                batch = torch.from_numpy(
+                    np.ascontiguousarray(tiles[start : start + self.batch_size])
+                )
+                images = list(batch.to(self._device))
+                for det in self.network(images):
+                    out.append(_to_instances(det))
+        return out
+
+
+def _three_bands(tiles: np.ndarray) -> np.ndarray:
+    bands = tiles.shape[1]
+    if bands == 3:
+        return tiles
+    if bands == 1:
+        return np.repeat(tiles, 3, axis=1)
+    if bands > 3:
+        return tiles[:, :3]
+    raise ModelError(f"the Mask R-CNN wants 1 or 3 bands; got {bands} (choose them with --bands)")
+
+
+def _to_instances(det: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    keep = det["scores"] >= SCORE_FLOOR
+    masks = det["masks"][keep][:, 0] >= 0.5
+    return {
+        "masks": masks.cpu().numpy(),
+        "labels": (det["labels"][keep] - 1).to(torch.int64).cpu().numpy(),
+        "scores": det["scores"][keep].float().cpu().numpy(),
+    }
+
+
+def segmenter_from_payload(
+    payload: Mapping[str, Any],
+    *,
+    device: str = "auto",
+    name: str = "maskrcnn",
+    checksum: str = "",
+    source: str = "checkpoint",
+) -> MaskRCNNSegmenter:
+    """Build a segmenter from a checkpoint dict (see :mod:`geoseg.model.checkpoint`)."""
+    arch = MaskRCNNArch.from_dict(payload["arch"])
+    classes = tuple(payload["classes"])
+    normalization = payload.get("normalization") or NORMALIZATION
+    try:
+        network = build_network(arch, len(classes), normalization)
+        network.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(
+            f"{source}: weights do not fit the network it describes ({first})"
+        ) from exc
+    gsd = payload.get("gsd_range_m")
+    return MaskRCNNSegmenter(
+        network,
+        classes=classes,
+        arch=arch,
+        name=name,
+        checksum=checksum,
+        untrained=bool(payload.get("train", {}).get("untrained", False)),
+        gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
+        normalization=normalization,
+        device=device,
+    )
+
+
+def load_checkpoint(path: str | Path, *, device: str = "auto") -> MaskRCNNSegmenter:
+    """Load a checkpoint written by ``geoseg train`` (raises ``UserInputError`` if it is not)."""
+    path = Path(path)
+    payload = read_checkpoint(path)
+    return segmenter_from_payload(
+        payload, device=device, name=path.stem, checksum=file_sha256(path), source=str(path)
+    )
+
+
+def untrained_segmenter(
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    *,
+    arch: MaskRCNNArch | None = None,
+    device: str = "auto",
+    seed: int = 0,
+) -> MaskRCNNSegmenter:
+    """A Mask R-CNN with random (seeded) weights, marked ``untrained``."""
+    arch = arch or MaskRCNNArch()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = build_network(arch, len(classes))
+    digest = hashlib.sha256(
+        json.dumps({"arch": arch.to_dict(), "classes": list(classes), "seed": seed}).encode()
+    ).hexdigest()
+    return MaskRCNNSegmenter(
+        network,
+        classes=classes,
+        arch=arch,
+        name="maskrcnn-untrained",
+        checksum=f"sha256:{digest}",
+        untrained=True,
+        device=device,
+    )
+
+
+def load_default(*, device: str = "auto") -> MaskRCNNSegmenter:
+    """The model shipped with geoseg; an untrained one (with a warning) if none is shipped."""
+    if DEFAULT_WEIGHTS.is_file():
+        model = load_checkpoint(DEFAULT_WEIGHTS, device=device)
+        model.name = "default"
+        return model
+    warnings.warn(
+        "geoseg's default model is UNTRAINED (no geoseg/model/weights/default.pt is installed): "
+        "its polygons are random; train one with 'geoseg train' and pass it with --model",
+        UntrainedModelWarning,
+        stacklevel=2,
+    )
+    return untrained_segmenter(device=device)

@@ -1,0 +1,155 @@
+"""The Mask R-CNN backend: protocol output, checkpoint round trip, bad files, the default."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geoseg.errors import UntrainedModelWarning, UserInputError
+from geoseg.model import Instances, Segmenter, describe_model, load_segmenter, maskrcnn
+from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
+from geoseg.model.maskrcnn import (
+    NORMALIZATION,
+    MaskRCNNArch,
+    MaskRCNNSegmenter,
+    load_checkpoint,
+    untrained_segmenter,
+)
+
+CLASSES = ("building", "field", "ship")
+
+
+@pytest.fixture(scope="module")
+def model() -> MaskRCNNSegmenter:
+    return untrained_segmenter(CLASSES, device="cpu", seed=3)
+
+
+@pytest.fixture
+def tiles() -> np.ndarray:
+    return np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+
+
+def _save(model: MaskRCNNSegmenter, path: Path) -> Path:
+    return save_checkpoint(
+        path,
+        state_dict=model.network.state_dict(),
+        arch=model.arch.to_dict(),
+        classes=model.classes,
+        normalization=NORMALIZATION,
+        gsd_range_m=(0.5, 10.0),
+        train={"epochs": 0},
+    )
+
+
+def test_predict_follows_the_protocol(model: MaskRCNNSegmenter, tiles: np.ndarray) -> None:
+    assert isinstance(model, Segmenter)
+    assert model.untrained and model.input_bands == 3 and model.device == "cpu"
+    assert model.checksum.startswith("sha256:")
+    out = model.predict(tiles)
+    assert len(out) == 2
+    for inst in out:
+        assert inst["masks"].dtype == bool and inst["masks"].shape[1:] == (64, 64)
+        assert inst["labels"].dtype == np.int64 and inst["scores"].dtype == np.float32
+        assert len(inst["labels"]) == len(inst["scores"]) == len(inst["masks"])
+        assert np.all(inst["scores"] >= maskrcnn.SCORE_FLOOR)
+        if len(inst["labels"]):
+            assert inst["labels"].min() >= 0 and inst["labels"].max() < len(CLASSES)
+        Instances.from_any(inst, shape_hw=(64, 64), n_classes=len(CLASSES))
+
+
+def test_single_band_is_repeated(model: MaskRCNNSegmenter, tiles: np.ndarray) -> None:
+    grey = tiles[:, :1]
+    got = model.predict(grey)
+    want = model.predict(np.repeat(grey, 3, axis=1))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a["masks"], b["masks"])
+        np.testing.assert_array_equal(a["scores"], b["scores"])
+
+
+def test_checkpoint_round_trip(model: MaskRCNNSegmenter, tiles: np.ndarray, tmp_path: Path) -> None:
+    path = _save(model, tmp_path / "m.pt")
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left nothing behind
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "geoseg-maskrcnn" and payload["classes"] == list(CLASSES)
+    loaded = load_segmenter(str(path), device="cpu")
+    assert isinstance(loaded, MaskRCNNSegmenter)
+    assert loaded.gsd_range_m == (0.5, 10.0) and not loaded.untrained
+    assert loaded.checksum.startswith("sha256:") and len(loaded.checksum) == 71
+    info = describe_model(loaded, str(path))
+    assert info.classes == CLASSES and info.checksum == loaded.checksum
+    for a, b in zip(model.predict(tiles), loaded.predict(tiles), strict=True):
+        np.testing.assert_array_equal(a["masks"], b["masks"])
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+        np.testing.assert_array_equal(a["scores"], b["scores"])
+
+
+def test_arch_survives_the_checkpoint(tmp_path: Path) -> None:
+    arch = MaskRCNNArch(widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), fpn_channels=32)
+    small = untrained_segmenter(("ship",), arch=arch, device="cpu")
+    loaded = load_checkpoint(_save(small, tmp_path / "s.pt"), device="cpu")
+    assert loaded.arch == arch and loaded.classes == ("ship",)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "not found"),
+        (b"not a checkpoint at all", "not a readable PyTorch checkpoint"),
+        ({"weights": torch.zeros(2)}, "not a geoseg Mask R-CNN checkpoint"),
+        ({"format": "geoseg-maskrcnn", "version": 99}, "newer"),
+    ],
+)
+def test_bad_file_is_a_user_error(tmp_path: Path, content: object, match: str) -> None:
+    path = tmp_path / "bad.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(UserInputError, match=match) as info:
+        read_checkpoint(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserInputError):
+        load_checkpoint(path)
+
+
+def test_truncated_checkpoint_is_a_user_error(model: MaskRCNNSegmenter, tmp_path: Path) -> None:
+    path = _save(model, tmp_path / "m.pt")
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(UserInputError, match=r"m\.pt"):
+        load_checkpoint(path)
+
+
+def test_weights_that_do_not_fit(model: MaskRCNNSegmenter, tmp_path: Path) -> None:
+    path = _save(model, tmp_path / "m.pt")
+    payload = read_checkpoint(path)
+    payload["classes"] = ["building"]  # heads sized for 3 classes
+    torch.save(payload, path)
+    with pytest.raises(UserInputError, match="do not fit"):
+        load_checkpoint(path)
+
+
+def test_default_without_weights_is_untrained_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(maskrcnn, "DEFAULT_WEIGHTS", tmp_path / "missing.pt")
+    with pytest.warns(UntrainedModelWarning, match="UNTRAINED"):
+        model = maskrcnn.load_default(device="cpu")
+    assert model.untrained and model.classes == CLASSES
+
+
+def test_default_with_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = _save(untrained_segmenter(CLASSES, device="cpu"), tmp_path / "default.pt")
+    monkeypatch.setattr(maskrcnn, "DEFAULT_WEIGHTS", path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedModelWarning)
+        model = maskrcnn.load_default(device="cpu")
+    assert model.name == "default" and model.gsd_range_m == (0.5, 10.0)
+
+
+def test_bad_device_is_a_user_error() -> None:
+    with pytest.raises(UserInputError, match="device"):
+        maskrcnn.resolve_device("tpu:7")
