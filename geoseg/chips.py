@@ -1,0 +1,315 @@
+"""Training chips: square windows of a labelled GeoTIFF with one mask per labelled object.
+
+A *chip* is a ``chip_px`` x ``chip_px`` window of a scene's working grid, read exactly as
+``geoseg run`` reads its tiles (:func:`geoseg.scene.open_scene` and
+:func:`geoseg.scene.read_tiles`: the same band choice, the same normalization — uint8 as
+value / 255, other types a per-scene 2-98 percentile stretch, :func:`geoseg.scene.normalize`
+— and the same resampling when a GSD is asked for), so a model is trained on the pixels it
+will be shown. Its labels are the polygons of the label files, reprojected to the scene's
+CRS and burnt into an *instance-id raster* (0 background, ``k`` the k-th polygon; where
+polygons overlap the later one wins).
+
+Validation by location: the eastern ``val_fraction`` of every scene (a strip of columns)
+gives the validation chips and the rest the training chips; no chip crosses the boundary, so
+no validation pixel is ever trained on. Training chips overlap by half a chip, validation
+chips do not overlap.
+
+Label files: any vector format GeoPandas reads, with a CRS. The class of each polygon comes
+from a ``class`` column, or from ``label_class`` for files without one (``label_class``
+overrides the column). One label file may cover many scenes, and a scene may take polygons
+from several files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from affine import Affine
+from rasterio import features
+
+from geoseg.errors import LabelError
+from geoseg.grid import PixelWindow
+from geoseg.scene import SceneInfo, normalize, open_scene, read_tiles
+
+__all__ = [
+    "Chip",
+    "augment",
+    "chip_windows",
+    "cut_chips",
+    "normalize",
+    "rasterize_instances",
+    "read_labels",
+    "targets_from_ids",
+]
+
+log = logging.getLogger(__name__)
+
+MIN_INSTANCE_PX = 4
+"""Objects smaller than this many pixels in a chip are not trained on (too few to learn from)."""
+
+
+@dataclass(eq=False, slots=True)
+class Chip:
+    """One training or validation chip.
+
+    ``pixels``: uint8 ``(3, H, W)``, the normalized 0..1 values quantized to 1/255 (a single
+    band is repeated to three). ``valid``: bool ``(H, W)``, false on nodata and padding.
+    ``ids``: int32 ``(H, W)`` instance ids, 0 for background. ``classes``: int64, the class
+    index of instance ``k`` at position ``k - 1``. ``split``: ``"train"`` or ``"val"``.
+    """
+
+    pixels: np.ndarray
+    valid: np.ndarray
+    ids: np.ndarray
+    classes: np.ndarray
+    source: str
+    window: PixelWindow
+    gsd_m: float
+    split: str
+
+    @property
+    def n_instances(self) -> int:
+        return len(np.unique(self.ids[self.ids > 0]))
+
+
+def read_labels(
+    path: str | Path, *, classes: Sequence[str], label_class: str | None = None
+) -> gpd.GeoDataFrame:
+    """Polygons of a label file with a ``class`` column holding names from ``classes``.
+
+    Polygons of other classes are dropped (with a log message); invalid geometries are
+    repaired, non-polygons dropped. Raises :class:`~geoseg.errors.LabelError` when the file
+    cannot be read, has no CRS, has no class, or holds no polygon of ``classes``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LabelError(f"{path}: no such label file")
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as exc:
+        raise LabelError(f"{path}: not a readable vector file ({_first_line(exc)})") from exc
+    if gdf.crs is None:
+        raise LabelError(
+            f"{path}: labels have no CRS; set the CRS they are in "
+            "(e.g. ogr2ogr -a_srs EPSG:32633 fixed.gpkg labels.geojson)"
+        )
+    if label_class is not None:
+        if label_class not in classes:
+            raise LabelError(
+                f"--label-class {label_class!r} is not one of the classes {', '.join(classes)}"
+            )
+        names = np.full(len(gdf), label_class, dtype=object)
+    elif "class" in gdf.columns:
+        names = gdf["class"].astype(str).to_numpy()
+    else:
+        raise LabelError(
+            f"{path}: has no 'class' column; name the class of its polygons with --label-class"
+        )
+    keep = np.isin(names, list(classes))
+    if not keep.all():
+        others = sorted(set(names[~keep]))
+        log.warning("%s: %d polygon(s) of class %s skipped", path, (~keep).sum(), others)
+    geoms = shapely.make_valid(gdf.geometry.to_numpy()[keep])
+    geoms = np.array([_polygonal(g) for g in geoms], dtype=object)
+    out = gpd.GeoDataFrame({"class": names[keep]}, geometry=list(geoms), crs=gdf.crs)
+    out = out[~out.geometry.is_empty & out.geometry.notna()].reset_index(drop=True)
+    if out.empty:
+        raise LabelError(f"{path}: holds no polygon of the classes {', '.join(classes)}")
+    return out
+
+
+def _polygonal(geom: shapely.Geometry | None) -> shapely.Geometry:
+    if geom is None or geom.is_empty:
+        return shapely.Polygon()
+    if isinstance(geom, shapely.Polygon | shapely.MultiPolygon):
+        return geom
+    if isinstance(geom, shapely.GeometryCollection):
+        parts = [p for p in geom.geoms if isinstance(p, shapely.Polygon | shapely.MultiPolygon)]
+        return shapely.union_all(parts) if parts else shapely.Polygon()
+    return shapely.Polygon()
+
+
+def chip_windows(
+    shape_yx: tuple[int, int], *, chip_px: int, val_fraction: float
+) -> Iterator[tuple[str, PixelWindow]]:
+    """``(split, window)`` for the chips of a scene (see the module docstring).
+
+    Training windows step by ``chip_px // 2`` over the columns west of the split, validation
+    windows by ``chip_px`` over the eastern strip; the last window of a row or column is
+    shifted back to end on the edge. Windows are clipped to their region (narrow regions give
+    narrow windows, which :func:`geoseg.scene.read_tiles` pads).
+    """
+    height, width = shape_yx
+    split_col = width - round(width * val_fraction) if val_fraction > 0 else width
+    regions = [("train", 0, split_col, max(1, chip_px // 2)), ("val", split_col, width, chip_px)]
+    for split, col0, col1, step in regions:
+        if col1 <= col0:
+            continue
+        for row in _offsets(0, height, chip_px, step):
+            for col in _offsets(col0, col1, chip_px, step):
+                win = PixelWindow(row, col, min(chip_px, height - row), min(chip_px, col1 - col))
+                yield split, win
+
+
+def _offsets(start: int, stop: int, size: int, step: int) -> list[int]:
+    if stop - start <= size:
+        return [start]
+    n = math.ceil((stop - start - size) / step) + 1
+    return sorted({min(start + i * step, stop - size) for i in range(n)})
+
+
+def rasterize_instances(
+    geoms: Sequence[shapely.Geometry], shape_yx: tuple[int, int], transform: Affine
+) -> np.ndarray:
+    """int32 instance ids ``(H, W)``: pixel centres inside ``geoms[k]`` get ``k + 1``."""
+    if not len(geoms):
+        return np.zeros(shape_yx, dtype=np.int32)
+    shapes = ((g, k + 1) for k, g in enumerate(geoms))
+    return features.rasterize(
+        shapes, out_shape=shape_yx, transform=transform, fill=0, dtype="int32"
+    )
+
+
+def cut_chips(
+    image: str | Path,
+    labels: Sequence[gpd.GeoDataFrame],
+    *,
+    classes: Sequence[str],
+    chip_px: int = 256,
+    val_fraction: float = 0.2,
+    gsd_m: float | None = None,
+) -> list[Chip]:
+    """Chips of one scene (at its own GSD, or resampled to ``gsd_m``) with their instances.
+
+    ``labels`` are GeoDataFrames from :func:`read_labels`, in any CRS: each is reprojected to
+    the scene's CRS and only polygons over the scene are kept.
+    """
+    scene = open_scene(image, gsd_m=gsd_m)
+    polys = _scene_labels(scene, labels, classes)
+    windows = list(chip_windows(scene.shape_yx, chip_px=chip_px, val_fraction=val_fraction))
+    chips: list[Chip] = []
+    tree = shapely.STRtree(polys.geometry.to_numpy())
+    class_index = {name: i for i, name in enumerate(classes)}
+    for start in range(0, len(windows), 16):
+        batch = windows[start : start + 16]
+        pixels, valid = read_tiles(scene, [w for _, w in batch], chip_px)
+        for (split, win), px, ok in zip(batch, pixels, valid, strict=True):
+            if not ok.any():
+                continue
+            transform = scene.transform @ Affine.translation(win.col_off, win.row_off)
+            x0, y0 = transform @ (0, 0)
+            x1, y1 = transform @ (chip_px, chip_px)
+            hits = np.sort(tree.query(shapely.box(x0, y0, x1, y1)))
+            ids = rasterize_instances(
+                list(polys.geometry.to_numpy()[hits]), (chip_px, chip_px), transform
+            )
+            ids[~ok] = 0
+            cls = np.array([class_index[c] for c in polys["class"].to_numpy()[hits]], np.int64)
+            chips.append(
+                Chip(
+                    pixels=_to_uint8(px),
+                    valid=ok,
+                    ids=ids,
+                    classes=cls,
+                    source=str(image),
+                    window=win,
+                    gsd_m=scene.gsd_m,
+                    split=split,
+                )
+            )
+    return chips
+
+
+def _scene_labels(
+    scene: SceneInfo, labels: Sequence[gpd.GeoDataFrame], classes: Sequence[str]
+) -> gpd.GeoDataFrame:
+    height, width = scene.shape_yx
+    corners = [
+        scene.transform @ (c, r) for c, r in [(0, 0), (width, 0), (0, height), (width, height)]
+    ]
+    footprint = shapely.box(*np.min(corners, axis=0), *np.max(corners, axis=0))
+    parts = []
+    for gdf in labels:
+        local = gdf.to_crs(scene.crs)
+        parts.append(local[local.intersects(footprint)])
+    if parts:
+        merged = gpd.GeoDataFrame(
+            {"class": np.concatenate([p["class"].to_numpy() for p in parts])},
+            geometry=np.concatenate([p.geometry.to_numpy() for p in parts]),
+            crs=scene.crs,
+        )
+    else:
+        merged = gpd.GeoDataFrame({"class": []}, geometry=[], crs=scene.crs)
+    if merged.empty:
+        log.warning("%s: no label polygon lies over it; all its chips are background", scene.path)
+    else:
+        counts = merged["class"].value_counts().to_dict()
+        log.info("%s: %s labelled polygon(s) at %.3g m", scene.path, counts, scene.gsd_m)
+    return merged[merged["class"].isin(list(classes))].reset_index(drop=True)
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.shape[0] == 1:
+        pixels = np.repeat(pixels, 3, axis=0)
+    return np.rint(np.clip(pixels[:3], 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def augment(chip: Chip, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A randomly flipped, turned and radiometrically jittered copy of a chip.
+
+    Returns float32 pixels ``(3, H, W)`` in 0..1 (0 where invalid) and the matching instance
+    ids. Jitter: per-band gain and offset, a gamma, sensor noise, and sometimes grey (as a
+    panchromatic band repeated to three would be).
+    """
+    pixels = chip.pixels.astype(np.float32) / 255.0
+    ids, valid = chip.ids, chip.valid
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+    pixels, ids, valid = (_turn(a, k, flip) for a in (pixels, ids, valid))
+    if rng.random() < 0.2:
+        pixels = np.repeat(pixels.mean(axis=0, keepdims=True), 3, axis=0)
+    gain = rng.uniform(0.75, 1.25) * rng.uniform(0.9, 1.1, size=(3, 1, 1))
+    offset = rng.uniform(-0.08, 0.08) + rng.uniform(-0.03, 0.03, size=(3, 1, 1))
+    gamma = math.exp(rng.uniform(-0.35, 0.35))
+    pixels = np.clip(pixels * gain + offset, 0.0, 1.0) ** gamma
+    if rng.random() < 0.5:
+        pixels = pixels + rng.normal(0.0, rng.uniform(0.0, 0.03), size=pixels.shape)
+    pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
+    pixels[:, ~valid] = 0.0
+    return np.ascontiguousarray(pixels), np.ascontiguousarray(ids)
+
+
+def _turn(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    out = np.rot90(array, k, axes=(-2, -1))
+    return out[..., ::-1] if flip else out
+
+
+def targets_from_ids(
+    ids: np.ndarray, classes: np.ndarray, *, min_px: int = MIN_INSTANCE_PX
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks (bool ``(K, H, W)``), boxes (float32 ``(K, 4)``, ``x0, y0, x1, y1`` in pixel
+    corners) and class indices (int64 ``(K,)``) of the instances of at least ``min_px`` pixels.
+    """
+    present, counts = np.unique(ids[ids > 0], return_counts=True)
+    present = present[counts >= min_px]
+    height, width = ids.shape
+    masks = np.zeros((len(present), height, width), dtype=bool)
+    boxes = np.zeros((len(present), 4), dtype=np.float32)
+    for i, instance in enumerate(present):
+        masks[i] = ids == instance
+        rows = np.flatnonzero(masks[i].any(axis=1))
+        cols = np.flatnonzero(masks[i].any(axis=0))
+        boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return masks, boxes, classes[present - 1].astype(np.int64)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

@@ -1,0 +1,666 @@
+"""Train geoseg's Mask R-CNN on labelled GeoTIFFs (and synthetic scenes), resumably.
+
+:func:`train` cuts chips from every scene (:mod:`geoseg.chips`, optionally at several
+GSDs), holds out the eastern strip of each scene for validation, trains with random flips,
+90-degree turns and radiometric jitter, writes the model after every epoch, and scores the
+validation chips at the end (instance F1 at mask IoU 0.5, per class).
+
+Everything a run needs to go on lives in a *sidecar directory* next to the output,
+``<output stem>.train/``:
+
+- ``last.pt``: the latest checkpoint with optimizer state (it loads as a model too);
+- ``history.jsonl``: one line per epoch (mean losses, learning rate, seconds, F1 if scored);
+- ``synthetic/``: the synthetic scenes asked for with ``synthetic=N`` (GeoTIFF + GeoPackage).
+
+Run it again with the same data and options and it resumes after the last finished epoch;
+with more ``epochs`` it trains on (the learning-rate schedule stretches to the new length).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geoseg.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
+from geoseg.errors import UserInputError
+from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
+from geoseg.model.maskrcnn import (
+    DEFAULT_CLASSES,
+    DEFAULT_WEIGHTS,
+    NORMALIZATION,
+    MaskRCNNArch,
+    MaskRCNNSegmenter,
+    build_network,
+    resolve_device,
+)
+from geoseg.scene import open_scene
+
+__all__ = [
+    "LabelSource",
+    "TrainEvent",
+    "TrainOptions",
+    "TrainResult",
+    "f1_scores",
+    "match_instances",
+    "sidecar_dir",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+VAL_MIN_SCORE = 0.5
+"""Score threshold for the validation figures (the default ``--min-score`` of ``geoseg run``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSource:
+    """A label file, and the class of its polygons when it has no ``class`` column."""
+
+    path: str
+    label_class: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainOptions:
+    """Options of :func:`train`.
+
+    ``epochs``: how many epochs in all (a resumed run trains only the missing ones).
+    ``steps_per_epoch``: optimizer steps per epoch (``None``: one pass over the training
+    chips). ``init``: ``"default"`` (the shipped weights, when installed), ``"none"`` (random)
+    or a checkpoint path; layers whose shape differs (other classes) start random.
+    ``scales``: factors by which each scene is also read coarser (``(1.0, 2.0)``: at its own
+    GSD and at twice it). ``synthetic``: how many synthetic scenes of ``synthetic_size_px``
+    pixels to add, seeds from ``synthetic_seed`` on. ``val_every``: score the validation
+    chips every that many epochs (0: only at the end).
+    """
+
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    batch_size: int = 4
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    init: str = "default"
+    chip_px: int = 256
+    val_fraction: float = 0.2
+    scales: tuple[float, ...] = (1.0,)
+    synthetic: int = 0
+    synthetic_seed: int = 1000
+    synthetic_size_px: int = 512
+    device: str = "auto"
+    seed: int = 0
+    val_every: int = 0
+    arch: MaskRCNNArch = field(default_factory=MaskRCNNArch)
+
+    def validate(self) -> None:
+        """Raise :class:`~geoseg.errors.UserInputError` for options that cannot work."""
+        checks = [
+            (bool(self.classes) and len(set(self.classes)) == len(self.classes), "--classes"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "--steps-per-epoch"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.optimizer in ("adamw", "sgd"), "--optimizer must be adamw or sgd"),
+            (self.lr is None or self.lr > 0, "--lr must be positive"),
+            (32 <= self.chip_px <= 2048, "--chip-size must be 32 to 2048 pixels"),
+            (0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
+            (bool(self.scales) and all(s > 0 for s in self.scales), "--scales must be > 0"),
+            (self.synthetic >= 0, "--synthetic must be 0 or more"),
+            (self.synthetic_seed >= 100, "--synthetic-seed: seeds 0-99 are kept for evaluation"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserInputError(f"bad training option: {message}")
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-3 if self.optimizer == "adamw" else 0.02
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class TrainEvent:
+    """What :func:`train` reports to its ``progress`` callback.
+
+    ``kind``: ``"data"`` (chips cut; ``info`` has counts), ``"epoch_start"``, ``"step"``
+    (``losses`` are running means over the epoch), ``"epoch_end"``, ``"validation"``.
+    """
+
+    kind: str
+    epoch: int = 0
+    step: int = 0
+    n_steps: int = 0
+    losses: Mapping[str, float] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+Progress = Callable[[TrainEvent], None]
+
+
+@dataclass(slots=True)
+class TrainResult:
+    """What a training run did."""
+
+    output: Path
+    epochs: int
+    trained_epochs: int
+    n_train_chips: int
+    n_val_chips: int
+    gsd_range_m: tuple[float, float]
+    history: list[dict[str, Any]]
+    validation: dict[str, dict[str, float]]
+
+
+def sidecar_dir(output: str | Path) -> Path:
+    """The directory of checkpoints and logs that goes with the model file ``output``."""
+    output = Path(output)
+    return output.with_name(output.stem + ".train")
+
+
+def train(
+    images: Sequence[str | Path],
+    labels: Sequence[LabelSource],
+    output: str | Path,
+    *,
+    options: TrainOptions | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train (or resume training) a Mask R-CNN and write it to ``output`` after every epoch."""
+    options = options or TrainOptions()
+    options.validate()
+    emit = progress or (lambda event: None)
+    output = Path(output)
+    side = sidecar_dir(output)
+    side.mkdir(parents=True, exist_ok=True)
+    sources = _sources(images, labels, options, side)
+    chips = _all_chips(sources, labels, options)
+    train_chips = [c for c in chips if c.split == "train"]
+    val_chips = [c for c in chips if c.split == "val"]
+    if not train_chips:
+        raise UserInputError("no training chips: the images hold no valid pixel west of the split")
+    gsds = [c.gsd_m for c in chips]
+    gsd_range = (float(min(gsds)), float(max(gsds)))
+    emit(TrainEvent("data", info=_data_info(train_chips, val_chips, options.classes)))
+    fingerprint = _fingerprint(sources, labels, options)
+
+    device = resolve_device(options.device)
+    resume = _resume_state(side / "last.pt", fingerprint)
+    arch, network, init_note = _initial_network(options, resume)
+    options = replace(options, arch=arch)
+    network.to(device)
+    optimizer = _optimizer(network, options)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["resume"]["optimizer"])
+        history = list(resume["resume"].get("history", []))
+        start_epoch = int(resume["resume"]["epoch"])
+        log.info("resuming %s after epoch %d", side / "last.pt", start_epoch)
+
+    steps = options.steps_per_epoch or math.ceil(len(train_chips) / options.batch_size)
+    total_steps = steps * options.epochs
+    meta = {
+        "arch": arch,
+        "gsd_range": gsd_range,
+        "fingerprint": fingerprint,
+        "options": options,
+        "sources": sources,
+        "init": init_note,
+    }
+    validation: dict[str, dict[str, float]] = {}
+    for epoch in range(start_epoch + 1, options.epochs + 1):
+        summary = _train_epoch(
+            network, optimizer, train_chips, options, device, epoch, steps, total_steps, emit
+        )
+        if options.val_every and epoch % options.val_every == 0 and epoch < options.epochs:
+            validation = _validate(network, val_chips, options, device, epoch, emit)
+            summary["val_f1"] = {c: m["f1"] for c, m in validation.items()}
+        history.append(summary)
+        _append_history(side / "history.jsonl", summary)
+        _save(output, side, network, optimizer, epoch, history, validation, meta)
+    validation = _validate(network, val_chips, options, device, options.epochs, emit)
+    _save(output, side, network, optimizer, options.epochs, history, validation, meta)
+    return TrainResult(
+        output=output,
+        epochs=options.epochs,
+        trained_epochs=options.epochs - start_epoch,
+        n_train_chips=len(train_chips),
+        n_val_chips=len(val_chips),
+        gsd_range_m=gsd_range,
+        history=history,
+        validation=validation,
+    )
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def _sources(
+    images: Sequence[str | Path],
+    labels: Sequence[LabelSource],
+    options: TrainOptions,
+    side: Path,
+) -> list[dict[str, Any]]:
+    """Each image (given and synthetic) with the GSDs to cut it at."""
+    paths = [Path(p) for p in images]
+    for path in paths:
+        if not path.is_file():
+            raise UserInputError(f"--images {path}: no such file")
+    if paths and not labels:
+        raise UserInputError("--images need --labels (vector files with the objects to learn)")
+    out = []
+    for path in paths:
+        native = open_scene(path).file_gsd_m
+        out.append({"image": str(path), "labels": None, "gsds": _gsds(native, options.scales)})
+    if options.synthetic:
+        for image, label_file, gsd in _synthetic_scenes(side / "synthetic", options):
+            out.append({"image": str(image), "labels": str(label_file), "gsds": [gsd]})
+    if not out:
+        raise UserInputError("nothing to train on: give --images and --labels, or --synthetic N")
+    return out
+
+
+def _gsds(native: float, scales: Sequence[float]) -> list[float]:
+    return sorted({round(native * s, 6) for s in scales})
+
+
+def _synthetic_scenes(directory: Path, options: TrainOptions) -> list[tuple[Path, Path, float]]:
+    """Write (or find, when resuming) the synthetic scenes; ``(image, labels, gsd)`` each."""
+    try:
+        from geoseg import synth
+    except ImportError as exc:
+        raise UserInputError(f"--synthetic needs geoseg.synth, which is missing ({exc})") from exc
+    import rasterio
+
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    size = options.synthetic_size_px
+    for seed in range(options.synthetic_seed, options.synthetic_seed + options.synthetic):
+        gsd, dtype = synthetic_recipe(seed)
+        image = directory / f"synth_{seed}.tif"
+        label_file = directory / f"synth_{seed}.gpkg"
+        if not (image.is_file() and label_file.is_file()):
+            array, gdf, transform, crs = synth.make_scene((size, size), gsd, seed, dtype)
+            profile = {
+                "driver": "GTiff",
+                "height": array.shape[1],
+                "width": array.shape[2],
+                "count": array.shape[0],
+                "dtype": array.dtype.name,
+                "crs": crs,
+                "transform": transform,
+                "compress": "deflate",
+            }
+            tmp_image = image.with_suffix(".tmp.tif")
+            with rasterio.open(tmp_image, "w", **profile) as dst:
+                dst.write(array)
+            gdf[["class", "geometry"]].to_file(label_file, driver="GPKG")
+            tmp_image.replace(image)
+        out.append((image, label_file, gsd))
+    return out
+
+
+def synthetic_recipe(seed: int) -> tuple[float, str]:
+    """The GSD (log-uniform, 0.5 to 10 m) and data type of synthetic scene ``seed``."""
+    rng = np.random.default_rng([seed, 7])
+    gsd = float(np.exp(rng.uniform(np.log(0.5), np.log(10.0))))
+    dtype = "uint8" if rng.random() < 0.6 else "uint16"
+    return round(gsd, 3), dtype
+
+
+def _all_chips(
+    sources: Sequence[Mapping[str, Any]], labels: Sequence[LabelSource], options: TrainOptions
+) -> list[Chip]:
+    given = [
+        read_labels(s.path, classes=options.classes, label_class=s.label_class) for s in labels
+    ]
+    chips: list[Chip] = []
+    for source in sources:
+        gdfs = given
+        if source["labels"] is not None:
+            gdfs = [read_labels(source["labels"], classes=options.classes)]
+        for gsd in source["gsds"]:
+            chips.extend(
+                cut_chips(
+                    source["image"],
+                    gdfs,
+                    classes=options.classes,
+                    chip_px=options.chip_px,
+                    val_fraction=options.val_fraction,
+                    gsd_m=gsd,
+                )
+            )
+    return chips
+
+
+def _data_info(
+    train_chips: Sequence[Chip], val_chips: Sequence[Chip], classes: Sequence[str]
+) -> dict[str, Any]:
+    def counts(chips: Sequence[Chip]) -> dict[str, int]:
+        n = np.zeros(len(classes), dtype=np.int64)
+        for chip in chips:
+            _, _, cls = targets_from_ids(chip.ids, chip.classes)
+            n += np.bincount(cls, minlength=len(classes))
+        return {c: int(k) for c, k in zip(classes, n, strict=True)}
+
+    return {
+        "train_chips": len(train_chips),
+        "val_chips": len(val_chips),
+        "train_objects": counts(train_chips),
+        "val_objects": counts(val_chips),
+    }
+
+
+def _fingerprint(
+    sources: Sequence[Mapping[str, Any]], labels: Sequence[LabelSource], options: TrainOptions
+) -> str:
+    """What must not change between a run and its resumption (not ``epochs`` or the device)."""
+    opts = options.to_dict()
+    for key in ("epochs", "device", "val_every"):
+        opts.pop(key)
+    data = {
+        "sources": [{**s, "image": Path(s["image"]).name} for s in sources],
+        "labels": [[Path(s.path).name, s.label_class] for s in labels],
+        "options": opts,
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- model and optimizer ----------------------------------------------------------------------
+
+
+def _resume_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    payload = read_checkpoint(path)
+    state = payload.get("resume")
+    if not isinstance(state, dict):
+        return None
+    if state.get("fingerprint") != fingerprint:
+        raise UserInputError(
+            f"{path.parent}: holds a training run with other data or options; delete that "
+            "directory to start afresh, or write to another -o"
+        )
+    return payload
+
+
+def _initial_network(
+    options: TrainOptions, resume: Mapping[str, Any] | None
+) -> tuple[MaskRCNNArch, torch.nn.Module, str]:
+    n_classes = len(options.classes)
+    if resume is not None:
+        arch = MaskRCNNArch.from_dict(resume["arch"])
+        network = build_network(arch, n_classes)
+        network.load_state_dict(resume["state_dict"])
+        return arch, network, str(resume.get("train", {}).get("init", "resumed"))
+    torch.manual_seed(options.seed)
+    init = options.init
+    if init == "none":
+        return options.arch, build_network(options.arch, n_classes), "none"
+    if init == "default":
+        if not DEFAULT_WEIGHTS.is_file():
+            log.warning("--init default: no default weights are installed; starting from random")
+            return options.arch, build_network(options.arch, n_classes), "none"
+        init = str(DEFAULT_WEIGHTS)
+    payload = read_checkpoint(init)
+    arch = MaskRCNNArch.from_dict(payload["arch"])
+    network = build_network(arch, n_classes)
+    own = network.state_dict()
+    fits = {k: v for k, v in payload["state_dict"].items() if k in own and own[k].shape == v.shape}
+    network.load_state_dict(fits, strict=False)
+    skipped = len(own) - len(fits)
+    log.info("initialised from %s (%d tensors; %d left random)", init, len(fits), skipped)
+    return arch, network, Path(init).name
+
+
+def _optimizer(network: torch.nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in network.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": options.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=options.learning_rate, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=options.learning_rate)
+
+
+def _lr_factor(step: int, total: int) -> float:
+    """Linear warm-up over the first 5% of steps (at most 300), then a cosine to 2%."""
+    warmup = max(1, min(300, total // 20))
+    if step < warmup:
+        return 0.05 + 0.95 * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _train_epoch(
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    chips: Sequence[Chip],
+    options: TrainOptions,
+    device: torch.device,
+    epoch: int,
+    steps: int,
+    total_steps: int,
+    emit: Progress,
+) -> dict[str, Any]:
+    rng = np.random.default_rng([options.seed, epoch])
+    torch.manual_seed(options.seed * 100_003 + epoch)
+    order = np.concatenate(
+        [
+            rng.permutation(len(chips))
+            for _ in range(math.ceil(steps * options.batch_size / len(chips)))
+        ]
+    )
+    cuda = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    network.train()
+    sums = dict.fromkeys((*LOSS_NAMES, "loss"), 0.0)
+    started = time.monotonic()
+    emit(TrainEvent("epoch_start", epoch=epoch, n_steps=steps))
+    for step in range(steps):
+        global_step = (epoch - 1) * steps + step
+        lr = options.learning_rate * _lr_factor(global_step, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = [
+            chips[i] for i in order[step * options.batch_size : (step + 1) * options.batch_size]
+        ]
+        images, targets = _batch(batch, rng, device)
+        with torch.autocast("cuda", enabled=cuda):
+            losses = network(images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 10.0)
+        scaler.step(optimizer)
+        scaler.update()
+        for name, value in losses.items():
+            sums[name] += float(value.detach())
+        sums["loss"] += float(loss.detach())
+        means = {k: v / (step + 1) for k, v in sums.items()}
+        emit(TrainEvent("step", epoch=epoch, step=step + 1, n_steps=steps, losses=means))
+    summary = {
+        "epoch": epoch,
+        "steps": steps,
+        "lr": lr,
+        "seconds": round(time.monotonic() - started, 1),
+        **{k: round(v / steps, 5) for k, v in sums.items()},
+    }
+    log.info("epoch %d: %s", epoch, json.dumps(summary))
+    emit(TrainEvent("epoch_end", epoch=epoch, n_steps=steps, losses=summary))
+    return summary
+
+
+def _batch(
+    chips: Sequence[Chip], rng: np.random.Generator, device: torch.device
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    images, targets = [], []
+    for chip in chips:
+        pixels, ids = augment(chip, rng)
+        masks, boxes, classes = targets_from_ids(ids, chip.classes)
+        images.append(torch.from_numpy(pixels).to(device))
+        targets.append(
+            {
+                "boxes": torch.from_numpy(boxes).to(device),
+                "labels": torch.from_numpy(classes + 1).to(device),
+                "masks": torch.from_numpy(masks.astype(np.uint8)).to(device),
+            }
+        )
+    return images, targets
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _validate(
+    network: torch.nn.Module,
+    chips: Sequence[Chip],
+    options: TrainOptions,
+    device: torch.device,
+    epoch: int,
+    emit: Progress,
+) -> dict[str, dict[str, float]]:
+    if not chips:
+        return {}
+    segmenter = MaskRCNNSegmenter(
+        network, classes=options.classes, arch=options.arch, device=str(device)
+    )
+    n_classes = len(options.classes)
+    counts = np.zeros((n_classes, 3), dtype=np.int64)  # tp, fp, fn
+    for start in range(0, len(chips), options.batch_size):
+        batch = chips[start : start + options.batch_size]
+        pixels = np.stack([c.pixels.astype(np.float32) / 255.0 for c in batch])
+        for chip, pred in zip(batch, segmenter.predict(pixels), strict=True):
+            keep = pred["scores"] >= VAL_MIN_SCORE
+            masks = pred["masks"][keep] & chip.valid
+            ref_masks, _, ref_cls = targets_from_ids(chip.ids, chip.classes)
+            for k in range(n_classes):
+                counts[k] += match_instances(
+                    masks[pred["labels"][keep] == k],
+                    pred["scores"][keep][pred["labels"][keep] == k],
+                    ref_masks[ref_cls == k],
+                )
+    network.train()
+    result = f1_scores(counts, options.classes)
+    log.info("validation after epoch %d: %s", epoch, json.dumps(result))
+    emit(TrainEvent("validation", epoch=epoch, info=result))
+    return result
+
+
+def match_instances(
+    pred_masks: np.ndarray, pred_scores: np.ndarray, ref_masks: np.ndarray, iou: float = 0.5
+) -> np.ndarray:
+    """``[tp, fp, fn]``: one-to-one matching of predicted to reference masks at ``iou``.
+
+    Predictions are taken in descending score order, each matched to the unmatched reference
+    it overlaps most, if their mask IoU reaches ``iou``.
+    """
+    n_pred, n_ref = len(pred_masks), len(ref_masks)
+    if n_pred == 0 or n_ref == 0:
+        return np.array([0, n_pred, n_ref], dtype=np.int64)
+    p = pred_masks.reshape(n_pred, -1).astype(np.float32)
+    r = ref_masks.reshape(n_ref, -1).astype(np.float32)
+    inter = p @ r.T
+    union = p.sum(1)[:, None] + r.sum(1)[None, :] - inter
+    ious = inter / np.maximum(union, 1.0)
+    taken = np.zeros(n_ref, dtype=bool)
+    tp = 0
+    for i in np.argsort(-pred_scores, kind="stable"):
+        candidates = np.where(taken, -1.0, ious[i])
+        j = int(np.argmax(candidates))
+        if candidates[j] >= iou:
+            taken[j] = True
+            tp += 1
+    return np.array([tp, n_pred - tp, n_ref - tp], dtype=np.int64)
+
+
+def f1_scores(counts: np.ndarray, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Precision, recall and F1 per class from ``[tp, fp, fn]`` rows (``None`` for a class
+    with neither references nor predictions).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, (tp, fp, fn) in zip(classes, counts, strict=True):
+        scores: dict[str, Any] = {"precision": None, "recall": None, "f1": None}
+        if tp + fp + fn:
+            precision = tp / (tp + fp) if tp + fp else 0.0
+            recall = tp / (tp + fn) if tp + fn else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            scores = {
+                k: round(float(v), 4) for k, v in zip(scores, (precision, recall, f1), strict=True)
+            }
+        out[name] = {**scores, "tp": int(tp), "fp": int(fp), "fn": int(fn)}
+    return out
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _save(
+    output: Path,
+    side: Path,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list[dict[str, Any]],
+    validation: Mapping[str, Any],
+    meta: Mapping[str, Any],
+) -> None:
+    options: TrainOptions = meta["options"]
+    train_info = {
+        "epochs": epoch,
+        "options": options.to_dict(),
+        "init": meta["init"],
+        "data": [
+            {"image": Path(s["image"]).name, "gsds_m": list(s["gsds"])} for s in meta["sources"]
+        ],
+        "history": history[-3:],
+        "validation": dict(validation),
+        "validation_min_score": VAL_MIN_SCORE,
+        "torch": str(torch.__version__),
+        "untrained": False,
+    }
+    common = {
+        "state_dict": network.state_dict(),
+        "arch": meta["arch"].to_dict(),
+        "classes": options.classes,
+        "normalization": NORMALIZATION,
+        "gsd_range_m": meta["gsd_range"],
+        "train": train_info,
+    }
+    resume = {
+        "epoch": epoch,
+        "fingerprint": meta["fingerprint"],
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+    }
+    save_checkpoint(side / "last.pt", **common, resume=resume)
+    save_checkpoint(output, **common)
+
+
+def _append_history(path: Path, summary: Mapping[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(summary) + "\n")

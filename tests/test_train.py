@@ -1,0 +1,188 @@
+"""Training: chips from a GeoTIFF and labels, a smoke training run, resuming, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+
+from geoseg.chips import chip_windows, cut_chips, read_labels, targets_from_ids
+from geoseg.errors import LabelError, UserInputError
+from geoseg.model import load_segmenter
+from geoseg.model.maskrcnn import MaskRCNNArch
+from geoseg.train import LabelSource, TrainOptions, f1_scores, match_instances, sidecar_dir, train
+
+UTM = "EPSG:32633"
+TRANSFORM = Affine(1.0, 0.0, 500_000.0, 0.0, -1.0, 4_000_000.0)
+SIZE = 96
+TINY = MaskRCNNArch(widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), fpn_channels=32)
+# (row, col, height, width) of bright roofs on a dark, noisy ground
+ROOFS = [(8, 8, 14, 18), (40, 12, 20, 12), (70, 30, 12, 22), (14, 44, 16, 16), (60, 70, 18, 14)]
+
+
+@pytest.fixture
+def labelled(tmp_path: Path) -> tuple[Path, Path]:
+    """A 96 x 96 uint8 RGB scene with five bright rectangles, and their polygons in WGS84."""
+    rng = np.random.default_rng(1)
+    data = rng.integers(20, 60, size=(3, SIZE, SIZE)).astype(np.uint8)
+    polys = []
+    for row, col, h, w in ROOFS:
+        data[:, row : row + h, col : col + w] = rng.integers(200, 240, size=(3, h, w))
+        x0, y0 = TRANSFORM @ (col, row)
+        x1, y1 = TRANSFORM @ (col + w, row + h)
+        polys.append(shapely.box(x0, y1, x1, y0))
+    image = tmp_path / "roofs.tif"
+    profile = {"driver": "GTiff", "height": SIZE, "width": SIZE, "count": 3, "dtype": "uint8"}
+    with rasterio.open(image, "w", crs=UTM, transform=TRANSFORM, **profile) as dst:
+        dst.write(data)
+    labels = tmp_path / "roofs.geojson"
+    gdf = gpd.GeoDataFrame({"class": ["building"] * len(polys)}, geometry=polys, crs=UTM)
+    gdf.to_crs("EPSG:4326").to_file(labels)
+    return image, labels
+
+
+def test_chips_follow_the_labels(labelled: tuple[Path, Path]) -> None:
+    image, labels = labelled
+    gdf = read_labels(labels, classes=("building", "ship"))
+    chips = cut_chips(image, [gdf], classes=("building", "ship"), chip_px=64, val_fraction=0.25)
+    train_chips = [c for c in chips if c.split == "train"]
+    val_chips = [c for c in chips if c.split == "val"]
+    assert train_chips and val_chips
+    split_col = SIZE - 24
+    assert all(c.window.col_stop <= split_col for c in train_chips)
+    assert all(c.window.col_off >= split_col for c in val_chips)
+    for chip in chips:
+        inside = chip.pixels[0][chip.ids > 0]
+        assert inside.size == 0 or inside.min() >= 200  # masks sit on the bright roofs
+        masks, boxes, classes = targets_from_ids(chip.ids, chip.classes)
+        assert masks.shape[0] == len(boxes) == len(classes) and set(classes) <= {0}
+        assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+
+
+def test_chip_windows_cover_each_region() -> None:
+    windows = list(chip_windows((100, 300), chip_px=64, val_fraction=0.2))
+    train_cols = {c for s, w in windows if s == "train" for c in range(w.col_off, w.col_stop)}
+    val_cols = {c for s, w in windows if s == "val" for c in range(w.col_off, w.col_stop)}
+    assert train_cols == set(range(240)) and val_cols == set(range(240, 300))
+    assert all(w.height == 64 and w.width <= 64 for _, w in windows)
+
+
+def test_label_errors(tmp_path: Path, labelled: tuple[Path, Path]) -> None:
+    _, labels = labelled
+    gdf = gpd.read_file(labels)
+    no_class = tmp_path / "noclass.geojson"
+    gdf.drop(columns="class").to_file(no_class)
+    with pytest.raises(LabelError, match="--label-class"):
+        read_labels(no_class, classes=("building",))
+    assert len(read_labels(no_class, classes=("ship",), label_class="ship")) == len(ROOFS)
+    with pytest.raises(LabelError, match="not one of the classes"):
+        read_labels(no_class, classes=("building",), label_class="tree")
+    with pytest.raises(LabelError, match="no polygon"):
+        read_labels(labels, classes=("ship",))
+    with pytest.raises(LabelError, match="no such"):
+        read_labels(tmp_path / "missing.gpkg", classes=("ship",))
+    no_crs = tmp_path / "nocrs.geojson"
+    no_crs.write_text(
+        '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": '
+        '{"class": "ship"}, "geometry": {"type": "Point", "coordinates": [1, 2]}}]}'
+    )
+    gpd_read = gpd.read_file(no_crs)
+    if gpd_read.crs is None:  # GeoJSON without "crs" is WGS84 for most drivers
+        with pytest.raises(LabelError, match="no CRS"):
+            read_labels(no_crs, classes=("ship",))
+
+
+def test_match_instances_one_to_one() -> None:
+    ref = np.zeros((2, 8, 8), dtype=bool)
+    ref[0, :4, :4] = True
+    ref[1, 4:, 4:] = True
+    pred = np.stack([ref[0], ref[0], np.roll(ref[1], 3, axis=0)])
+    counts = match_instances(pred, np.array([0.9, 0.8, 0.7]), ref)
+    assert counts.tolist() == [1, 2, 1]  # the duplicate is a false positive
+    scores = f1_scores(np.array([counts, [0, 0, 0]]), ("building", "ship"))
+    assert scores["building"]["f1"] == pytest.approx(0.4)
+    assert scores["ship"]["f1"] is None
+
+
+def test_smoke_training_learns_and_resumes(labelled: tuple[Path, Path], tmp_path: Path) -> None:
+    image, labels = labelled
+    options = TrainOptions(
+        classes=("building", "ship"),
+        epochs=4,
+        steps_per_epoch=6,
+        batch_size=2,
+        init="none",
+        chip_px=64,
+        val_fraction=0.25,
+        lr=2e-3,
+        device="cpu",
+        arch=TINY,
+    )
+    output = tmp_path / "m.pt"
+    events: list[str] = []
+    result = train(
+        [image],
+        [LabelSource(str(labels))],
+        output,
+        options=options,
+        progress=lambda e: events.append(e.kind),
+    )
+    assert events[0] == "data" and events.count("epoch_end") == 4 and events[-1] == "validation"
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0], losses
+    assert set(result.validation) == {"building", "ship"}
+    assert result.gsd_range_m == (1.0, 1.0)
+
+    model = load_segmenter(str(output), device="cpu")
+    assert model.classes == ("building", "ship") and model.gsd_range_m == (1.0, 1.0)
+    assert not model.untrained
+    (out,) = model.predict(np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32))
+    assert out["masks"].shape[1:] == (64, 64)
+
+    side = sidecar_dir(output)
+    assert (side / "last.pt").is_file() and len(
+        (side / "history.jsonl").read_text().splitlines()
+    ) == 4
+    more = train(
+        [image],
+        [LabelSource(str(labels))],
+        output,
+        options=TrainOptions(**{**_kw(options), "epochs": 5}),
+    )
+    assert more.trained_epochs == 1 and len(more.history) == 5
+    with pytest.raises(UserInputError, match="other data or options"):
+        train(
+            [image],
+            [LabelSource(str(labels))],
+            output,
+            options=TrainOptions(**{**_kw(options), "chip_px": 32}),
+        )
+
+
+def _kw(options: TrainOptions) -> dict:
+    return {f: getattr(options, f) for f in TrainOptions.__dataclass_fields__}
+
+
+def test_cli_train_usage_errors(tmp_path: Path, labelled: tuple[Path, Path]) -> None:
+    image, labels = labelled
+
+    def geoseg(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "geoseg", "train", *args, "-o", str(tmp_path / "m.pt")]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    done = geoseg("--images", str(image), "--labels", str(tmp_path / "nope.gpkg"))
+    assert done.returncode == 2 and "nope.gpkg" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = geoseg(
+        "--images", str(image), "--labels", str(labels), "--label-class", "a", "--label-class", "b"
+    )
+    assert done.returncode == 2 and "--label-class" in done.stderr
+    done = geoseg("--images", str(image))
+    assert done.returncode == 2 and "--labels" in done.stderr
