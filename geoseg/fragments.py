@@ -16,6 +16,7 @@ from geoseg.model.protocol import Instances
 __all__ = ["MaskCrop", "instances_to_crops", "touches_seam"]
 
 TILE_NMS_IOU = 0.5
+SEAM_MARGIN_PX = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +32,15 @@ class MaskCrop:
 
 
 def touches_seam(tile: Tile, row0: int, col0: int, row1: int, col1: int) -> bool:
-    """Whether a bbox (tile-local, exclusive stops) reaches a side of the tile inside the scene."""
+    """Whether a bbox (tile-local, exclusive stops) comes within :data:`SEAM_MARGIN_PX` of a
+    side of the tile that lies inside the scene (models often stop a pixel short of a cut)."""
     height, width = tile.window.height, tile.window.width
+    m = SEAM_MARGIN_PX
     return (
-        ("top" in tile.seam_sides and row0 == 0)
-        or ("bottom" in tile.seam_sides and row1 == height)
-        or ("left" in tile.seam_sides and col0 == 0)
-        or ("right" in tile.seam_sides and col1 == width)
+        ("top" in tile.seam_sides and row0 < m)
+        or ("bottom" in tile.seam_sides and row1 > height - m)
+        or ("left" in tile.seam_sides and col0 < m)
+        or ("right" in tile.seam_sides and col1 > width - m)
     )
 
 

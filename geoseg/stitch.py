@@ -7,7 +7,8 @@ lattice and their intersections and unions are exact.
 The algorithm, in three steps:
 
 1. **Link.** Two fragments from different tiles are linked when, *inside the strip their two
-   tiles share*, their IoU reaches ``merge_iou``. Both tiles see the same pixels there, so one
+   tiles share*, their IoU reaches ``merge_iou`` (or, of one class, when the smaller lies
+   :data:`CONTAINED_SHARE` inside the larger). Both tiles see the same pixels there, so one
    object gives two nearly equal shapes in the strip, however much of it each tile saw; two
    distinct objects that touch (terraced houses, adjacent fields) share an edge but no area, so
    their IoU in the strip is about 0 and they are never linked. Links are grouped transitively
@@ -16,13 +17,15 @@ The algorithm, in three steps:
    tile that saw it (see :mod:`geoseg.grid`): the cores partition the scene, so the tile that
    owns a place decides whether an object is there, and a copy seen only in another tile's
    halo is dropped when the owner did not see it.
-3. **Shape.** A group with a *complete* fragment (one that touches no seam side of its tile,
-   so the tile saw the whole object) is drawn by its best complete fragment. A group with
+3. **Shape.** A group with a *complete* fragment (one that comes no nearer than
+   :data:`~geoseg.fragments.SEAM_MARGIN_PX` to a seam side of its tile, and whose tile window
+   holds every other fragment of the group, so the tile saw the whole object) is drawn by its
+   best-scored complete fragment. A group with
    none (an object larger than what any tile sees whole) is the union of each fragment clipped
    to its own tile's core: pieces that meet exactly on the core boundaries.
 
-A last pass drops an object whose IoU with a better-scored one of the same class reaches
-``merge_iou`` (a duplicate that linking missed because a model drew the two copies apart).
+A last pass drops an object of the same class as a better-scored one that it overlaps by
+the same rule (a duplicate that linking missed because a model drew the two copies apart).
 
 Limits: an object whose parts in the shared strip are drawn too differently by the two tiles
 (IoU below ``merge_iou``) comes out as two pieces cut at the core boundary; an object larger
@@ -41,7 +44,12 @@ from shapely.geometry.base import BaseGeometry
 
 from geoseg.grid import PixelWindow, Tile
 
-__all__ = ["Fragment", "StitchedObject", "stitch", "union_find_groups"]
+__all__ = ["CONTAINED_SHARE", "Fragment", "StitchedObject", "stitch", "union_find_groups"]
+
+#: Two fragments of one class are also one object when this share of the smaller one's area
+#: (in the strip) lies inside the larger: thin objects (a ship 3 px wide) drawn one pixel
+#: wider or narrower by two tiles have a low IoU but are still nested.
+CONTAINED_SHARE = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,21 +118,48 @@ def link_pairs(fragments: Sequence[Fragment], merge_iou: float) -> list[tuple[in
         strip = _box(shared)
         a = shapely.intersection(polygons[i], strip)
         b = shapely.intersection(polygons[j], strip)
-        union = shapely.union(a, b).area
-        if union > 0 and shapely.intersection(a, b).area / union >= merge_iou:
+        same_label = fragments[i].label == fragments[j].label
+        if _same_object(a, b, merge_iou, same_label):
             pairs.append((i, j))
     return pairs
+
+
+def _same_object(a: BaseGeometry, b: BaseGeometry, merge_iou: float, same_label: bool) -> bool:
+    """IoU reaches ``merge_iou``, or (same class) the smaller is nearly inside the larger."""
+    inter = shapely.intersection(a, b).area
+    if inter == 0:
+        return False
+    if inter / shapely.union(a, b).area >= merge_iou:
+        return True
+    return same_label and inter / min(a.area, b.area) >= CONTAINED_SHARE
 
 
 def _in_core(fragment: Fragment) -> BaseGeometry:
     return shapely.intersection(fragment.polygon_px, _box(fragment.tile.core))
 
 
+def _complete_views(members: list[Fragment]) -> list[Fragment]:
+    """Fragments that saw the whole object: they touch no seam side of their tile, and the
+    whole group (every tile's view of the object) lies inside their tile's window."""
+    bounds = shapely.bounds(np.array([m.polygon_px for m in members], dtype=object))
+    x0, y0 = bounds[:, 0].min(), bounds[:, 1].min()
+    x1, y1 = bounds[:, 2].max(), bounds[:, 3].max()
+    return [
+        m
+        for m in members
+        if not m.touches_seam
+        and m.tile.window.col_off <= x0
+        and x1 <= m.tile.window.col_stop
+        and m.tile.window.row_off <= y0
+        and y1 <= m.tile.window.row_stop
+    ]
+
+
 def _shape_group(members: list[Fragment]) -> StitchedObject | None:
     owned = [m for m in members if _in_core(m).area > 0]
     if not owned:
         return None
-    complete = [m for m in members if not m.touches_seam]
+    complete = _complete_views(members)
     if complete:
         best = max(complete, key=lambda m: (m.score, m.polygon_px.area))
         polygon, score = best.polygon_px, best.score
@@ -165,9 +200,7 @@ def _drop_duplicates(objects: list[StitchedObject], merge_iou: float) -> list[St
                 continue
             if objects[order[other]].label != objects[order[rank]].label:
                 continue
-            union = shapely.union(polygon, polygons[other]).area
-            inter = shapely.intersection(polygon, polygons[other]).area
-            if union > 0 and inter / union >= merge_iou:
+            if _same_object(polygon, polygons[other], merge_iou, same_label=True):
                 dropped[other] = True
     return [objects[order[r]] for r in range(len(order)) if not dropped[r]]
 

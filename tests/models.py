@@ -57,3 +57,29 @@ class ScaleAwareOracle(OracleSegmenter):
 
 def scale_aware_oracle() -> ScaleAwareOracle:
     return ScaleAwareOracle()
+
+
+class NoisyOracle(OracleSegmenter):
+    """An oracle that draws each instance one pixel too large or too small, differently in
+    every tile, as a real model disagrees with itself across tiles."""
+
+    def predict(self, tiles: np.ndarray) -> list:
+        from scipy import ndimage
+
+        out = []
+        for tile in tiles:
+            found = dict(super().predict(tile[None])[0])
+            rng = np.random.default_rng(int(tile.sum() * 1000) % (2**32))
+            masks = []
+            for mask in found["masks"]:
+                op = ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion
+                changed = op(mask)
+                masks.append(changed if changed.any() else mask)
+            found["masks"] = np.array(masks, dtype=bool).reshape(found["masks"].shape)
+            found["scores"] = rng.uniform(0.6, 1.0, len(masks)).astype(np.float32)
+            out.append(found)
+        return out
+
+
+def noisy_oracle() -> NoisyOracle:
+    return NoisyOracle()

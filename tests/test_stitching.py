@@ -10,6 +10,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyogrio
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -82,20 +83,20 @@ def test_each_object_once_and_whole(tmp_path: Path, tile: int, overlap: int) -> 
 
 
 @st.composite
-def rectangle_scenes(draw: st.DrawFn) -> tuple[np.ndarray, dict[int, int]]:
+def rectangle_scenes(draw: st.DrawFn, min_side: int = 3) -> tuple[np.ndarray, dict[int, int]]:
     """Non-overlapping rectangles, many of them touching a neighbour (terraces, fields)."""
     height, width = draw(st.integers(60, 260)), draw(st.integers(60, 260))
     ids = np.zeros((height, width), dtype=np.int32)
     class_of: dict[int, int] = {}
     previous = None
     for _ in range(draw(st.integers(1, 12))):
-        h, w = draw(st.integers(3, 150)), draw(st.integers(3, 150))
+        h, w = draw(st.integers(min_side, 150)), draw(st.integers(min_side, 150))
         if previous is not None and draw(st.booleans()):
             r0, c0 = previous[0], previous[1] + previous[3]  # touching on the right
         else:
             r0, c0 = draw(st.integers(0, height - 3)), draw(st.integers(0, width - 3))
         region = ids[r0 : r0 + h, c0 : c0 + w]
-        if region.size == 0 or region.any():
+        if min(region.shape) < min_side or region.any():
             continue
         k = len(class_of) + 1
         region[:] = k
@@ -175,3 +176,33 @@ def test_processes_scheduler_gives_the_same_objects(tmp_path: Path) -> None:
         a = gpd.read_file(tmp_path / "a" / "street.gpkg", layer=name).sort_values("id")
         b = gpd.read_file(tmp_path / "b" / "street.gpkg", layer=name).sort_values("id")
         assert list(a["id"]) == list(b["id"])
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(scene=rectangle_scenes(min_side=8), tile=st.integers(48, 128), data=st.data())
+def test_property_a_model_that_disagrees_across_tiles_still_gives_each_object_once(
+    tmp_path: Path, scene, tile: int, data
+) -> None:
+    ids, class_of = scene
+    overlap = data.draw(st.integers(tile // 4, tile // 2))
+    run_dir = tmp_path / f"noisy{np.random.default_rng().integers(1 << 30)}"
+    run_dir.mkdir()
+    path = write_coded_scene(run_dir / "n.tif", ids, class_of, transform=UTM_TRANSFORM, crs=UTM)
+    options = RunOptions(
+        model="tests.models:noisy_oracle",
+        tile_px=tile,
+        overlap_px=overlap,
+        simplify_px=0,
+        batch_size=16,
+    )
+    run_scene(path, run_dir / "out", options=options)
+    got = gpd.GeoDataFrame(
+        pd.concat([gpd.read_file(run_dir / "out" / "n.gpkg", layer=name) for name in CLASSES])
+    )
+    assert len(got) == len(class_of)
+    for instance_id in class_of:
+        want = truth_polygon(ids, instance_id, UTM_TRANSFORM)
+        shares = [g.intersection(want).area / want.area for g in got.geometry]
+        assert sum(share > 0.2 for share in shares) == 1, (instance_id, sorted(shares)[-3:])
