@@ -1,0 +1,181 @@
+"""Synthetic scenes: labels match pixels, sizes follow the GSD, files are complete."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from rasterio import features
+
+from geoseg.cli import main
+from geoseg.errors import UserInputError
+from geoseg.synth import CLASSES, make_scene, render_scene, write_scene
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return render_scene((160, 128), gsd_m=1.0, seed=3)
+
+
+def _extent_px(geoms, gsd_m: float) -> np.ndarray:
+    """Short side of each polygon's minimum rotated rectangle, in pixels."""
+    rects = shapely.oriented_envelope(np.asarray(geoms))
+    sides = []
+    for rect in rects:
+        xy = np.asarray(rect.exterior.coords)
+        sides.append(min(np.hypot(*(xy[1] - xy[0])), np.hypot(*(xy[2] - xy[1]))))
+    return np.array(sides) / gsd_m
+
+
+def test_make_scene_returns_georeferenced_image_and_labels():
+    image, labels, transform, crs = make_scene((160, 128), gsd_m=1.0, seed=3)
+    assert image.shape == (3, 128, 160) and image.dtype == np.uint8
+    assert transform.a == 1.0 and transform.e == -1.0 and transform.b == transform.d == 0
+    assert crs.to_epsg() is not None and 32601 <= crs.to_epsg() <= 32660
+    assert labels.crs == crs
+    assert list(labels.columns) == ["id", "class", "geometry"]
+    assert set(labels["class"]) == set(CLASSES)
+    assert labels.geometry.is_valid.all() and (labels.geom_type == "Polygon").all()
+    left, top = transform.c, transform.f
+    assert labels.total_bounds[0] >= left and labels.total_bounds[2] <= left + 160
+    assert labels.total_bounds[1] >= top - 128 and labels.total_bounds[3] <= top
+
+
+def test_labels_match_the_painted_pixels_exactly(scene):
+    burnt = features.rasterize(
+        zip(scene.labels.geometry, scene.labels["id"], strict=True),
+        out_shape=scene.ids_yx.shape,
+        transform=scene.transform,
+        dtype="int32",
+    )
+    np.testing.assert_array_equal(burnt, scene.ids_yx)
+    assert set(np.unique(scene.ids_yx)) == {0, *scene.labels["id"]}
+    assert np.bincount(scene.ids_yx.ravel())[1:].min() >= 12
+
+
+def test_same_seed_same_scene_other_seed_other_scene():
+    a = render_scene((96, 64), gsd_m=2.0, seed=11)
+    b = render_scene((96, 64), gsd_m=2.0, seed=11)
+    c = render_scene((96, 64), gsd_m=2.0, seed=12)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.labels.geometry.geom_equals(b.labels.geometry).all() and a.crs == b.crs
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_uint16_is_the_same_scene_in_12_bits():
+    u8 = render_scene((64, 64), gsd_m=2.0, seed=5, dtype="uint8")
+    u16 = render_scene((64, 64), gsd_m=2.0, seed=5, dtype="uint16")
+    assert u16.image.dtype == np.uint16 and u16.image.max() <= 4095
+    rescaled = u16.image.astype(float) * 255 / 4095
+    assert np.abs(rescaled - u8.image).max() <= 1.0
+    assert u8.labels.geometry.geom_equals(u16.labels.geometry).all()
+
+
+@pytest.mark.parametrize("gsd_m", [0.5, 2.0, 10.0])
+def test_every_class_present_and_large_enough_at_any_gsd(gsd_m):
+    scene = render_scene((256, 256), gsd_m=gsd_m, seed=0)
+    labels = scene.labels
+    for cls in CLASSES:
+        geoms = labels.geometry[labels["class"] == cls]
+        assert len(geoms), f"no {cls} at {gsd_m} m"
+        bounds = geoms.bounds
+        extent_px = np.maximum(bounds.maxx - bounds.minx, bounds.maxy - bounds.miny) / gsd_m
+        assert extent_px.max() >= 6, f"{cls} too small at {gsd_m} m"
+
+
+def test_buildings_are_at_least_6_px_wide_at_coarse_gsd():
+    scene = render_scene((256, 256), gsd_m=10.0, seed=1)
+    edge = shapely.box(*scene.labels.total_bounds).boundary
+    buildings = scene.labels[scene.labels["class"] == "building"]
+    whole = buildings[~buildings.geometry.intersects(edge.buffer(1.0))]
+    assert len(whole) and _extent_px(whole.geometry, 10.0).min() >= 5.99
+
+
+def test_real_world_sizes_at_fine_gsd():
+    scene = render_scene((512, 512), gsd_m=0.5, seed=2)
+    labels = scene.labels.assign(short_m=_extent_px(scene.labels.geometry, 1.0))
+    buildings = labels[labels["class"] == "building"]
+    assert buildings.short_m.max() <= 31  # 8-30 m houses, not scaled up at 0.5 m
+    bounds = labels.geometry.bounds
+    length_m = np.maximum(bounds.maxx - bounds.minx, bounds.maxy - bounds.miny)
+    assert length_m[labels["class"] == "ship"].max() <= 260 * 1.5  # diagonal of a 250 m hull
+
+
+def test_adjacent_instances_touch_without_overlapping():
+    labels = render_scene((400, 400), gsd_m=1.0, seed=0).labels
+    geoms = labels.geometry.to_numpy()
+    tree = shapely.STRtree(geoms)
+    pairs = tree.query(geoms, predicate="intersects")
+    pairs = pairs[:, pairs[0] < pairs[1]]
+    overlap = shapely.area(shapely.intersection(geoms[pairs[0]], geoms[pairs[1]]))
+    assert (overlap < 1e-6).all()
+    shared = shapely.length(shapely.intersection(geoms[pairs[0]], geoms[pairs[1]]))
+    touching = labels["class"].to_numpy()[pairs[0][shared > 1.0]]
+    assert "building" in set(touching)  # terraced houses
+
+
+def test_write_scene_writes_tiled_geotiff_and_gpkg_atomically(tmp_path: Path):
+    tif, gpkg = write_scene(tmp_path / "s.tif", size_wh=(96, 80), gsd_m=2.0, seed=4)
+    assert gpkg == tmp_path / "s.gpkg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.gpkg", "s.tif"]
+    with rasterio.open(tif) as src:
+        assert (src.count, src.width, src.height, src.dtypes[0]) == (3, 96, 80, "uint8")
+        assert src.profile["tiled"] and src.compression.name == "deflate"
+        assert src.crs.to_epsg() is not None and src.res == (2.0, 2.0)
+        crs = src.crs
+    assert [name for name, _ in pyogrio.list_layers(gpkg)] == ["labels"]
+    labels = pyogrio.read_dataframe(gpkg)
+    assert labels.crs.to_epsg() == crs.to_epsg() and set(labels["class"]) <= set(CLASSES)
+
+
+def test_write_scene_refuses_a_missing_folder(tmp_path: Path):
+    with pytest.raises(UserInputError, match="no such folder"):
+        write_scene(tmp_path / "nope" / "s.tif", size_wh=(64, 64))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"size_wh": (8, 64)}, {"gsd_m": 0.0}, {"dtype": "float32"}, {"seed": -1}],
+)
+def test_bad_arguments_are_user_errors(kwargs):
+    with pytest.raises(UserInputError):
+        render_scene(**kwargs)
+
+
+def test_cli_writes_a_scene(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", str(tmp_path / "a.tif"), "--size", "64", "48", "--gsd", "3", "--seed", "2"])
+    assert exit_info.value.code == 0
+    assert (tmp_path / "a.tif").is_file() and (tmp_path / "a.gpkg").is_file()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--dtype", "float32"], ["--gsd", "0"], ["--size", "64"]],
+)
+def test_cli_usage_errors_exit_2(tmp_path: Path, args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", str(tmp_path / "a.tif"), *args])
+    assert exit_info.value.code == 2
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_missing_folder_is_a_one_line_error(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", str(tmp_path / "no" / "a.tif"), "--size", "64", "64"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error:") and "no such folder" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_a_1024_scene_renders_fast():
+    render_scene((64, 64))
+    start = time.process_time()
+    render_scene((1024, 1024), gsd_m=0.5, seed=0)
+    assert time.process_time() - start < 2.0
