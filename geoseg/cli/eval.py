@@ -1,0 +1,95 @@
+"""``geoseg eval``: score predicted polygons against reference polygons."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["eval_command"]
+
+
+def _class_list(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise click.BadParameter("give at least one class name", param_hint="--classes")
+    return names
+
+
+@click.command("eval")
+@click.argument("pred", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("ref", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--iou",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="IoU a prediction needs to count as a true positive (precision, recall, F1).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="Also write the results as JSON to this file ('-': JSON to stdout, no table).",
+)
+@click.option(
+    "--classes",
+    callback=_class_list,
+    metavar="NAME,...",
+    help="Evaluate only these classes [default: every class in either file].",
+)
+@click.option(
+    "--ref-class",
+    default=None,
+    metavar="NAME",
+    help="Class of the reference polygons when REF has no 'class' column or class layers "
+    "[default: the predictions' only class].",
+)
+def eval_command(
+    pred: Path,
+    ref: Path,
+    iou: float,
+    json_path: str | None,
+    classes: tuple[str, ...] | None,
+    ref_class: str | None,
+) -> None:
+    """Score predicted polygons PRED against reference polygons REF, per class.
+
+    Both are vector files with a CRS (predictions in another CRS are reprojected); every
+    layer is read. A polygon's class is its 'class' column, else its layer's name when the
+    file has one layer per class (as 'geoseg run' writes). Ranking uses the 'score' column
+    (1.0 where there is none). Reports COCO mask AP (IoU 0.50:0.05:0.95), AP50, AP75, and
+    precision, recall and F1 at --iou with one-to-one greedy matching by score.
+
+    \b
+    Example:
+      geoseg eval out/scene.gpkg truth.gpkg --iou 0.5 --json scores.json
+      geoseg eval pred.gpkg buildings.geojson --ref-class building --classes building
+    """
+    from geoseg.evaluate import evaluate_files, format_table
+
+    result = evaluate_files(pred, ref, iou=iou, classes=classes, ref_class=ref_class)
+    text = json.dumps(result, indent=2)
+    if json_path == "-":
+        click.echo(text)
+        return
+    click.echo(format_table(result))
+    if json_path is not None:
+        _write_text(Path(json_path), text + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name beside ``path``, then rename it into place."""
+    from geoseg.errors import UserInputError
+
+    if not path.parent.is_dir():
+        raise UserInputError(f"--json {path}: no such folder {path.parent}")
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
