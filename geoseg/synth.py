@@ -20,7 +20,9 @@ is enlarged, and only then:
 - fields need nothing (at least 10 px at 10 m GSD).
 
 Counts are capped (``MAX_BUILDINGS``, ``MAX_SHIPS``, ``MAX_FIELDS``) so coarse scenes stay
-fast. Every scene of the default size has objects of each class at any GSD from 0.5 to 10 m.
+fast. Water, farmland and a town each take a part of every scene, so that a scene of the
+default size has objects of each class at any GSD from 0.5 to 10 m (even 256 x 256 scenes
+do, for the seeds tried).
 The CRS is a real UTM zone (EPSG:326xx) and origin, both drawn from the seed; everything is
 deterministic by seed. ``uint16`` output is the same scene scaled to 0..4095 (12-bit).
 """
@@ -414,8 +416,6 @@ class _Layout:
     street_px: float
     sun_xy: tuple[float, float]  # shadow direction, unit vector in pixels
     shadow_ratio: float  # shadow length / object height
-    coast: Callable[[float], float]  # canonical u -> coast depth v
-    to_pixel: Affine  # canonical (u, v) -> pixel (x, y)
 
     @property
     def shape_yx(self) -> tuple[int, int]:
@@ -423,6 +423,7 @@ class _Layout:
 
 
 def _layout(rng: np.random.Generator, width: int, height: int, sc: _Scales) -> _Layout:
+    """Sea, beach, town with its street grid, farmland, roads, tracks, piers and the sun."""
     margin = max(64.0, 0.25 * max(width, height))
     scene = box(0, 0, width, height)
     extent = box(-margin, -margin, width + margin, height + margin)
@@ -443,11 +444,22 @@ def _layout(rng: np.random.Generator, width: int, height: int, sc: _Scales) -> _
     azimuth = rng.uniform(math.radians(110), math.radians(250))  # sun from the south
     piers = _piers(rng, len_u, margin, coast, sc, to_pixel)
     return _Layout(
-        width, height, scene, water, beach, farmland, town.difference(roads), roads,
-        tracks, piers, grid, pitch_xy, street_px,
-        (-math.sin(azimuth), math.cos(azimuth)), float(rng.uniform(0.35, 1.0)),
-        coast, to_pixel,
-    )  # fmt: skip
+        width=width,
+        height=height,
+        scene=scene,
+        water=water,
+        beach=beach,
+        farmland=farmland,
+        town=town.difference(roads),
+        roads=roads,
+        tracks=tracks,
+        piers=piers,
+        grid=grid,
+        pitch_xy=pitch_xy,
+        street_px=street_px,
+        sun_xy=(-math.sin(azimuth), math.cos(azimuth)),
+        shadow_ratio=float(rng.uniform(0.35, 1.0)),
+    )
 
 
 def _canonical_frame(side: int, width: int, height: int) -> tuple[Affine, float, float]:
@@ -629,7 +641,7 @@ def _add_fields(rng: np.random.Generator, layout: _Layout, sc: _Scales, objects:
         cells = [p for c in cells.geoms for p in _polygons(c.intersection(region))]
     gap = sc.px(rng.uniform(3, 8), 1.5)
     for cell in _merge_some(rng, cells):
-        if rng.random() < 0.12:
+        if len(cells) > 4 and rng.random() < 0.12:
             objects.woods.append(cell)
             continue
         for part in _polygons(cell.buffer(-gap / 2, join_style="mitre")):
@@ -698,6 +710,7 @@ class _House:
     roof: Rgb
     flat: bool
     hip: bool
+    row_ridge: bool = False  # terraces: one ridge along the row, across every unit
 
 
 def _add_buildings(
@@ -757,7 +770,9 @@ def _row_houses(rng: np.random.Generator, sc: _Scales, length: float) -> Iterato
 def _shift(house: _House, dx: float) -> _House:
     wings = [(a + dx, b, c + dx, d) for a, b, c, d in house.wings]
     footprint = shapely.affinity.translate(house.footprint, dx, 0)
-    return _House(footprint, wings, house.height_m, house.roof, house.flat, house.hip)
+    return _House(
+        footprint, wings, house.height_m, house.roof, house.flat, house.hip, house.row_ridge
+    )
 
 
 def _roof(rng: np.random.Generator, flat: bool) -> Rgb:
@@ -801,7 +816,7 @@ def _terrace(rng: np.random.Generator, sc: _Scales) -> list[_House]:
         frontage = rng.uniform(_NARROWEST_HOUSE_M, 10)
         wing = tuple(v * sc.urban for v in (x, 0, x + frontage, depth))
         colour = _roof(rng, False) if rng.random() < 0.25 else _jitter(rng, base, 0.05)
-        houses.append(_House(box(*wing), [wing], height, colour, False, hip))
+        houses.append(_House(box(*wing), [wing], height, colour, False, hip, row_ridge=True))
         x += frontage
     return houses
 
@@ -819,18 +834,24 @@ def _place_house(
         return
     inverse = ~Affine(to_px.a, to_px.b, 0, to_px.d, to_px.e, 0)
     sun_local = inverse @ objects.sun_xy
-    overlays = [g for w in house.wings for g in _roof_parts(w, house.hip, sun_local)]
+    overlays = [
+        g for w in house.wings for g in _roof_parts(w, house.hip, sun_local, house.row_ridge)
+    ]
     for k, geom in enumerate(_apply(np.array(overlays, dtype=object), to_px)):
         objects.shade.append((geom, owner, 0.74 if k % 2 == 0 else 1.25))
 
 
 def _roof_parts(
-    wing: tuple[float, float, float, float], hip: bool, sun_local: tuple[float, float]
+    wing: tuple[float, float, float, float],
+    hip: bool,
+    sun_local: tuple[float, float],
+    along_x: bool = False,
 ) -> tuple[Polygon, LineString]:
-    """The roof half that faces away from the sun, and the ridge along the wing's long axis."""
+    """The roof half that faces away from the sun, and the ridge along the wing's long axis
+    (along x, the street, when ``along_x``)."""
     x0, y0, x1, y1 = wing
-    if (x1 - x0) >= (y1 - y0):
-        mid, inset = (y0 + y1) / 2, (y1 - y0) / 2 if hip else 0.0
+    if along_x or (x1 - x0) >= (y1 - y0):
+        mid, inset = (y0 + y1) / 2, (y1 - y0) / 2 if hip and not along_x else 0.0
         ridge = LineString([(x0 + inset, mid), (x1 - inset, mid)])
         half = box(x0, mid, x1, y1) if sun_local[1] > 0 else box(x0, y0, x1, mid)
     else:
@@ -1129,8 +1150,8 @@ def _paint_trees(
     shadow = _shifted(tree, round(offset[0]), round(offset[1])) & allowed & ~tree
     img[shadow] *= _rgb((0.5, 0.52, 0.6))
     tree &= allowed
-    canopy = 0.6 * _noise(rng, layout.shape_yx, sc.px(3, 1.0))[tree] + 0.2 * fine[tree]
-    img[tree] = _rgb(TREE) * (1 + canopy[:, None])
+    canopy = 0.3 * _noise(rng, layout.shape_yx, sc.px(3, 1.0))[tree] + 0.15 * fine[tree]
+    img[tree] = _rgb(TREE) * np.maximum(1 + canopy, 0.3)[:, None]
 
 
 def _shifted(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
