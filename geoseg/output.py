@@ -1,8 +1,9 @@
 """Write a scene's objects: a GeoPackage with one layer per class, RFC 7946 GeoJSON per class.
 
 Every file is written under a temporary name in the output folder and renamed into place only
-when complete, so a run that is killed leaves no file that looks finished. The GeoPackage
-records the model and its checksum in its dataset metadata.
+when complete, so a run that is killed leaves no file that looks finished. Each GeoPackage
+layer records the model and its checksum (``geoseg_model``, ``geoseg_model_checksum``) and the
+run's options in its metadata (the ``gpkg_metadata`` table).
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ def _write_gpkg(
             driver="GPKG",
             geometry_type="MultiPolygon",
             append=k > 0,
-            dataset_metadata=dict(metadata) if k == 0 else None,
-            layer_metadata={"geoseg_class": class_name},
+            # per layer, not per dataset: GDAL mirrors dataset metadata into a .aux.xml file
+            # beside the GeoPackage whenever it is opened
+            layer_metadata={**metadata, "geoseg_class": class_name},
         )
 
 

@@ -184,13 +184,27 @@ def vectorize_stage(batch: PredictedBatch) -> BatchResult:
     return BatchResult(fragments, batch.n_tiles, batch.n_skipped)
 
 
-def scene_tasks(plan: ScenePlan) -> list[Delayed]:
-    """One delayed :class:`BatchResult` per batch of tiles (read -> predict -> vectorize)."""
+def scene_tasks(
+    plan: ScenePlan, *, predict_resources: dict[str, float] | None = None
+) -> list[Delayed]:
+    """One delayed :class:`BatchResult` per batch of tiles (read -> predict -> vectorize).
+
+    ``predict_resources`` (e.g. ``{"GPU": 1}``) annotates the inference tasks so that a
+    ``distributed`` cluster runs them only on workers started with those resources.
+    """
     opts = plan.options
+    annotate = (
+        dask.annotate(resources=predict_resources)
+        if predict_resources
+        else contextlib.nullcontext()
+    )
     tasks = []
     for tiles in plan.batches:
         read = dask.delayed(read_stage, pure=True)(plan.scene, tiles, opts.tile_px)
-        pred = dask.delayed(predict_stage, pure=True)(read, opts.model, opts.device, opts.min_score)
+        with annotate:
+            pred = dask.delayed(predict_stage, pure=True)(
+                read, opts.model, opts.device, opts.min_score
+            )
         tasks.append(dask.delayed(vectorize_stage, pure=True)(pred))
     return tasks
 
@@ -282,7 +296,12 @@ def objects_to_layers(
 
 
 def finish_scene(
-    plan: ScenePlan, results: Sequence[BatchResult], outdir: str | Path, *, seconds: float
+    plan: ScenePlan,
+    results: Sequence[BatchResult],
+    outdir: str | Path,
+    *,
+    seconds: float,
+    stem: str | None = None,
 ) -> RunResult:
     """Stitch the fragments of all batches, vectorize, and write the outputs atomically."""
     fragments = [f for r in results for f in r.fragments]
@@ -297,7 +316,7 @@ def finish_scene(
         "geoseg_options": str(plan.options.to_dict()),
     }
     outputs = write_outputs(
-        layers, outdir, plan.scene.stem, metadata=metadata, formats=plan.options.formats
+        layers, outdir, stem or plan.scene.stem, metadata=metadata, formats=plan.options.formats
     )
     return RunResult(
         scene=plan.path,

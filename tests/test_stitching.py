@@ -159,7 +159,9 @@ def test_outputs_are_layers_in_scene_crs_and_rfc7946_geojson(tmp_path: Path) -> 
         if len(gj):
             lon, lat = gj.geometry.iloc[0].representative_point().coords[0]
             assert 14 < lon < 16 and 35 < lat < 37  # UTM 33N, 4000 km north
-    assert pyogrio.read_info(gpkg, layer="building")["dataset_metadata"]["geoseg_model"] == "oracle"
+    metadata = pyogrio.read_info(gpkg, layer="building")["layer_metadata"]
+    assert metadata["geoseg_model"] == "oracle" and metadata["geoseg_model_checksum"]
+    assert not gpkg.with_name("street.gpkg.aux.xml").exists()
     assert result.counts == {"building": 7, "field": 1, "ship": 2}
     assert not list((tmp_path / "out").glob(".*"))  # no partial files left
 

@@ -70,6 +70,8 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     logging.basicConfig(level=max(level, logging.DEBUG), format=fmt)
     if verbose == 0:  # GDAL's own warnings (via rasterio) only when asked for
         logging.getLogger("rasterio").setLevel(logging.ERROR)
+    if verbose < 2:  # distributed logs every worker start at INFO
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     ctx.obj = {"verbosity": verbose - quiet}
 
 

@@ -1,0 +1,286 @@
+"""Many scenes on one Dask cluster: resumable, each scene isolated from the others' failures.
+
+All scenes are planned first (a scene that cannot be opened is recorded as failed right
+away), then the tile batches of every scene are submitted to the cluster together, so workers
+stay busy across scene boundaries. As soon as all batches of a scene are in, the scene is
+stitched and written (atomically, see :mod:`geoseg.output`) and a line goes to the journal
+(:mod:`geoseg.journal`). A rerun skips the scenes the journal shows done with the same input,
+model and parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geoseg.config import RunOptions
+from geoseg.errors import GeoSegError, UserInputError
+from geoseg.inputs import output_stems
+from geoseg.journal import Journal, JournalEntry, fingerprint, params_digest
+from geoseg.pipeline import BatchResult, ScenePlan, finish_scene, plan_scene, scene_tasks
+
+__all__ = ["BatchReport", "SceneOutcome", "connect", "run_batch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SceneOutcome:
+    """What happened to one scene: ``done``, ``skipped`` (done before) or ``failed``."""
+
+    scene: Path
+    status: str
+    counts: dict[str, int] = field(default_factory=dict)
+    n_tiles: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    outputs: list[Path] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """Every scene's outcome, in input order, and the merged output if one was written."""
+
+    outcomes: list[SceneOutcome]
+    seconds: float
+    merged: Path | None = None
+    dashboard: str | None = None
+
+    @property
+    def failed(self) -> list[SceneOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+@dataclass(slots=True)
+class _Pending:
+    plan: ScenePlan
+    stem: str
+    fingerprint: str
+    futures: list[Any]
+    started: float
+    results: dict[int, BatchResult] = field(default_factory=dict)
+
+
+ProgressEvent = Callable[[str, Any], None]
+
+
+def connect(
+    scheduler: Any, *, workers: int | None = None, threads_per_worker: int | None = None
+) -> tuple[Any, Any]:
+    """A ``distributed.Client`` for ``scheduler``; returns ``(client, cluster_or_None)``.
+
+    ``threads`` starts a local cluster whose worker runs in this process (one copy of the
+    model); ``processes`` a local cluster of worker processes (a model in each); an address
+    joins an existing scheduler; a ``Client`` is used as it is.
+    """
+    from distributed import Client, LocalCluster
+
+    if isinstance(scheduler, Client):
+        return scheduler, None
+    if scheduler in ("threads", "processes"):
+        cluster = LocalCluster(
+            n_workers=workers or (1 if scheduler == "threads" else 2),
+            threads_per_worker=threads_per_worker,
+            processes=scheduler == "processes",
+            dashboard_address=":0",
+        )
+        return Client(cluster), cluster
+    try:
+        return Client(scheduler, timeout="20s"), None
+    except OSError as exc:
+        raise UserInputError(
+            f"--scheduler {scheduler}: cannot reach a Dask scheduler ({exc})"
+        ) from exc
+
+
+def run_batch(
+    scenes: Sequence[Path],
+    outdir: str | Path,
+    *,
+    options: RunOptions | None = None,
+    scheduler: Any = "threads",
+    workers: int | None = None,
+    predict_resources: dict[str, float] | None = None,
+    merge: bool = False,
+    on_event: ProgressEvent | None = None,
+) -> BatchReport:
+    """Process ``scenes`` into ``outdir``; see the module docstring.
+
+    ``on_event(kind, payload)`` reports progress: ``("start", total)``,
+    ``("dashboard", url)``, ``("tiles", n)`` per finished batch, and ``("scene", outcome)``.
+    """
+    options = options or RunOptions()
+    outdir = Path(outdir).absolute()
+    outdir.mkdir(parents=True, exist_ok=True)
+    _remove_partials(outdir)
+    emit = on_event or (lambda kind, payload: None)
+    start = time.perf_counter()
+    journal = Journal(outdir)
+    stems = output_stems(list(scenes))
+    params = params_digest(options.to_dict())
+    outcomes: dict[Path, SceneOutcome] = {}
+    emit("start", len(scenes))
+
+    plans: list[tuple[ScenePlan, str, str]] = []
+    for scene in scenes:
+        outcome, plan = _plan_or_skip(scene, options, journal, params, stems[scene], outdir)
+        if outcome is not None:
+            outcomes[scene] = outcome
+            emit("scene", outcome)
+        if plan is not None:
+            plans.append((plan, stems[scene], fingerprint(scene)))
+
+    dashboard = None
+    if plans:
+        client, cluster = connect(scheduler, workers=workers)
+        try:
+            dashboard = getattr(client, "dashboard_link", None)
+            emit("dashboard", dashboard)
+            for outcome in _compute(
+                client, plans, outdir, journal, params, predict_resources, emit
+            ):
+                outcomes[outcome.scene] = outcome
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+    merged = None
+    if merge:
+        from geoseg.batch_merge import merge_outputs
+
+        done = [o for s in scenes if (o := outcomes.get(s)) and o.status in ("done", "skipped")]
+        merged = merge_outputs(done, outdir, merge_iou=options.merge_iou)
+    ordered = [outcomes[s] for s in scenes if s in outcomes]
+    return BatchReport(ordered, time.perf_counter() - start, merged, dashboard)
+
+
+def _remove_partials(outdir: Path) -> None:
+    """Temporary files of a run that was killed: never outputs, removed before starting."""
+    for leftover in outdir.glob(".*.partial.*"):
+        leftover.unlink(missing_ok=True)
+
+
+def _plan_or_skip(
+    scene: Path, options: RunOptions, journal: Journal, params: str, stem: str, outdir: Path
+) -> tuple[SceneOutcome | None, ScenePlan | None]:
+    try:
+        plan = plan_scene(scene, options)
+    except GeoSegError as exc:
+        error = str(exc)
+        journal.record(
+            JournalEntry(str(scene), "failed", fingerprint(scene), "", params, error=error)
+        )
+        return SceneOutcome(scene, "failed", error=error), None
+    if journal.is_done(
+        scene, fingerprint=fingerprint(scene), model_checksum=plan.model.checksum, params=params
+    ):
+        entry = journal.last(scene)
+        assert entry is not None
+        return SceneOutcome(
+            scene,
+            "skipped",
+            dict(entry.counts),
+            entry.n_tiles,
+            0.0,
+            outputs=[Path(p) for p in entry.outputs],
+        ), None
+    return None, plan
+
+
+def _compute(
+    client: Any,
+    plans: list[tuple[ScenePlan, str, str]],
+    outdir: Path,
+    journal: Journal,
+    params: str,
+    predict_resources: dict[str, float] | None,
+    emit: ProgressEvent,
+) -> list[SceneOutcome]:
+    from distributed import as_completed
+
+    pending: dict[int, _Pending] = {}
+    owner: dict[str, tuple[int, int]] = {}
+    all_futures = []
+    for k, (plan, stem, fprint) in enumerate(plans):
+        futures = client.compute(scene_tasks(plan, predict_resources=predict_resources))
+        pending[k] = _Pending(plan, stem, fprint, futures, time.perf_counter())
+        for j, future in enumerate(futures):
+            owner[future.key] = (k, j)
+        all_futures.extend(futures)
+
+    outcomes = []
+    for future in as_completed(all_futures):
+        k, j = owner[future.key]
+        job = pending.get(k)
+        if job is None:  # the scene failed already
+            continue
+        if future.status != "finished":
+            outcomes.append(_fail(job, _error_text(future), journal, params))
+            emit("scene", outcomes[-1])
+            client.cancel(job.futures)
+            del pending[k]
+            continue
+        result = future.result()
+        job.results[j] = result
+        emit("tiles", result.n_tiles + result.n_skipped)
+        if len(job.results) == len(job.futures):
+            outcomes.append(_finish(job, outdir, journal, params))
+            emit("scene", outcomes[-1])
+            del pending[k]
+    return outcomes
+
+
+def _error_text(future: Any) -> str:
+    try:
+        exc = future.exception()
+    except Exception as err:  # cancelled or lost
+        exc = err
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _fail(job: _Pending, error: str, journal: Journal, params: str) -> SceneOutcome:
+    scene = job.plan.path
+    journal.record(
+        JournalEntry(
+            str(scene), "failed", job.fingerprint, job.plan.model.checksum, params, error=error
+        )
+    )
+    return SceneOutcome(scene, "failed", error=error)
+
+
+def _finish(job: _Pending, outdir: Path, journal: Journal, params: str) -> SceneOutcome:
+    scene = job.plan.path
+    results = [job.results[j] for j in range(len(job.futures))]
+    try:
+        result = finish_scene(
+            job.plan, results, outdir, seconds=time.perf_counter() - job.started, stem=job.stem
+        )
+    except (GeoSegError, OSError, ValueError) as exc:
+        return _fail(job, f"{type(exc).__name__}: {exc}", journal, params)
+    journal.record(
+        JournalEntry(
+            str(scene),
+            "done",
+            job.fingerprint,
+            job.plan.model.checksum,
+            params,
+            outputs=tuple(str(p) for p in result.outputs),
+            counts=tuple(result.counts.items()),
+            n_tiles=result.n_tiles + result.n_skipped,
+            seconds=result.seconds,
+        )
+    )
+    return SceneOutcome(
+        scene,
+        "done",
+        result.counts,
+        result.n_tiles + result.n_skipped,
+        result.seconds,
+        outputs=result.outputs,
+    )

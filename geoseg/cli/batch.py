@@ -1,0 +1,247 @@
+"""``geoseg batch``: many scenes, resumable, on a Dask cluster."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from geoseg.cli.options import options_from_cli, parse_bands, run_options
+from geoseg.errors import UserInputError
+
+__all__ = ["batch_command", "load_spec"]
+
+_SPEC_KEYS = {
+    "inputs",
+    "outdir",
+    "model",
+    "tile_size",
+    "overlap",
+    "batch_size",
+    "device",
+    "min_score",
+    "bands",
+    "scheduler",
+    "simplify",
+    "crs",
+    "gsd",
+    "merge",
+    "asset",
+    "workers",
+    "gpu",
+}
+# spec key -> click parameter name, where they differ
+_RENAMES = {
+    "tile_size": "tile_px",
+    "overlap": "overlap_px",
+    "simplify": "simplify_px",
+    "gsd": "gsd_m",
+}
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """Read a YAML or TOML job spec; relative ``inputs`` and ``outdir`` are taken from its
+    folder. Keys are the long option names with ``_`` for ``-`` (``tile_size``)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot read the job spec ({exc.strerror})") from exc
+    try:
+        if path.suffix.lower() == ".toml":
+            spec = tomllib.loads(text)
+        else:
+            import yaml
+
+            spec = yaml.safe_load(text) or {}
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"{path}: not a valid job spec ({first})") from exc
+    if not isinstance(spec, dict):
+        raise UserInputError(f"{path}: a job spec is a mapping of option names to values")
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise UserInputError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(_SPEC_KEYS))}"
+        )
+    base = path.parent
+    if "inputs" in spec:
+        items = spec["inputs"] if isinstance(spec["inputs"], list) else [spec["inputs"]]
+        spec["inputs"] = [str(p if Path(p).is_absolute() else base / p) for p in items]
+    if "outdir" in spec:
+        spec["outdir"] = str(
+            Path(spec["outdir"]) if Path(spec["outdir"]).is_absolute() else base / spec["outdir"]
+        )
+    if isinstance(spec.get("bands"), list):
+        spec["bands"] = ",".join(str(b) for b in spec["bands"])
+    return {_RENAMES.get(k, k): v for k, v in spec.items()}
+
+
+def _spec_callback(ctx: click.Context, param: click.Parameter, value: Path | None) -> Any:
+    if value is not None:
+        spec = load_spec(value)
+        ctx.default_map = {**(ctx.default_map or {}), **spec}
+    return value
+
+
+@click.command("batch")
+@click.argument("inputs", nargs=-1)
+@click.option(
+    "--spec",
+    type=click.Path(path_type=Path, dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=_spec_callback,
+    help="A YAML or TOML job spec (see workflows/); options given here override it.",
+)
+@click.option(
+    "-o",
+    "--outdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Output folder (required, here or in the spec).",
+)
+@click.option(
+    "--asset", default=None, help="STAC asset to read from each item (default: the visual/RGB one)."
+)
+@click.option(
+    "--merge",
+    is_flag=True,
+    default=False,
+    help="Also write OUTDIR/merged.gpkg with objects seen in several scenes once.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Workers of the local cluster (threads: 1, processes: 2).",
+)
+@click.option(
+    "--gpu",
+    is_flag=True,
+    default=False,
+    help="Run inference only on workers started with '--resources GPU=1'.",
+)
+@run_options
+@click.pass_context
+def batch_command(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    outdir: Path | None,
+    asset: str | None,
+    merge: bool,
+    workers: int | None,
+    gpu: bool,
+    scheduler: str,
+    **kwargs: Any,
+) -> None:
+    """Segment many scenes: GeoTIFFs, folders, globs, manifests or STAC catalogues.
+
+    Each scene gets its own SCENE.gpkg and GeoJSON files in OUTDIR, as with 'geoseg run'. A
+    journal in OUTDIR (geoseg-journal.jsonl) records what is done: run the same command again
+    after a crash or a kill and only unfinished or changed scenes are processed. A scene that
+    fails is reported and the others go on; the exit status is then 1.
+
+    \b
+    Examples:
+      geoseg batch archive/ -o out/
+      geoseg batch 'tiles/**/*.tif' scenes.txt -o out/ --merge
+      geoseg batch catalog.json --asset visual -o out/ --scheduler tcp://10.0.0.5:8786
+      geoseg batch --spec workflows/local.yaml
+    """
+    from geoseg.batch import run_batch
+    from geoseg.inputs import resolve_inputs
+
+    spec = ctx.default_map or {}
+    inputs = inputs or tuple(spec.get("inputs", ()))
+    if not inputs:
+        raise click.UsageError("give INPUTS (files, folders, globs, manifests, STAC) or --spec")
+    if outdir is None:
+        raise click.UsageError("give -o/--outdir (or 'outdir' in the spec)")
+    if isinstance(kwargs.get("bands"), str):
+        kwargs["bands"] = parse_bands(kwargs["bands"])
+    options = options_from_cli(**kwargs)
+    scenes = resolve_inputs(inputs, asset=asset)
+    verbosity = (ctx.obj or {}).get("verbosity", 0)
+    progress = _Progress(verbosity)
+    try:
+        report = run_batch(
+            scenes,
+            outdir,
+            options=options,
+            scheduler=scheduler,
+            workers=workers,
+            predict_resources={"GPU": 1} if gpu else None,
+            merge=merge,
+            on_event=progress,
+        )
+    finally:
+        progress.close()
+    if verbosity >= 0:
+        _summary(report)
+    if report.failed:
+        sys.exit(1)
+
+
+class _Progress:
+    """Scenes done out of total, tiles per second, time left (tqdm on stderr)."""
+
+    def __init__(self, verbosity: int) -> None:
+        self.verbosity = verbosity
+        self.bar: Any = None
+        self.tiles = 0
+        self.start = 0.0
+
+    def __call__(self, kind: str, payload: Any) -> None:
+        import time
+
+        if self.verbosity < 0:
+            return
+        if kind == "start":
+            from tqdm import tqdm
+
+            self.start = time.perf_counter()
+            self.bar = tqdm(total=payload, unit="scene", desc="scenes", dynamic_ncols=True)
+        elif kind == "dashboard" and payload:
+            click.echo(f"Dask dashboard: {payload}", err=True)
+        elif kind == "tiles":
+            self.tiles += payload
+            rate = self.tiles / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix_str(f"{rate:.1f} tiles/s")
+        elif kind == "scene":
+            self.bar.update(1)
+            if payload.status == "failed":
+                self.bar.write(f"FAILED {payload.error}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _summary(report: Any) -> None:
+    rows = [("scene", "status", "objects", "tiles", "seconds", "error")]
+    for o in report.outcomes:
+        rows.append(
+            (
+                o.scene.name,
+                o.status,
+                str(sum(o.counts.values())),
+                str(o.n_tiles),
+                f"{o.seconds:.1f}",
+                o.error[:80],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    done = sum(o.status == "done" for o in report.outcomes)
+    skipped = sum(o.status == "skipped" for o in report.outcomes)
+    click.echo(
+        f"{done} done, {skipped} already done, {len(report.failed)} failed "
+        f"in {report.seconds:.1f} s"
+    )
+    if report.merged:
+        click.echo(f"Wrote {report.merged}")

@@ -1,0 +1,135 @@
+"""The journal of a batch: what is done, with what input, model and parameters.
+
+A JSON-lines file in the output folder (``geoseg-journal.jsonl``), appended to and fsynced
+after each scene's outputs are in place, never rewritten: a batch killed at any moment leaves a
+journal whose every line is true. The last line about a scene wins. A scene counts as done
+when its last line says ``done`` with the same input fingerprint, model checksum and
+parameters, and its outputs are all there; anything else is done again.
+
+The fingerprint of an input is its size, its modification time and the SHA-256 of its first
+and last MiB: cheap for multi-gigabyte scenes, and it changes when a scene is rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JOURNAL_NAME", "Journal", "JournalEntry", "fingerprint", "params_digest"]
+
+JOURNAL_NAME = "geoseg-journal.jsonl"
+_EDGE_BYTES = 1 << 20
+
+
+def fingerprint(path: str | Path) -> str:
+    """``size:mtime_ns:sha256(first and last MiB)`` of a file; ``missing`` if it is not there."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            digest.update(f.read(_EDGE_BYTES))
+            if stat.st_size > _EDGE_BYTES:
+                f.seek(max(_EDGE_BYTES, stat.st_size - _EDGE_BYTES))
+                digest.update(f.read(_EDGE_BYTES))
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{digest.hexdigest()[:32]}"
+
+
+def params_digest(params: dict[str, Any]) -> str:
+    """A short stable digest of run parameters."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One line of the journal."""
+
+    scene: str
+    status: str  # "done" or "failed"
+    fingerprint: str
+    model_checksum: str
+    params: str
+    outputs: tuple[str, ...] = ()
+    counts: tuple[tuple[str, int], ...] = ()
+    n_tiles: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+    def to_json(self) -> str:
+        data = {
+            "scene": self.scene,
+            "status": self.status,
+            "fingerprint": self.fingerprint,
+            "model_checksum": self.model_checksum,
+            "params": self.params,
+            "outputs": list(self.outputs),
+            "counts": dict(self.counts),
+            "n_tiles": self.n_tiles,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> JournalEntry:
+        d = json.loads(line)
+        return cls(
+            scene=d["scene"],
+            status=d["status"],
+            fingerprint=d["fingerprint"],
+            model_checksum=d["model_checksum"],
+            params=d["params"],
+            outputs=tuple(d.get("outputs", ())),
+            counts=tuple(d.get("counts", {}).items()),
+            n_tiles=int(d.get("n_tiles", 0)),
+            seconds=float(d.get("seconds", 0.0)),
+            error=d.get("error", ""),
+        )
+
+
+class Journal:
+    """Append-only record of a batch in ``outdir``."""
+
+    def __init__(self, outdir: str | Path) -> None:
+        self.path = Path(outdir) / JOURNAL_NAME
+        self._last: dict[str, JournalEntry] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = JournalEntry.from_json(line)
+                except (ValueError, KeyError):
+                    continue  # a torn last line from a kill: ignored, the scene is redone
+                self._last[entry.scene] = entry
+
+    def last(self, scene: str | Path) -> JournalEntry | None:
+        return self._last.get(str(scene))
+
+    def is_done(
+        self, scene: str | Path, *, fingerprint: str, model_checksum: str, params: str
+    ) -> bool:
+        entry = self.last(scene)
+        return (
+            entry is not None
+            and entry.status == "done"
+            and entry.fingerprint == fingerprint
+            and entry.model_checksum == model_checksum
+            and entry.params == params
+            and all(Path(p).exists() for p in entry.outputs)
+        )
+
+    def record(self, entry: JournalEntry) -> None:
+        """Append one line and make it durable before returning."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(entry.to_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._last[entry.scene] = entry
