@@ -92,6 +92,17 @@ def _stac_assets(path: Path, asset: str | None) -> list[Path]:
     return [_pick_asset(item, asset, path) for item in items]
 
 
+def _absolute_href(asset: object, item: object, source: Path) -> Path:
+    """An asset's path: relative hrefs are taken from the item's own file, else from the
+    file the items were read from (items of an ItemCollection have no file of their own)."""
+    href = Path(asset.href)  # type: ignore[attr-defined]
+    if href.is_absolute():
+        return href
+    self_href = item.get_self_href()  # type: ignore[attr-defined]
+    base = Path(self_href).parent if self_href else source.parent
+    return (base / href).resolve()
+
+
 def _pick_asset(item: object, asset: str | None, source: Path) -> Path:
     assets = item.assets  # type: ignore[attr-defined]
     if asset is not None:
@@ -117,8 +128,7 @@ def _pick_asset(item: object, asset: str | None, source: Path) -> Path:
                 f"{source}: item {item.id!r} has no visual/RGB asset; "  # type: ignore[attr-defined]
                 f"choose one with --asset (it has {', '.join(assets)})"
             )
-    href = chosen.get_absolute_href() or chosen.href
-    return Path(href)
+    return _absolute_href(chosen, item, source)
 
 
 def output_stems(scenes: Sequence[Path]) -> dict[Path, str]:

@@ -83,3 +83,17 @@ class NoisyOracle(OracleSegmenter):
 
 def noisy_oracle() -> NoisyOracle:
     return NoisyOracle()
+
+
+class SlowOracle(OracleSegmenter):
+    """An oracle that takes its time, so a batch can be killed midway."""
+
+    def predict(self, tiles: np.ndarray) -> list:
+        import time
+
+        time.sleep(0.15 * len(tiles))
+        return super().predict(tiles)
+
+
+def slow_oracle() -> SlowOracle:
+    return SlowOracle()
