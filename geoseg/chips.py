@@ -15,9 +15,8 @@ no validation pixel is ever trained on. Training chips overlap by half a chip, v
 chips do not overlap.
 
 Label files: any vector format GeoPandas reads, with a CRS. The class of each polygon comes
-from a ``class`` column, or from ``label_class`` for files without one (``label_class``
-overrides the column). One label file may cover many scenes, and a scene may take polygons
-from several files.
+from a ``class`` column, or from ``label_class`` for files without one. One label file may
+cover many scenes, and a scene may take polygons from several files.
 """
 
 from __future__ import annotations
@@ -84,6 +83,8 @@ def read_labels(
 ) -> gpd.GeoDataFrame:
     """Polygons of a label file with a ``class`` column holding names from ``classes``.
 
+    The class comes from the file's ``class`` column, or, in a file without one, is
+    ``label_class``.
     Polygons of other classes are dropped (with a log message); invalid geometries are
     repaired, non-polygons dropped. Raises :class:`~geoseg.errors.LabelError` when the file
     cannot be read, has no CRS, has no class, or holds no polygon of ``classes``.
@@ -100,14 +101,14 @@ def read_labels(
             f"{path}: labels have no CRS; set the CRS they are in "
             "(e.g. ogr2ogr -a_srs EPSG:32633 fixed.gpkg labels.geojson)"
         )
-    if label_class is not None:
+    if "class" in gdf.columns:
+        names = gdf["class"].astype(str).to_numpy()
+    elif label_class is not None:
         if label_class not in classes:
             raise LabelError(
                 f"--label-class {label_class!r} is not one of the classes {', '.join(classes)}"
             )
         names = np.full(len(gdf), label_class, dtype=object)
-    elif "class" in gdf.columns:
-        names = gdf["class"].astype(str).to_numpy()
     else:
         raise LabelError(
             f"{path}: has no 'class' column; name the class of its polygons with --label-class"

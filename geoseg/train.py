@@ -286,32 +286,16 @@ def _synthetic_scenes(directory: Path, options: TrainOptions) -> list[tuple[Path
         from geoseg import synth
     except ImportError as exc:
         raise UserInputError(f"--synthetic needs geoseg.synth, which is missing ({exc})") from exc
-    import rasterio
 
     directory.mkdir(parents=True, exist_ok=True)
     out = []
     size = options.synthetic_size_px
     for seed in range(options.synthetic_seed, options.synthetic_seed + options.synthetic):
         gsd, dtype = synthetic_recipe(seed)
-        image = directory / f"synth_{seed}.tif"
-        label_file = directory / f"synth_{seed}.gpkg"
+        image = directory / f"synth_{seed}_{size}px.tif"
+        label_file = image.with_suffix(".gpkg")
         if not (image.is_file() and label_file.is_file()):
-            array, gdf, transform, crs = synth.make_scene((size, size), gsd, seed, dtype)
-            profile = {
-                "driver": "GTiff",
-                "height": array.shape[1],
-                "width": array.shape[2],
-                "count": array.shape[0],
-                "dtype": array.dtype.name,
-                "crs": crs,
-                "transform": transform,
-                "compress": "deflate",
-            }
-            tmp_image = image.with_suffix(".tmp.tif")
-            with rasterio.open(tmp_image, "w", **profile) as dst:
-                dst.write(array)
-            gdf[["class", "geometry"]].to_file(label_file, driver="GPKG")
-            tmp_image.replace(image)
+            synth.write_scene(image, size_wh=(size, size), gsd_m=gsd, seed=seed, dtype=dtype)
         out.append((image, label_file, gsd))
     return out
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import geopandas as gpd
@@ -11,9 +10,11 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+import torch
 from affine import Affine
 
 from geoseg.chips import chip_windows, cut_chips, read_labels, targets_from_ids
+from geoseg.cli import main
 from geoseg.errors import LabelError, UserInputError
 from geoseg.model import load_segmenter
 from geoseg.model.maskrcnn import MaskRCNNArch
@@ -25,6 +26,15 @@ SIZE = 96
 TINY = MaskRCNNArch(widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), fpn_channels=32)
 # (row, col, height, width) of bright roofs on a dark, noisy ground
 ROOFS = [(8, 8, 14, 18), (40, 12, 20, 12), (70, 30, 12, 22), (14, 44, 16, 16), (60, 70, 18, 14)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: tiny networks gain nothing from more, and a busy machine loses."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -170,19 +180,45 @@ def _kw(options: TrainOptions) -> dict:
     return {f: getattr(options, f) for f in TrainOptions.__dataclass_fields__}
 
 
-def test_cli_train_usage_errors(tmp_path: Path, labelled: tuple[Path, Path]) -> None:
+def test_cli_train_usage_errors(
+    tmp_path: Path, labelled: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     image, labels = labelled
 
-    def geoseg(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "geoseg", "train", *args, "-o", str(tmp_path / "m.pt")]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    def geoseg(*args: str) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as done:
+            main(["train", *args, "-o", str(tmp_path / "m.pt")])
+        return int(done.value.code), capsys.readouterr().err
 
-    done = geoseg("--images", str(image), "--labels", str(tmp_path / "nope.gpkg"))
-    assert done.returncode == 2 and "nope.gpkg" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-    done = geoseg(
+    code, err = geoseg("--images", str(image), "--labels", str(tmp_path / "nope.gpkg"))
+    assert code == 2 and "nope.gpkg" in err and len(err.strip().splitlines()) == 1
+    code, err = geoseg(
         "--images", str(image), "--labels", str(labels), "--label-class", "a", "--label-class", "b"
     )
-    assert done.returncode == 2 and "--label-class" in done.stderr
-    done = geoseg("--images", str(image))
-    assert done.returncode == 2 and "--labels" in done.stderr
+    assert code == 2 and "--label-class" in err
+    code, err = geoseg("--images", str(image))
+    assert code == 2 and "--labels" in err
+    code, err = geoseg("--help")
+    assert code == 0
+
+
+def test_synthetic_scenes_join_the_training(tmp_path: Path) -> None:
+    pytest.importorskip("geoseg.synth")
+    options = TrainOptions(
+        classes=("building", "field", "ship"),
+        epochs=1,
+        steps_per_epoch=1,
+        batch_size=2,
+        init="none",
+        chip_px=64,
+        synthetic=1,
+        synthetic_size_px=96,
+        device="cpu",
+        arch=TINY,
+    )
+    result = train([], [], tmp_path / "s.pt", options=options)
+    scenes = sorted((sidecar_dir(tmp_path / "s.pt") / "synthetic").glob("*.tif"))
+    assert [p.name for p in scenes] == ["synth_1000_96px.tif"]
+    assert result.n_train_chips > 0 and result.gsd_range_m[0] >= 0.5
+    with pytest.raises(UserInputError, match="0-99"):
+        TrainOptions(synthetic=1, synthetic_seed=5).validate()

@@ -49,7 +49,7 @@ def _csv(kind: type) -> Any:
     multiple=True,
     metavar="CLASS",
     help="Class of the polygons of label files that have no 'class' column: once for all "
-    "files, or once per --labels, in the same order.",
+    "files, or once per --labels in the same order ('-' for a file with the column).",
 )
 @click.option(
     "--classes",
@@ -143,6 +143,12 @@ def _csv(kind: type) -> Any:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch [default: torch's choice]; 1 is often faster on a busy machine.",
+)
 @click.pass_context
 def train_command(
     ctx: click.Context,
@@ -150,6 +156,7 @@ def train_command(
     labels: tuple[Path, ...],
     label_class: tuple[str, ...],
     output: Path,
+    threads: int | None,
     **kwargs: Any,
 ) -> None:
     """Train a Mask R-CNN on GeoTIFFs and polygon labels, and write it to OUTPUT.
@@ -173,6 +180,10 @@ def train_command(
         raise click.UsageError("give --images with --labels, or --synthetic N")
     sources = _label_sources(labels, label_class)
     options = TrainOptions(**kwargs)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     with _Reporter(verbosity) as report:
         result = train(images, sources, output, options=options, progress=report)
     if verbosity >= 0:
@@ -192,7 +203,10 @@ def _label_sources(labels: tuple[Path, ...], label_class: tuple[str, ...]) -> li
         label_class = label_class * len(labels)
     if not label_class:
         label_class = (None,) * len(labels)  # type: ignore[assignment]
-    return [LabelSource(str(p), c) for p, c in zip(labels, label_class, strict=True)]
+    return [
+        LabelSource(str(p), None if c == "-" else c)
+        for p, c in zip(labels, label_class, strict=True)
+    ]
 
 
 class _Reporter:
