@@ -369,3 +369,11 @@ def test_spec_file_runs_like_the_options(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "tile_sise" in proc.stderr
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "workflows").glob("*.*ml")), ids=lambda p: p.name)
+def test_shipped_job_specs_are_valid(spec: Path) -> None:
+    from geoseg.cli.batch import load_spec
+
+    values = load_spec(spec)
+    assert values["inputs"] and "outdir" in values
