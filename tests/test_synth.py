@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -171,11 +170,3 @@ def test_cli_missing_folder_is_a_one_line_error(tmp_path: Path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("Error:") and "no such folder" in err and "\n" not in err
-
-
-@pytest.mark.slow
-def test_a_1024_scene_renders_fast():
-    render_scene((64, 64))
-    start = time.process_time()
-    render_scene((1024, 1024), gsd_m=0.5, seed=0)
-    assert time.process_time() - start < 2.0
