@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.config import RunOptions
-from geoseg.errors import GeoSegError, UserInputError
+from geoseg.errors import GeoSegError, ModelError, UserInputError
 from geoseg.inputs import output_stems
-from geoseg.journal import Journal, JournalEntry, fingerprint, params_digest
+from geoseg.journal import Journal, JournalEntry, batch_lock, fingerprint, params_digest
 from geoseg.pipeline import BatchResult, ScenePlan, finish_scene, plan_scene, scene_tasks
 
 __all__ = ["BatchReport", "SceneOutcome", "connect", "run_batch"]
@@ -74,13 +74,19 @@ def connect(
     """A ``distributed.Client`` for ``scheduler``; returns ``(client, cluster_or_None)``.
 
     ``threads`` starts a local cluster whose worker runs in this process (one copy of the
-    model); ``processes`` a local cluster of worker processes (a model in each); an address
-    joins an existing scheduler; a ``Client`` is used as it is.
+    model; ``sync``: one thread); ``processes`` a local cluster of worker processes (a model
+    in each); an address joins an existing scheduler; a ``Client`` is used as it is (and the
+    caller closes it: the second item is then ``None`` and the client is not ours either).
     """
     from distributed import Client, LocalCluster
+    from distributed.deploy import Cluster
 
     if isinstance(scheduler, Client):
         return scheduler, None
+    if isinstance(scheduler, Cluster):  # e.g. from a spec's cluster section: the caller's
+        return Client(scheduler), None
+    if scheduler == "sync":
+        scheduler, workers, threads_per_worker = "threads", 1, 1
     if scheduler in ("threads", "processes"):
         cluster = LocalCluster(
             n_workers=workers or (1 if scheduler == "threads" else 2),
@@ -110,51 +116,57 @@ def run_batch(
 ) -> BatchReport:
     """Process ``scenes`` into ``outdir``; see the module docstring.
 
-    ``on_event(kind, payload)`` reports progress: ``("start", total)``,
-    ``("dashboard", url)``, ``("tiles", n)`` per finished batch, and ``("scene", outcome)``.
+    ``scheduler``: see :func:`connect`. ``predict_resources`` (e.g. ``{"GPU": 1}``): worker
+    resources that inference tasks need, so that they run only on the workers that have them.
+    ``on_event(kind, payload)`` reports progress: ``("start", n_scenes)``, ``("scene",
+    outcome)`` for each scene failed, skipped or done, ``("planned", n_tiles)`` once the tiles
+    still to run are known, ``("dashboard", url)``, and ``("tiles", n)`` per finished batch.
+    Raises :class:`~geoseg.errors.UserInputError` if another batch is writing to ``outdir``.
     """
     options = options or RunOptions()
     outdir = Path(outdir).absolute()
-    outdir.mkdir(parents=True, exist_ok=True)
-    _remove_partials(outdir)
     emit = on_event or (lambda kind, payload: None)
     start = time.perf_counter()
-    journal = Journal(outdir)
-    stems = output_stems(list(scenes))
-    params = params_digest(options.to_dict())
-    outcomes: dict[Path, SceneOutcome] = {}
-    emit("start", len(scenes))
+    with batch_lock(outdir):
+        _remove_partials(outdir)
+        journal = Journal(outdir)
+        stems = output_stems(list(scenes))
+        params = params_digest(options.to_dict())
+        outcomes: dict[Path, SceneOutcome] = {}
+        emit("start", len(scenes))
 
-    plans: list[tuple[ScenePlan, str, str]] = []
-    for scene in scenes:
-        outcome, plan = _plan_or_skip(scene, options, journal, params, stems[scene], outdir)
-        if outcome is not None:
-            outcomes[scene] = outcome
-            emit("scene", outcome)
-        if plan is not None:
-            plans.append((plan, stems[scene], fingerprint(scene)))
+        plans: list[tuple[ScenePlan, str, str]] = []
+        for scene in scenes:
+            outcome, todo = _plan_or_skip(scene, options, journal, params)
+            if outcome is not None:
+                outcomes[scene] = outcome
+                emit("scene", outcome)
+            if todo is not None:
+                plans.append((todo[0], stems[scene], todo[1]))
+        emit("planned", sum(plan.n_tiles for plan, _, _ in plans))
 
-    dashboard = None
-    if plans:
-        client, cluster = connect(scheduler, workers=workers)
-        try:
-            dashboard = getattr(client, "dashboard_link", None)
-            emit("dashboard", dashboard)
-            for outcome in _compute(
-                client, plans, outdir, journal, params, predict_resources, emit
-            ):
-                outcomes[outcome.scene] = outcome
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        dashboard = None
+        if plans:
+            client, cluster = connect(scheduler, workers=workers)
+            try:
+                dashboard = getattr(client, "dashboard_link", None)
+                emit("dashboard", dashboard)
+                for outcome in _compute(
+                    client, plans, outdir, journal, params, predict_resources, emit
+                ):
+                    outcomes[outcome.scene] = outcome
+            finally:
+                if client is not scheduler:  # close only what we opened
+                    client.close()
+                if cluster is not None:
+                    cluster.close()
 
-    merged = None
-    if merge:
-        from geoseg.batch_merge import merge_outputs
+        merged = None
+        if merge:
+            from geoseg.batch_merge import merge_outputs
 
-        done = [o for s in scenes if (o := outcomes.get(s)) and o.status in ("done", "skipped")]
-        merged = merge_outputs(done, outdir, merge_iou=options.merge_iou)
+            done = [o for s in scenes if (o := outcomes.get(s)) and o.status in ("done", "skipped")]
+            merged = merge_outputs(done, outdir, merge_iou=options.merge_iou)
     ordered = [outcomes[s] for s in scenes if s in outcomes]
     return BatchReport(ordered, time.perf_counter() - start, merged, dashboard)
 
@@ -166,30 +178,30 @@ def _remove_partials(outdir: Path) -> None:
 
 
 def _plan_or_skip(
-    scene: Path, options: RunOptions, journal: Journal, params: str, stem: str, outdir: Path
-) -> tuple[SceneOutcome | None, ScenePlan | None]:
+    scene: Path, options: RunOptions, journal: Journal, params: str
+) -> tuple[SceneOutcome | None, tuple[ScenePlan, str] | None]:
+    """Plan a scene: ``(outcome, None)`` if it failed or is done, else ``(None, (plan,
+    fingerprint))``."""
+    fprint = fingerprint(scene)
     try:
         plan = plan_scene(scene, options)
-    except GeoSegError as exc:
-        error = str(exc)
-        journal.record(
-            JournalEntry(str(scene), "failed", fingerprint(scene), "", params, error=error)
-        )
+    except ModelError:
+        raise  # the same for every scene: stop the batch with one message
+    except Exception as exc:  # isolate the scene: record it, go on with the others
+        error = str(exc) if isinstance(exc, GeoSegError) else f"{type(exc).__name__}: {exc}"
+        journal.record(JournalEntry(str(scene), "failed", fprint, "", params, error=error))
         return SceneOutcome(scene, "failed", error=error), None
     if journal.is_done(
-        scene, fingerprint=fingerprint(scene), model_checksum=plan.model.checksum, params=params
+        scene, fingerprint=fprint, model_checksum=plan.model.checksum, params=params
     ):
         entry = journal.last(scene)
         assert entry is not None
-        return SceneOutcome(
-            scene,
-            "skipped",
-            dict(entry.counts),
-            entry.n_tiles,
-            0.0,
-            outputs=[Path(p) for p in entry.outputs],
-        ), None
-    return None, plan
+        outputs = [Path(p) for p in entry.outputs]
+        outcome = SceneOutcome(
+            scene, "skipped", dict(entry.counts), entry.n_tiles, 0.0, outputs=outputs
+        )
+        return outcome, None
+    return None, (plan, fprint)
 
 
 def _compute(

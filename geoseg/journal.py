@@ -12,17 +12,30 @@ and last MiB: cheap for multi-gigabyte scenes, and it changes when a scene is re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JOURNAL_NAME", "Journal", "JournalEntry", "fingerprint", "params_digest"]
+from geoseg.errors import UserInputError
+
+__all__ = [
+    "JOURNAL_NAME",
+    "LOCK_NAME",
+    "Journal",
+    "JournalEntry",
+    "batch_lock",
+    "fingerprint",
+    "params_digest",
+]
 
 JOURNAL_NAME = "geoseg-journal.jsonl"
+LOCK_NAME = ".geoseg-batch.lock"
 _EDGE_BYTES = 1 << 20
 
 
@@ -133,3 +146,32 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         self._last[entry.scene] = entry
+
+
+@contextlib.contextmanager
+def batch_lock(outdir: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``outdir`` (creating it) so that two batches never write
+    the same outputs and journal; the kernel drops it when the process dies, even by SIGKILL.
+
+    Raises :class:`~geoseg.errors.UserInputError` if another process holds it. Where
+    ``fcntl`` is missing (Windows), no lock is taken.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield outdir
+        return
+    with open(outdir / LOCK_NAME, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserInputError(
+                f"{outdir}: another geoseg batch is writing here; wait for it to finish "
+                "or choose another output folder"
+            ) from None
+        try:
+            yield outdir
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

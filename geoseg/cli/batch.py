@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from geoseg.cli.options import options_from_cli, parse_bands, run_options
 from geoseg.errors import UserInputError
@@ -32,6 +35,7 @@ _SPEC_KEYS = {
     "asset",
     "workers",
     "gpu",
+    "cluster",
 }
 # spec key -> click parameter name, where they differ
 _RENAMES = {
@@ -75,6 +79,10 @@ def load_spec(path: Path) -> dict[str, Any]:
         spec["outdir"] = str(
             Path(spec["outdir"]) if Path(spec["outdir"]).is_absolute() else base / spec["outdir"]
         )
+    if "cluster" in spec:
+        from geoseg.batch_cluster import check_cluster_spec
+
+        spec["cluster"] = check_cluster_spec(spec["cluster"], where=f"{path}: cluster")
     if isinstance(spec.get("bands"), list):
         spec["bands"] = ",".join(str(b) for b in spec["bands"])
     return {_RENAMES.get(k, k): v for k, v in spec.items()}
@@ -167,7 +175,13 @@ def batch_command(
     scenes = resolve_inputs(inputs, asset=asset)
     verbosity = (ctx.obj or {}).get("verbosity", 0)
     progress = _Progress(verbosity)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(progress.close)
+        from_command_line = ctx.get_parameter_source("scheduler") == ParameterSource.COMMANDLINE
+        if spec.get("cluster") and not from_command_line:
+            from geoseg.batch_cluster import start_cluster
+
+            scheduler = stack.enter_context(start_cluster(spec["cluster"]))
         report = run_batch(
             scenes,
             outdir,
@@ -178,8 +192,6 @@ def batch_command(
             merge=merge,
             on_event=progress,
         )
-    finally:
-        progress.close()
     if verbosity >= 0:
         _summary(report)
     if report.failed:
@@ -187,34 +199,53 @@ def batch_command(
 
 
 class _Progress:
-    """Scenes done out of total, tiles per second, time left (tqdm on stderr)."""
+    """Scenes done out of total, tiles per second and time left (tqdm on stderr).
+
+    Time left is counted in tiles, not scenes: scenes differ in size, and the ones a rerun
+    skips take no time.
+    """
 
     def __init__(self, verbosity: int) -> None:
         self.verbosity = verbosity
         self.bar: Any = None
-        self.tiles = 0
+        self.tiles_total = 0
+        self.tiles_done = 0
         self.start = 0.0
 
     def __call__(self, kind: str, payload: Any) -> None:
-        import time
-
         if self.verbosity < 0:
             return
         if kind == "start":
             from tqdm import tqdm
 
+            self.bar = tqdm(
+                total=payload,
+                unit="scene",
+                desc="scenes",
+                dynamic_ncols=True,
+                bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}{postfix}",
+            )
+        elif kind == "planned":
+            self.tiles_total = payload
             self.start = time.perf_counter()
-            self.bar = tqdm(total=payload, unit="scene", desc="scenes", dynamic_ncols=True)
         elif kind == "dashboard" and payload:
-            click.echo(f"Dask dashboard: {payload}", err=True)
+            self.bar.write(f"Dask dashboard: {payload}")
         elif kind == "tiles":
-            self.tiles += payload
-            rate = self.tiles / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.set_postfix_str(f"{rate:.1f} tiles/s")
+            self.tiles_done += payload
+            self.bar.set_postfix_str(self._rate())
         elif kind == "scene":
             self.bar.update(1)
             if payload.status == "failed":
-                self.bar.write(f"FAILED {payload.error}")
+                self.bar.write(f"FAILED {payload.scene.name}: {payload.error}")
+
+    def _rate(self) -> str:
+        rate = self.tiles_done / max(time.perf_counter() - self.start, 1e-9)
+        left = max(self.tiles_total - self.tiles_done, 0) / rate if rate > 0 else 0.0
+        minutes, seconds = divmod(int(left), 60)
+        return (
+            f"{self.tiles_done}/{self.tiles_total} tiles, {rate:.1f} tiles/s, "
+            f"{minutes}:{seconds:02d} left"
+        )
 
     def close(self) -> None:
         if self.bar is not None:
