@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, ModelError, UserInputError
 from geoseg.inputs import output_stems
 from geoseg.journal import Journal, JournalEntry, batch_lock, fingerprint, params_digest
+from geoseg.model.protocol import load_segmenter
 from geoseg.pipeline import BatchResult, ScenePlan, finish_scene, plan_scene, scene_tasks
 
 __all__ = ["BatchReport", "SceneOutcome", "connect", "run_batch"]
@@ -128,6 +129,7 @@ def run_batch(
     emit = on_event or (lambda kind, payload: None)
     start = time.perf_counter()
     with batch_lock(outdir):
+        load_segmenter(options.model, device=options.device)  # a bad --model stops it here
         _remove_partials(outdir)
         journal = Journal(outdir)
         stems = output_stems(list(scenes))
@@ -219,7 +221,7 @@ def _compute(
     owner: dict[str, tuple[int, int]] = {}
     all_futures = []
     for k, (plan, stem, fprint) in enumerate(plans):
-        futures = client.compute(scene_tasks(plan, predict_resources=predict_resources))
+        futures = client.compute(_tasks(plan, predict_resources))
         pending[k] = _Pending(plan, stem, fprint, futures, time.perf_counter())
         for j, future in enumerate(futures):
             owner[future.key] = (k, j)
@@ -245,6 +247,21 @@ def _compute(
             emit("scene", outcomes[-1])
             del pending[k]
     return outcomes
+
+
+def _tasks(plan: ScenePlan, predict_resources: dict[str, float] | None) -> list[Any]:
+    """The scene's batch tasks; with resources, built one batch at a time, because
+    :func:`~geoseg.pipeline.scene_tasks` enters one ``dask.annotate`` context per call and a
+    context manager made from a generator cannot be entered twice."""
+    if not predict_resources:
+        return scene_tasks(plan)
+    return [
+        task
+        for batch in plan.batches
+        for task in scene_tasks(
+            replace(plan, batches=(batch,)), predict_resources=predict_resources
+        )
+    ]
 
 
 def _error_text(future: Any) -> str:

@@ -229,14 +229,14 @@ class _Progress:
             self.tiles_total = payload
             self.start = time.perf_counter()
         elif kind == "dashboard" and payload:
-            self.bar.write(f"Dask dashboard: {payload}")
+            self.bar.write(f"Dask dashboard: {payload}", file=sys.stderr)
         elif kind == "tiles":
             self.tiles_done += payload
             self.bar.set_postfix_str(self._rate())
         elif kind == "scene":
             self.bar.update(1)
             if payload.status == "failed":
-                self.bar.write(f"FAILED {payload.scene.name}: {payload.error}")
+                self.bar.write(f"FAILED {payload.scene.name}: {payload.error}", file=sys.stderr)
 
     def _rate(self) -> str:
         rate = self.tiles_done / max(time.perf_counter() - self.start, 1e-9)
