@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,9 +25,12 @@ from geoseg.journal import Journal, JournalEntry, batch_lock, fingerprint, param
 from geoseg.model.protocol import load_segmenter
 from geoseg.pipeline import BatchResult, ScenePlan, finish_scene, plan_scene, scene_tasks
 
-__all__ = ["BatchReport", "SceneOutcome", "connect", "run_batch"]
+__all__ = ["MAX_PENDING_BATCHES", "BatchReport", "SceneOutcome", "connect", "run_batch"]
 
 log = logging.getLogger(__name__)
+
+#: Tile batches submitted to the cluster and not yet finished, at most (see ``_compute``).
+MAX_PENDING_BATCHES = 4096
 
 
 @dataclass(slots=True)
@@ -198,7 +202,7 @@ def _plan_or_skip(
     ):
         entry = journal.last(scene)
         assert entry is not None
-        outputs = [Path(p) for p in entry.outputs]
+        outputs = journal.output_paths(entry)
         outcome = SceneOutcome(
             scene, "skipped", dict(entry.counts), entry.n_tiles, 0.0, outputs=outputs
         )
@@ -215,37 +219,49 @@ def _compute(
     predict_resources: dict[str, float] | None,
     emit: ProgressEvent,
 ) -> list[SceneOutcome]:
+    """Submit scenes in input order while fewer than ``MAX_PENDING_BATCHES`` tile batches
+    are in flight (enough to keep any cluster busy and let an adaptive one grow, few enough
+    that the scheduler never holds the graph of a whole archive); finish each scene as soon
+    as its last batch is in."""
     from distributed import as_completed
 
+    waiting = deque(enumerate(plans))
     pending: dict[int, _Pending] = {}
     owner: dict[str, tuple[int, int]] = {}
-    all_futures = []
-    for k, (plan, stem, fprint) in enumerate(plans):
-        futures = client.compute(_tasks(plan, predict_resources))
-        pending[k] = _Pending(plan, stem, fprint, futures, time.perf_counter())
-        for j, future in enumerate(futures):
-            owner[future.key] = (k, j)
-        all_futures.extend(futures)
+    stream = as_completed()
 
+    def submit_more() -> None:
+        in_flight = sum(len(job.futures) - len(job.results) for job in pending.values())
+        while waiting and (in_flight < MAX_PENDING_BATCHES or not pending):
+            k, (plan, stem, fprint) = waiting.popleft()
+            futures = client.compute(_tasks(plan, predict_resources))
+            pending[k] = _Pending(plan, stem, fprint, futures, time.perf_counter())
+            for j, future in enumerate(futures):
+                owner[future.key] = (k, j)
+            stream.update(futures)
+            in_flight += len(futures)
+
+    submit_more()
     outcomes = []
-    for future in as_completed(all_futures):
-        k, j = owner[future.key]
+    for future in stream:
+        k, j = owner.pop(future.key)
         job = pending.get(k)
-        if job is None:  # the scene failed already
+        if job is None:  # a batch of a scene that failed already (cancelled)
             continue
         if future.status != "finished":
             outcomes.append(_fail(job, _error_text(future), journal, params))
-            emit("scene", outcomes[-1])
-            client.cancel(job.futures)
+            client.cancel([f for f in job.futures if f.key != future.key])
             del pending[k]
-            continue
-        result = future.result()
-        job.results[j] = result
-        emit("tiles", result.n_tiles + result.n_skipped)
-        if len(job.results) == len(job.futures):
+        else:
+            result = future.result()
+            job.results[j] = result
+            emit("tiles", result.n_tiles + result.n_skipped)
+            if len(job.results) < len(job.futures):
+                continue
             outcomes.append(_finish(job, outdir, journal, params))
-            emit("scene", outcomes[-1])
             del pending[k]
+        emit("scene", outcomes[-1])
+        submit_more()
     return outcomes
 
 
@@ -290,7 +306,7 @@ def _finish(job: _Pending, outdir: Path, journal: Journal, params: str) -> Scene
         result = finish_scene(
             job.plan, results, outdir, seconds=time.perf_counter() - job.started, stem=job.stem
         )
-    except (GeoSegError, OSError, ValueError) as exc:
+    except Exception as exc:  # isolate the scene: record it, go on with the others
         return _fail(job, f"{type(exc).__name__}: {exc}", journal, params)
     journal.record(
         JournalEntry(

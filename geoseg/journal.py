@@ -7,7 +7,9 @@ when its last line says ``done`` with the same input fingerprint, model checksum
 parameters, and its outputs are all there; anything else is done again.
 
 The fingerprint of an input is its size, its modification time and the SHA-256 of its first
-and last MiB: cheap for multi-gigabyte scenes, and it changes when a scene is rewritten.
+and last MiB: cheap for multi-gigabyte scenes, and it changes when a scene is rewritten (an
+edit in the middle of a large file that keeps its size and modification time is not seen).
+Outputs are recorded relative to the output folder, which can therefore be moved.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +125,18 @@ class Journal:
                 self._last[entry.scene] = entry
 
     def last(self, scene: str | Path) -> JournalEntry | None:
+        """The last line about ``scene``, or ``None``."""
         return self._last.get(str(scene))
+
+    def output_paths(self, entry: JournalEntry) -> list[Path]:
+        """An entry's outputs as paths (recorded relative to the journal's folder)."""
+        return [self.path.parent / p for p in entry.outputs]
 
     def is_done(
         self, scene: str | Path, *, fingerprint: str, model_checksum: str, params: str
     ) -> bool:
+        """Whether the last line about ``scene`` is ``done`` with these values, and its
+        outputs are all there."""
         entry = self.last(scene)
         return (
             entry is not None
@@ -135,11 +144,20 @@ class Journal:
             and entry.fingerprint == fingerprint
             and entry.model_checksum == model_checksum
             and entry.params == params
-            and all(Path(p).exists() for p in entry.outputs)
+            and all(p.exists() for p in self.output_paths(entry))
         )
 
     def record(self, entry: JournalEntry) -> None:
-        """Append one line and make it durable before returning."""
+        """Append one line and make it durable before returning. Outputs inside the
+        journal's folder are recorded relative to it, so the folder can be moved."""
+        root = self.path.parent.absolute()
+        entry = replace(
+            entry,
+            outputs=tuple(
+                str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p)
+                for p in entry.outputs
+            ),
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(entry.to_json() + "\n")

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from affine import Affine
 
@@ -137,3 +138,68 @@ def test_a_second_batch_into_the_same_folder_is_refused(tmp_path: Path) -> None:
     with batch_lock(tmp_path / "out"), pytest.raises(UserInputError, match="another geoseg"):
         run_batch([scene], tmp_path / "out", options=options)
     assert run_batch([scene], tmp_path / "out", options=options).failed == []
+
+
+class FailOnInstanceSeven(OracleSegmenter):
+    """An oracle that fails on any tile showing instance 7: a scene that opens but breaks."""
+
+    def predict(self, tiles: np.ndarray) -> list:
+        found = super().predict(tiles)
+        for tile in tiles:
+            codes = np.rint(tile[1:3] * 255).astype(int)
+            if ((codes[0] * 256 + codes[1]) == 7).any():
+                raise RuntimeError("instance 7 breaks this model")
+        return found
+
+
+def fail_on_seven() -> FailOnInstanceSeven:
+    return FailOnInstanceSeven()
+
+
+def test_a_scene_whose_tiles_fail_is_isolated_and_scenes_are_fed_in_a_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geoseg.batch
+
+    monkeypatch.setattr(geoseg.batch, "MAX_PENDING_BATCHES", 2)  # a few batches at a time
+    scenes = [small_scene(tmp_path / "in", f"s{k}.tif") for k in range(3)]
+    ids = np.zeros((120, 150), dtype=np.int32)
+    ids[90:110, 130:145] = 7  # only the last tiles see it
+    bad = write_coded_scene(
+        tmp_path / "in" / "bad.tif",
+        ids,
+        {7: 2},
+        transform=Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000),
+        crs="EPSG:32633",
+    )
+    options = RunOptions(model="tests.test_batch_cluster:fail_on_seven", tile_px=64, overlap_px=16)
+    report = run_batch([scenes[0], bad, *scenes[1:]], tmp_path / "out", options=options)
+    assert [o.status for o in report.outcomes] == ["done", "failed", "done", "done"]
+    assert "instance 7 breaks this model" in report.failed[0].error
+    assert not list((tmp_path / "out").glob("bad*"))
+    lines = (tmp_path / "out" / JOURNAL_NAME).read_text().splitlines()
+    assert sum('"failed"' in line and "instance 7" in line for line in lines) == 1
+
+
+def test_merge_tells_apart_scenes_with_the_same_file_name(tmp_path: Path) -> None:
+    import geopandas as gpd
+    import pyogrio
+
+    # the same ground seen twice (a repeated acquisition), stored under the same file name
+    twins = [small_scene(tmp_path / year, "tile.tif") for year in ("2023", "2024")]
+    options = RunOptions(model=ORACLE, tile_px=64, overlap_px=16)
+    report = run_batch(twins, tmp_path / "out", options=options, merge=True)
+    assert report.merged is not None
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.gpkg")) == sorted(
+        [f"{o.outputs[0].name}" for o in report.outcomes] + ["merged.gpkg"]
+    )
+    merged = gpd.GeoDataFrame(
+        pd.concat(
+            [
+                pyogrio.read_dataframe(report.merged, layer=n)
+                for n, _ in pyogrio.list_layers(report.merged)
+            ]
+        )
+    )
+    assert len(merged) == 2  # each object once, though both scenes saw it
+    assert set(merged["scene"]) <= {str(t) for t in twins}
