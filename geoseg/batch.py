@@ -11,6 +11,7 @@ model and parameters.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -98,6 +99,11 @@ def connect(
             threads_per_worker=threads_per_worker,
             processes=scheduler == "processes",
             dashboard_address=":0",
+            # worker processes log no more than this process was told to (the batch
+            # reports failed tasks itself)
+            silence_logs=max(
+                logging.WARNING, logging.getLogger("distributed.worker").getEffectiveLevel()
+            ),
         )
         return Client(cluster), cluster
     try:
@@ -280,13 +286,25 @@ def _tasks(plan: ScenePlan, predict_resources: dict[str, float] | None) -> list[
     ]
 
 
+_REPR = re.compile(r"^(\w+)\((['\"])(.*)\2,?\)$", re.DOTALL)
+
+
 def _error_text(future: Any) -> str:
+    """``Type: first line of the message`` of a failed task.
+
+    An exception that ``distributed`` could not unpickle on this side (one chained to a GDAL
+    error, say) comes back as ``Exception("SceneError('...')")``: its type and message are
+    taken out of that text.
+    """
     try:
         exc = future.exception()
     except Exception as err:  # cancelled or lost
         exc = err
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    name, text = type(exc).__name__, str(exc).strip()
+    if type(exc) is Exception and (match := _REPR.match(text)):
+        name, text = match.group(1), match.group(3)
+    lines = text.splitlines()
+    return f"{name}: {lines[0] if lines else ''}"
 
 
 def _fail(job: _Pending, error: str, journal: Journal, params: str) -> SceneOutcome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 import tomllib
@@ -131,7 +132,8 @@ def _spec_callback(ctx: click.Context, param: click.Parameter, value: Path | Non
     "--gpu",
     is_flag=True,
     default=False,
-    help="Run inference only on workers started with '--resources GPU=1'.",
+    help="Run inference only on Dask workers that have the resource GPU=1 "
+    "(dask worker --resources GPU=1), one model per worker.",
 )
 @run_options
 @click.pass_context
@@ -150,8 +152,12 @@ def batch_command(
 
     Each scene gets its own SCENE.gpkg and GeoJSON files in OUTDIR, as with 'geoseg run'. A
     journal in OUTDIR (geoseg-journal.jsonl) records what is done: run the same command again
-    after a crash or a kill and only unfinished or changed scenes are processed. A scene that
-    fails is reported and the others go on; the exit status is then 1.
+    after a crash or a kill and only unfinished, failed or changed scenes are processed. A
+    scene that fails is reported and the others go on. The tiles of all scenes share one Dask
+    cluster: a local one, an existing one (--scheduler), or one a spec starts (SLURM,
+    Kubernetes: see workflows/README.md).
+
+    Exit status: 0 every scene done, 1 some scene failed, 2 a usage error.
 
     \b
     Examples:
@@ -174,6 +180,7 @@ def batch_command(
     options = options_from_cli(**kwargs)
     scenes = resolve_inputs(inputs, asset=asset)
     verbosity = (ctx.obj or {}).get("verbosity", 0)
+    _quiet_dask(verbosity)
     progress = _Progress(verbosity)
     with contextlib.ExitStack() as stack:
         stack.callback(progress.close)
@@ -194,8 +201,26 @@ def batch_command(
         )
     if verbosity >= 0:
         _summary(report)
+    else:  # -q: errors only
+        for outcome in report.failed:
+            click.echo(f"FAILED {outcome.scene}: {outcome.error}", err=True)
     if report.failed:
         sys.exit(1)
+
+
+def _quiet_dask(verbosity: int) -> None:
+    """Dask's own logs: none but failures by default (a failed scene is in the summary and
+    the journal), warnings with -v, everything with -vv. Set after importing distributed,
+    whose import sets its loggers' levels."""
+    import distributed  # noqa: F401
+
+    if verbosity >= 2:
+        return
+    levels = {"distributed": logging.ERROR if verbosity < 1 else logging.WARNING}
+    if verbosity < 1:  # "Compute Failed" tracebacks of tasks the summary reports
+        levels["distributed.worker"] = logging.CRITICAL
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 class _Progress:
@@ -228,8 +253,10 @@ class _Progress:
         elif kind == "planned":
             self.tiles_total = payload
             self.start = time.perf_counter()
-        elif kind == "dashboard" and payload:
-            self.bar.write(f"Dask dashboard: {payload}", file=sys.stderr)
+        elif kind == "dashboard":  # the cluster is up: tiles/s counts from here
+            self.start = time.perf_counter()
+            if payload:
+                self.bar.write(f"Dask dashboard: {payload}", file=sys.stderr)
         elif kind == "tiles":
             self.tiles_done += payload
             self.bar.set_postfix_str(self._rate())
