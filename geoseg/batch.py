@@ -320,6 +320,10 @@ def _fail(job: _Pending, error: str, journal: Journal, params: str) -> SceneOutc
 def _finish(job: _Pending, outdir: Path, journal: Journal, params: str) -> SceneOutcome:
     scene = job.plan.path
     results = [job.results[j] for j in range(len(job.futures))]
+    # from here until the "done" line, the scene's files may be a mix of two runs
+    journal.record(
+        JournalEntry(str(scene), "writing", job.fingerprint, job.plan.model.checksum, params)
+    )
     try:
         result = finish_scene(
             job.plan, results, outdir, seconds=time.perf_counter() - job.started, stem=job.stem

@@ -2,9 +2,11 @@
 
 A JSON-lines file in the output folder (``geoseg-journal.jsonl``), appended to and fsynced
 after each scene's outputs are in place, never rewritten: a batch killed at any moment leaves a
-journal whose every line is true. The last line about a scene wins. A scene counts as done
-when its last line says ``done`` with the same input fingerprint, model checksum and
-parameters, and its outputs are all there; anything else is done again.
+journal whose every line is true. A ``writing`` line goes first when a scene's outputs are
+about to be replaced, so a kill between two renames is seen. The last line about a scene
+wins. A scene counts as done when its last line says ``done`` with the same input
+fingerprint, model checksum and parameters, and its outputs are all there; anything else is
+done again.
 
 The fingerprint of an input is its size, its modification time and the SHA-256 of its first
 and last MiB: cheap for multi-gigabyte scenes, and it changes when a scene is rewritten (an
@@ -67,7 +69,7 @@ class JournalEntry:
     """One line of the journal."""
 
     scene: str
-    status: str  # "done" or "failed"
+    status: str  # "writing" (outputs being replaced), "done" or "failed"
     fingerprint: str
     model_checksum: str
     params: str

@@ -115,3 +115,31 @@ def test_one_batch_at_a_time_per_output_folder(tmp_path: Path) -> None:
             pass
     with batch_lock(tmp_path / "out"):  # released
         pass
+
+
+def test_a_scene_left_writing_is_not_done(tmp_path: Path) -> None:
+    scene, output = tmp_path / "s.tif", tmp_path / "s.gpkg"
+    scene.write_bytes(b"scene")
+    output.write_bytes(b"gpkg")
+    journal = Journal(tmp_path)
+    journal.record(done_entry(scene, [output]))
+    # a rerun with other parameters was killed while replacing the outputs
+    journal.record(JournalEntry(str(scene), "writing", fingerprint(scene), "sha256:m", "p2"))
+    same = {"fingerprint": fingerprint(scene), "model_checksum": "sha256:m", "params": "p1"}
+    assert not Journal(tmp_path).is_done(scene, **same)
+
+
+def test_outputs_are_recorded_relative_to_the_folder(tmp_path: Path) -> None:
+    scene, output = tmp_path / "s.tif", tmp_path / "out" / "s.gpkg"
+    scene.write_bytes(b"scene")
+    output.parent.mkdir()
+    output.write_bytes(b"gpkg")
+    Journal(tmp_path / "out").record(done_entry(scene, [output]))
+    line = json.loads((tmp_path / "out" / JOURNAL_NAME).read_text())
+    assert line["outputs"] == ["s.gpkg"]
+    (tmp_path / "out").rename(tmp_path / "moved")
+    journal = Journal(tmp_path / "moved")
+    same = {"fingerprint": fingerprint(scene), "model_checksum": "sha256:m", "params": "p1"}
+    assert journal.is_done(scene, **same)
+    entry = journal.last(scene)
+    assert entry is not None and journal.output_paths(entry) == [tmp_path / "moved" / "s.gpkg"]
