@@ -52,7 +52,7 @@ def write_outputs(
             for class_name, frame in layers.items():
                 final = outdir / f"{stem}_{class_name}.geojson"
                 tmp = partial_path(final)
-                _write_geojson(tmp, frame)
+                _write_geojson(tmp, frame, final.stem)
                 staged.append((tmp, final))
     except BaseException:
         for tmp, _ in staged:
@@ -83,11 +83,13 @@ def _write_gpkg(
         )
 
 
-def _write_geojson(tmp: Path, frame: gpd.GeoDataFrame) -> None:
+def _write_geojson(tmp: Path, frame: gpd.GeoDataFrame, layer: str) -> None:
     tmp.unlink(missing_ok=True)
     wgs84 = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
     if len(wgs84) == 0:
         # GDAL writes no file for an empty layer in some versions: write the collection here.
         tmp.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
         return
-    pyogrio.write_dataframe(wgs84, tmp, driver="GeoJSON", layer_options={"RFC7946": "YES"})
+    pyogrio.write_dataframe(
+        wgs84, tmp, layer=layer, driver="GeoJSON", layer_options={"RFC7946": "YES"}
+    )

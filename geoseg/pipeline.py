@@ -15,6 +15,7 @@ cluster; stitching and writing then happen in the calling process, on polygons o
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -193,14 +194,14 @@ def scene_tasks(
     ``distributed`` cluster runs them only on workers started with those resources.
     """
     opts = plan.options
-    annotate = (
-        dask.annotate(resources=predict_resources)
-        if predict_resources
-        else contextlib.nullcontext()
-    )
     tasks = []
     for tiles in plan.batches:
         read = dask.delayed(read_stage, pure=True)(plan.scene, tiles, opts.tile_px)
+        annotate = (  # a fresh context per batch: dask.annotate cannot be re-entered
+            dask.annotate(resources=predict_resources)
+            if predict_resources
+            else contextlib.nullcontext()
+        )
         with annotate:
             pred = dask.delayed(predict_stage, pure=True)(
                 read, opts.model, opts.device, opts.min_score
@@ -313,7 +314,7 @@ def finish_scene(
         "geoseg_model_checksum": plan.model.checksum,
         "geoseg_scene": plan.scene.path,
         "geoseg_gsd_m": f"{plan.scene.gsd_m:.6g}",
-        "geoseg_options": str(plan.options.to_dict()),
+        "geoseg_options": json.dumps(plan.options.to_dict(), sort_keys=True),
     }
     outputs = write_outputs(
         layers, outdir, stem or plan.scene.stem, metadata=metadata, formats=plan.options.formats

@@ -332,7 +332,7 @@ def read_tiles(
                 pixels[k, :, : win.height, : win.width] = norm
                 valid[k, : win.height, : win.width] = ok
     except RasterioError as exc:
-        raise SceneError(f"{scene.path}: cannot be read ({_first_line(exc)})") from exc
+        raise SceneError(f"{scene.path}: cannot be read ({_first_line(exc)})") from None
     return pixels, valid
 
 

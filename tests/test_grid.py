@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -61,7 +62,7 @@ def test_offsets_step_by_stride_and_end_on_the_edge(length: int, tile: int, data
     assert offsets == sorted(set(offsets))
     if length > tile:
         assert offsets[-1] == length - tile
-        assert all(b - a <= tile - overlap for a, b in zip(offsets, offsets[1:], strict=False))
+        assert all(b - a <= tile - overlap for a, b in itertools.pairwise(offsets))
 
 
 def test_scene_smaller_than_a_tile_is_one_tile_without_seams() -> None:

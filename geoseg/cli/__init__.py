@@ -10,10 +10,17 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import warnings
 
 import click
 
-from geoseg.errors import GeoSegError, LabelError, SceneError, UserInputError
+from geoseg.errors import (
+    GeoSegError,
+    LabelError,
+    SceneError,
+    UntrainedModelWarning,
+    UserInputError,
+)
 
 __all__ = ["cli", "main"]
 
@@ -72,6 +79,11 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
         logging.getLogger("rasterio").setLevel(logging.ERROR)
     if verbose < 2:  # distributed logs every worker start at INFO
         logging.getLogger("distributed").setLevel(logging.WARNING)
+    # The commands say it themselves, in their words, once.
+    warnings.filterwarnings("ignore", category=UntrainedModelWarning)
+    # rasterio.features.shapes makes in-memory rasters without a transform and warns about
+    # them; it is not about the user's scene (those are checked in geoseg.scene).
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
     ctx.obj = {"verbosity": verbose - quiet}
 
 

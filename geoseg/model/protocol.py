@@ -136,7 +136,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 _CACHE: dict[tuple[str, str], Segmenter] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = threading.RLock()  # re-entrant: a factory may load another model
 
 
 def load_segmenter(spec: str = "default", *, device: str = "auto") -> Segmenter:
