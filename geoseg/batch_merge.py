@@ -1,7 +1,7 @@
 """One GeoPackage for a whole batch, with objects seen in several scenes kept once.
 
 Scenes overlap (adjacent tiles of a grid, repeated acquisitions). Objects from different
-scenes are linked as tile fragments are (:func:`geoseg.stitch._same_object`: IoU reaches
+scenes are linked as tile fragments are (:func:`geoseg.stitch.same_object`: IoU reaches
 ``merge_iou``, or the smaller lies mostly inside the larger, same class), linked groups are
 found with union-find, and each group is represented by its best-scored object that does not
 touch the edge of its own scene's footprint (the scene saw it whole), else by its best-scored
@@ -26,7 +26,7 @@ import shapely
 from pyproj import CRS
 
 from geoseg.output import partial_path
-from geoseg.stitch import _same_object, union_find_groups
+from geoseg.stitch import same_object, union_find_groups
 
 __all__ = ["MERGED_NAME", "merge_outputs"]
 
@@ -112,7 +112,7 @@ def _dedup(frame: gpd.GeoDataFrame, footprints: dict[int, Any], merge_iou: float
         if i < j
         and scenes[i] != scenes[j]
         and classes[i] == classes[j]
-        and _same_object(geoms[i], geoms[j], merge_iou, same_label=True)
+        and same_object(geoms[i], geoms[j], merge_iou, same_label=True)
     ]
     keep = []
     scores = frame["score"].to_numpy()

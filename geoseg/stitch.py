@@ -44,7 +44,14 @@ from shapely.geometry.base import BaseGeometry
 
 from geoseg.grid import PixelWindow, Tile
 
-__all__ = ["CONTAINED_SHARE", "Fragment", "StitchedObject", "stitch", "union_find_groups"]
+__all__ = [
+    "CONTAINED_SHARE",
+    "Fragment",
+    "StitchedObject",
+    "same_object",
+    "stitch",
+    "union_find_groups",
+]
 
 #: Two fragments of one class are also one object when this share of the smaller one's area
 #: (in the strip) lies inside the larger: thin objects (a ship 3 px wide) drawn one pixel
@@ -119,12 +126,12 @@ def link_pairs(fragments: Sequence[Fragment], merge_iou: float) -> list[tuple[in
         a = shapely.intersection(polygons[i], strip)
         b = shapely.intersection(polygons[j], strip)
         same_label = fragments[i].label == fragments[j].label
-        if _same_object(a, b, merge_iou, same_label):
+        if same_object(a, b, merge_iou, same_label):
             pairs.append((i, j))
     return pairs
 
 
-def _same_object(a: BaseGeometry, b: BaseGeometry, merge_iou: float, same_label: bool) -> bool:
+def same_object(a: BaseGeometry, b: BaseGeometry, merge_iou: float, same_label: bool) -> bool:
     """IoU reaches ``merge_iou``, or (same class) the smaller is nearly inside the larger."""
     inter = shapely.intersection(a, b).area
     if inter == 0:
@@ -200,7 +207,7 @@ def _drop_duplicates(objects: list[StitchedObject], merge_iou: float) -> list[St
                 continue
             if objects[order[other]].label != objects[order[rank]].label:
                 continue
-            if _same_object(polygon, polygons[other], merge_iou, same_label=True):
+            if same_object(polygon, polygons[other], merge_iou, same_label=True):
                 dropped[other] = True
     return [objects[order[r]] for r in range(len(order)) if not dropped[r]]
 
