@@ -18,7 +18,6 @@ with more ``epochs`` it trains on (the learning-rate schedule stretches to the n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -197,10 +196,10 @@ def train(
     gsds = [c.gsd_m for c in chips]
     gsd_range = (float(min(gsds)), float(max(gsds)))
     emit(TrainEvent("data", info=_data_info(train_chips, val_chips, options.classes)))
-    fingerprint = _fingerprint(sources, labels, options)
+    setup = _setup(sources, labels, options)
 
     device = resolve_device(options.device)
-    resume = _resume_state(side / "last.pt", fingerprint)
+    resume = _resume_state(side / "last.pt", setup)
     arch, network, init_note = _initial_network(options, resume)
     options = replace(options, arch=arch)
     network.to(device)
@@ -218,7 +217,7 @@ def train(
     meta = {
         "arch": arch,
         "gsd_range": gsd_range,
-        "fingerprint": fingerprint,
+        "setup": setup,
         "options": options,
         "sources": sources,
         "init": init_note,
@@ -351,34 +350,58 @@ def _data_info(
     }
 
 
-def _fingerprint(
+_NOT_SETUP = ("epochs", "device", "val_every")
+_TEST_TIME = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_detections_per_img")
+
+
+def _setup(
     sources: Sequence[Mapping[str, Any]], labels: Sequence[LabelSource], options: TrainOptions
-) -> str:
-    """What must not change between a run and its resumption (not ``epochs`` or the device)."""
-    opts = options.to_dict()
-    for key in ("epochs", "device", "val_every"):
-        opts.pop(key)
-    data = {
-        "sources": [{**s, "image": Path(s["image"]).name} for s in sources],
+) -> dict[str, Any]:
+    """What must not change between a run and its resumption: the data and the options,
+    except ``epochs``, the device, how often to validate and the test-time settings.
+    """
+    return {
+        "options": _setup_options(options.to_dict()),
+        "data": [
+            {"image": Path(s["image"]).name, "gsds_m": [float(g) for g in s["gsds"]]}
+            for s in sources
+        ],
         "labels": [[Path(s.path).name, s.label_class] for s in labels],
-        "options": opts,
     }
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _setup_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in options.items() if k not in _NOT_SETUP}
+    out["arch"] = {k: v for k, v in dict(out.get("arch", {})).items() if k not in _TEST_TIME}
+    return out
 
 
 # --- model and optimizer ----------------------------------------------------------------------
 
 
-def _resume_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
+def _resume_state(path: Path, setup: Mapping[str, Any]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     payload = read_checkpoint(path)
     state = payload.get("resume")
     if not isinstance(state, dict):
         return None
-    if state.get("fingerprint") != fingerprint:
+    saved = state.get("setup")
+    if saved is None:  # written before "setup" was recorded: rebuild it from "train"
+        train_info = payload.get("train", {})
+        saved = {
+            "options": _setup_options(train_info.get("options", {})),
+            "data": train_info.get("data"),
+        }
+    changed = [key for key in saved if saved[key] != setup[key]]
+    if "options" in changed:
+        old, new = saved["options"], setup["options"]
+        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)] + [
+            k for k in changed if k != "options"
+        ]
+    if changed:
         raise UserInputError(
-            f"{path.parent}: holds a training run with other data or options; delete that "
+            f"{path.parent}: holds a training run with other {', '.join(changed)}; delete that "
             "directory to start afresh, or write to another -o"
         )
     return payload
@@ -390,6 +413,7 @@ def _initial_network(
     n_classes = len(options.classes)
     if resume is not None:
         arch = MaskRCNNArch.from_dict(resume["arch"])
+        arch = replace(arch, **{k: getattr(options.arch, k) for k in _TEST_TIME})
         network = build_network(arch, n_classes)
         network.load_state_dict(resume["state_dict"])
         return arch, network, str(resume.get("train", {}).get("init", "resumed"))
@@ -618,9 +642,8 @@ def _save(
         "epochs": epoch,
         "options": options.to_dict(),
         "init": meta["init"],
-        "data": [
-            {"image": Path(s["image"]).name, "gsds_m": list(s["gsds"])} for s in meta["sources"]
-        ],
+        "data": meta["setup"]["data"],
+        "labels": meta["setup"]["labels"],
         "history": history[-3:],
         "validation": dict(validation),
         "validation_min_score": VAL_MIN_SCORE,
@@ -637,7 +660,7 @@ def _save(
     }
     resume = {
         "epoch": epoch,
-        "fingerprint": meta["fingerprint"],
+        "setup": meta["setup"],
         "optimizer": optimizer.state_dict(),
         "history": history,
     }

@@ -167,7 +167,7 @@ def test_smoke_training_learns_and_resumes(labelled: tuple[Path, Path], tmp_path
         options=TrainOptions(**{**_kw(options), "epochs": 5}),
     )
     assert more.trained_epochs == 1 and len(more.history) == 5
-    with pytest.raises(UserInputError, match="other data or options"):
+    with pytest.raises(UserInputError, match="training run with other chip_px"):
         train(
             [image],
             [LabelSource(str(labels))],

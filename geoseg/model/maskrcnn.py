@@ -92,10 +92,10 @@ class MaskRCNNArch:
     mask_layers: tuple[int, ...] = (64, 64)
     rpn_pre_nms_top_n_train: int = 1000
     rpn_post_nms_top_n_train: int = 500
-    rpn_pre_nms_top_n_test: int = 600
-    rpn_post_nms_top_n_test: int = 300
+    rpn_pre_nms_top_n_test: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
     box_batch_size_per_image: int = 128
-    box_detections_per_img: int = 200
+    box_detections_per_img: int = 300
     extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
