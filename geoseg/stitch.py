@@ -55,7 +55,8 @@ __all__ = [
 
 #: Two fragments of one class are also one object when this share of the smaller one's area
 #: (in the strip) lies inside the larger: thin objects (a ship 3 px wide) drawn one pixel
-#: wider or narrower by two tiles have a low IoU but are still nested.
+#: wider or narrower by two tiles have a low IoU but are still nested (the IoU must still
+#: reach half of the merge IoU, see :func:`same_object`).
 CONTAINED_SHARE = 0.8
 
 
@@ -132,13 +133,17 @@ def link_pairs(fragments: Sequence[Fragment], merge_iou: float) -> list[tuple[in
 
 
 def same_object(a: BaseGeometry, b: BaseGeometry, merge_iou: float, same_label: bool) -> bool:
-    """IoU reaches ``merge_iou``, or (same class) the smaller is nearly inside the larger."""
+    """IoU reaches ``merge_iou``, or (same class) the smaller is nearly inside the larger and
+    their IoU still reaches half of ``merge_iou``: a sliver of a neighbour that touches a
+    slightly too large outline is nested in it too, but its IoU with it is near 0."""
     inter = shapely.intersection(a, b).area
     if inter == 0:
         return False
-    if inter / shapely.union(a, b).area >= merge_iou:
+    iou = inter / shapely.union(a, b).area
+    if iou >= merge_iou:
         return True
-    return same_label and inter / min(a.area, b.area) >= CONTAINED_SHARE
+    nested = inter / min(a.area, b.area) >= CONTAINED_SHARE
+    return same_label and nested and iou >= merge_iou / 2
 
 
 def _in_core(fragment: Fragment) -> BaseGeometry:
