@@ -17,26 +17,32 @@ imported only here, when the batch starts.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from geoseg.errors import UserInputError
 
-__all__ = ["CLUSTER_KEYS", "check_cluster_spec", "start_cluster"]
+__all__ = ["CLUSTER_KEYS", "check_cluster_spec", "reject_unknown_keys", "start_cluster"]
 
 CLUSTER_KEYS = frozenset({"class", "options", "scale", "adapt"})
+
+
+def reject_unknown_keys(spec: Mapping[str, Any], known: Set[str], *, where: str) -> None:
+    """A one-line error naming the keys of ``spec`` that are not ``known`` (typos never fall
+    back to defaults silently)."""
+    unknown = set(spec) - known
+    if unknown:
+        raise UserInputError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(known))}"
+        )
 
 
 def check_cluster_spec(spec: Any, *, where: str = "cluster") -> dict[str, Any]:
     """Validate a ``cluster`` section without importing anything; returns it as a dict."""
     if not isinstance(spec, Mapping):
         raise UserInputError(f"{where}: a mapping with 'class' and optional 'options'")
-    unknown = set(spec) - CLUSTER_KEYS
-    if unknown:
-        raise UserInputError(
-            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(CLUSTER_KEYS))}"
-        )
+    reject_unknown_keys(spec, CLUSTER_KEYS, where=where)
     name = spec.get("class")
     if not isinstance(name, str) or not _split(name)[0]:
         raise UserInputError(

@@ -33,7 +33,7 @@ import shapely
 from affine import Affine
 from rasterio import features
 
-from geoseg.errors import LabelError
+from geoseg.errors import LabelError, first_line
 from geoseg.grid import PixelWindow
 from geoseg.scene import SceneInfo, normalize, open_scene, read_tiles
 
@@ -95,7 +95,9 @@ def read_labels(
     try:
         gdf = gpd.read_file(path)
     except Exception as exc:
-        raise LabelError(f"{path}: not a readable vector file ({_first_line(exc)})") from exc
+        raise LabelError(
+            f"{path}: not a readable vector file ({first_line(exc, max_chars=200)})"
+        ) from exc
     if gdf.crs is None:
         raise LabelError(
             f"{path}: labels have no CRS; set the CRS they are in "
@@ -309,8 +311,3 @@ def targets_from_ids(
         cols = np.flatnonzero(masks[i].any(axis=0))
         boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
     return masks, boxes, classes[present - 1].astype(np.int64)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__

@@ -36,6 +36,13 @@ class LabelError(GeoSegError, ValueError):
     """Vector labels or reference polygons cannot be read or do not fit the imagery."""
 
 
+def first_line(exc: BaseException, *, max_chars: int | None = None) -> str:
+    """The first line of an exception's message (its type name when it has none), for
+    one-line errors that quote a library's reason."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:max_chars] if lines else type(exc).__name__
+
+
 class GeoSegWarning(UserWarning):
     """Root of geoseg warnings."""
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import shapely
 
-from geoseg.errors import LabelError, UserInputError
+from geoseg.errors import LabelError, UserInputError, first_line
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -131,7 +131,7 @@ def read_polygons(path: str | Path, *, classes: Iterable[str] | None = None) -> 
     try:
         layers = [str(name) for name, kind in pyogrio.list_layers(path) if kind is not None]
     except Exception as exc:
-        raise LabelError(f"{path}: not a readable vector file ({_first_line(exc)})") from exc
+        raise LabelError(f"{path}: not a readable vector file ({first_line(exc)})") from exc
     class_names = {*KNOWN_CLASSES, *(classes or ())}
     by_layer = len(layers) > 1 or (len(layers) == 1 and layers[0] in class_names)
     frames = [_read_layer(path, name, by_layer=by_layer) for name in layers]
@@ -157,7 +157,7 @@ def _read_layer(path: Path, layer: str, *, by_layer: bool) -> gpd.GeoDataFrame:
     try:
         frame = pyogrio.read_dataframe(path, layer=layer)
     except Exception as exc:
-        raise LabelError(f"{path}: layer {layer!r} unreadable ({_first_line(exc)})") from exc
+        raise LabelError(f"{path}: layer {layer!r} unreadable ({first_line(exc)})") from exc
     if frame.crs is None:
         raise LabelError(
             f"{path}: layer {layer!r} has no CRS; set the CRS the polygons are in "
@@ -384,8 +384,3 @@ def _only_class(other: gpd.GeoDataFrame, classes: Sequence[str] | None, what: st
         f"the {what} have no 'class' column or class layers, and the other side has the "
         f"classes {', '.join(known)}: name the class with {hint} (or --classes NAME)"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -37,7 +37,13 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 
-from geoseg.errors import MissingCRSError, MissingTransformError, SceneError, UserInputError
+from geoseg.errors import (
+    MissingCRSError,
+    MissingTransformError,
+    SceneError,
+    UserInputError,
+    first_line,
+)
 from geoseg.grid import PixelWindow
 
 __all__ = ["STATS_SIZE_PX", "SceneInfo", "fit_gsd", "normalize", "open_scene", "read_tiles"]
@@ -108,7 +114,7 @@ def open_scene(
     except SceneError:
         raise
     except RasterioError as exc:
-        raise SceneError(f"{path}: not a readable raster ({_first_line(exc)})") from exc
+        raise SceneError(f"{path}: not a readable raster ({first_line(exc)})") from exc
 
 
 def _inspect(
@@ -257,7 +263,7 @@ def _stretch_stats(src: Any, bands: tuple[int, ...], path: Path) -> tuple[tuple[
             resampling=Resampling.nearest,
         )
     except RasterioError as exc:
-        raise SceneError(f"{path}: cannot be read ({_first_line(exc)})") from exc
+        raise SceneError(f"{path}: cannot be read ({first_line(exc)})") from exc
     stats = []
     for band in data:
         values = band.compressed().astype(np.float64)
@@ -332,10 +338,5 @@ def read_tiles(
                 pixels[k, :, : win.height, : win.width] = norm
                 valid[k, : win.height, : win.width] = ok
     except RasterioError as exc:
-        raise SceneError(f"{scene.path}: cannot be read ({_first_line(exc)})") from None
+        raise SceneError(f"{scene.path}: cannot be read ({first_line(exc)})") from None
     return pixels, valid
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

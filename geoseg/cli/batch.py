@@ -14,7 +14,7 @@ import click
 from click.core import ParameterSource
 
 from geoseg.cli.options import options_from_cli, parse_bands, run_options
-from geoseg.errors import UserInputError
+from geoseg.errors import UserInputError, first_line
 
 __all__ = ["batch_command", "load_spec"]
 
@@ -62,16 +62,12 @@ def load_spec(path: Path) -> dict[str, Any]:
 
             spec = yaml.safe_load(text) or {}
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserInputError(f"{path}: not a valid job spec ({first})") from exc
+        raise UserInputError(f"{path}: not a valid job spec ({first_line(exc)})") from exc
     if not isinstance(spec, dict):
         raise UserInputError(f"{path}: a job spec is a mapping of option names to values")
-    unknown = set(spec) - _SPEC_KEYS
-    if unknown:
-        raise UserInputError(
-            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(_SPEC_KEYS))}"
-        )
+    from geoseg.batch_cluster import reject_unknown_keys
+
+    reject_unknown_keys(spec, _SPEC_KEYS, where=str(path))
     base = path.parent
     if "inputs" in spec:
         items = spec["inputs"] if isinstance(spec["inputs"], list) else [spec["inputs"]]

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import UserInputError
+from geoseg.errors import UserInputError, first_line
 
 __all__ = ["FORMAT", "VERSION", "read_checkpoint", "save_checkpoint"]
 
@@ -94,7 +94,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as exc:
         raise UserInputError(
-            f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); "
+            f"{path}: not a readable PyTorch checkpoint ({first_line(exc, max_chars=200)}); "
             "give a .pt file written by 'geoseg train'"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -112,8 +112,3 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise UserInputError(f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged")
     return payload
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
