@@ -15,6 +15,7 @@ cluster; stitching and writing then happen in the calling process, on polygons o
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import time
@@ -162,7 +163,11 @@ def predict_stage(
         return PredictedBatch([], 0, batch.n_skipped)
     model = load_segmenter(model_spec, device=device)
     pixels = _match_bands(batch.pixels, getattr(model, "input_bands", None))
-    outputs = model.predict(np.ascontiguousarray(pixels, dtype=np.float32))
+    tiles = np.ascontiguousarray(pixels, dtype=np.float32)
+    if _accepts_min_score(model):
+        outputs = model.predict(tiles, min_score=min_score)
+    else:
+        outputs = model.predict(tiles)
     if len(outputs) != len(batch.tiles):
         from geoseg.errors import ModelError
 
@@ -173,6 +178,13 @@ def predict_stage(
         instances = Instances.from_any(raw, shape_hw=shape_hw, n_classes=len(model.classes))
         crops.append((tile, instances_to_crops(instances, tile, valid, min_score=min_score)))
     return PredictedBatch(crops, len(batch.tiles), batch.n_skipped)
+
+
+def _accepts_min_score(model: Any) -> bool:
+    try:
+        return "min_score" in inspect.signature(model.predict).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def vectorize_stage(batch: PredictedBatch) -> BatchResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import ClassVar
 
 import numpy as np
 
@@ -97,3 +98,18 @@ class SlowOracle(OracleSegmenter):
 
 def slow_oracle() -> SlowOracle:
     return SlowOracle()
+
+
+class ScoreFloorOracle(OracleSegmenter):
+    """An oracle whose ``predict`` takes ``min_score`` and records what geoseg passed."""
+
+    seen: ClassVar[list[float]] = []
+
+    def predict(self, tiles: np.ndarray, *, min_score: float = 0.0) -> list:
+        with _lock:
+            ScoreFloorOracle.seen.append(min_score)
+        return super().predict(tiles)
+
+
+def score_floor_oracle() -> ScoreFloorOracle:
+    return ScoreFloorOracle()

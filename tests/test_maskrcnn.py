@@ -61,6 +61,22 @@ def test_predict_follows_the_protocol(model: MaskRCNNSegmenter, tiles: np.ndarra
         Instances.from_any(inst, shape_hw=(64, 64), n_classes=len(CLASSES))
 
 
+def test_min_score_drops_instances_inside_the_network(
+    model: MaskRCNNSegmenter, tiles: np.ndarray
+) -> None:
+    low = model.predict(tiles)
+    scores = np.concatenate([inst["scores"] for inst in low])
+    assert len(scores) > 4  # an untrained network scores many boxes above the floor
+    cut = float(np.median(scores))
+    high = model.predict(tiles, min_score=cut)
+    for a, b in zip(low, high, strict=True):
+        keep = a["scores"] >= cut
+        np.testing.assert_array_equal(np.sort(b["scores"]), np.sort(a["scores"][keep]))
+        assert b["masks"].shape == (int(keep.sum()), 64, 64)
+    again = model.predict(tiles)  # the threshold is per call, not left behind
+    np.testing.assert_array_equal(again[0]["scores"], low[0]["scores"])
+
+
 def test_single_band_is_repeated(model: MaskRCNNSegmenter, tiles: np.ndarray) -> None:
     grey = tiles[:, :1]
     got = model.predict(grey)

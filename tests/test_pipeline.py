@@ -100,3 +100,13 @@ def test_single_band_scene_is_repeated_for_a_three_band_model(tmp_path: Path) ->
 
     assert _match_bands(np.zeros((1, 1, 4, 4)), 3).shape == (1, 3, 4, 4)
     assert _match_bands(np.zeros((1, 4, 4, 4)), 3).shape == (1, 3, 4, 4)
+
+
+def test_min_score_is_passed_to_a_model_that_takes_it(tmp_path: Path, street: Path) -> None:
+    models.ScoreFloorOracle.seen.clear()
+    options = RunOptions(
+        model="tests.models:score_floor_oracle", tile_px=128, overlap_px=32, min_score=0.7
+    )
+    result = run_scene(street, tmp_path / "out", options=options)
+    assert set(models.ScoreFloorOracle.seen) == {0.7}
+    assert result.counts == {"building": 7, "field": 1, "ship": 2}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -256,21 +257,30 @@ class MaskRCNNSegmenter:
         self._device = resolve_device(device)
         self.device = str(self._device)
         self.network = network.to(self._device).eval()
+        self._lock = threading.Lock()  # predict sets the network's score threshold per call
 
     def __repr__(self) -> str:
         return (
             f"MaskRCNNSegmenter(name={self.name!r}, classes={self.classes}, device={self.device!r})"
         )
 
-    def predict(self, tiles: np.ndarray) -> list[dict[str, np.ndarray]]:
-        """Instances in each tile (see the class docstring)."""
+    def predict(
+        self, tiles: np.ndarray, *, min_score: float = SCORE_FLOOR
+    ) -> list[dict[str, np.ndarray]]:
+        """Instances in each tile (see the class docstring), scored at least ``min_score``
+        (never below :data:`SCORE_FLOOR`): the network builds masks only for those."""
         tiles = np.asarray(tiles, dtype=np.float32)
         if tiles.ndim != 4:
             raise ModelError(f"predict wants tiles (N, bands, H, W); got shape {tiles.shape}")
         tiles = _three_bands(tiles)
         out: list[dict[str, np.ndarray]] = []
         cuda = self._device.type == "cuda"
-        with torch.inference_mode(), torch.autocast("cuda", enabled=cuda):
+        with (
+            self._lock,
+            torch.inference_mode(),
+            torch.autocast("cuda", enabled=cuda),
+        ):
+            self.network.roi_heads.score_thresh = max(SCORE_FLOOR, float(min_score))
             for start in range(0, len(tiles), self.batch_size):
                 batch = torch.from_numpy(
                     np.ascontiguousarray(tiles[start : start + self.batch_size])

@@ -7,7 +7,8 @@ A segmenter is any object with
   as value / 255, other types through the per-scene stretch of :mod:`geoseg.scene`); it returns
   a sequence of N instance sets, each with ``masks`` (bool ``(K, H, W)``), ``labels`` (int
   ``(K,)``, indices into ``classes``) and ``scores`` (float ``(K,)``), as attributes or as
-  mapping keys.
+  mapping keys. ``predict`` may also accept a keyword ``min_score``: geoseg then passes
+  ``--min-score``, so the model can drop lower-scored instances before building their masks.
 
 Optional attributes that geoseg reads when present: ``name`` (str), ``checksum`` (str),
 ``untrained`` (bool), ``gsd_range_m`` (``(min, max)`` ground sampling distances in metres the
