@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["RunOptions"]
+__all__ = ["DEFAULT_MIN_SCORE", "RunOptions"]
+
+DEFAULT_MIN_SCORE = 0.5
+"""The score threshold for a model that recommends none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,7 +17,8 @@ class RunOptions:
 
     ``tile_px``/``overlap_px``: tile size and the overlap (halo) between neighbours, in pixels.
     ``bands``: 1-based band indexes to read (``None``: RGB by colour interpretation, else the
-    first three, else all). ``min_score``: drop instances scored below it. ``simplify_px``:
+    first three, else all). ``min_score``: drop instances scored below it (``None``: the
+    threshold the model was tuned to, else :data:`DEFAULT_MIN_SCORE`). ``simplify_px``:
     Douglas-Peucker tolerance in pixels applied to the pixel-exact outlines (0 keeps them
     exact). ``crs``: a CRS to assume for a scene that has a geotransform but no CRS.
     ``gsd_m``: read the scene resampled to this ground sampling distance (``None``: what the
@@ -27,7 +31,7 @@ class RunOptions:
     overlap_px: int = 128
     batch_size: int = 4
     device: str = "auto"
-    min_score: float = 0.5
+    min_score: float | None = None
     bands: tuple[int, ...] | None = None
     simplify_px: float = 0.5
     crs: str | None = None

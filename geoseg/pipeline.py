@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 from dask.callbacks import Callback
 from dask.delayed import Delayed
 
-from geoseg.config import RunOptions
+from geoseg.config import DEFAULT_MIN_SCORE, RunOptions
 from geoseg.errors import UserInputError
 from geoseg.fragments import MaskCrop, instances_to_crops
 from geoseg.grid import Tile, TileGrid
@@ -121,6 +121,9 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     options = options or RunOptions()
     scene = open_scene(path, bands=options.bands, crs=options.crs, gsd_m=options.gsd_m)
     info = describe_model(load_segmenter(options.model, device=options.device), options.model)
+    if options.min_score is None:
+        tuned = info.min_score if info.min_score is not None else DEFAULT_MIN_SCORE
+        options = replace(options, min_score=tuned)
     if options.gsd_m is None:
         scene = fit_gsd(scene, model_gsd_range_m=info.gsd_range_m)
     if options.batch_size < 1:

@@ -711,6 +711,7 @@ class _House:
     flat: bool
     hip: bool
     row_ridge: bool = False  # terraces: one ridge along the row, across every unit
+    party_wall: bool = False  # terraces: a dark wall line along the unit's west edge
 
 
 def _add_buildings(
@@ -771,7 +772,14 @@ def _shift(house: _House, dx: float) -> _House:
     wings = [(a + dx, b, c + dx, d) for a, b, c, d in house.wings]
     footprint = shapely.affinity.translate(house.footprint, dx, 0)
     return _House(
-        footprint, wings, house.height_m, house.roof, house.flat, house.hip, house.row_ridge
+        footprint,
+        wings,
+        house.height_m,
+        house.roof,
+        house.flat,
+        house.hip,
+        house.row_ridge,
+        house.party_wall,
     )
 
 
@@ -807,16 +815,19 @@ def _t_house(rng: np.random.Generator, sc: _Scales) -> list[_House]:
 
 
 def _terrace(rng: np.random.Generator, sc: _Scales) -> list[_House]:
-    """2-6 touching houses sharing walls: distinct instances, similar roofs."""
+    """2-6 touching houses sharing walls: distinct instances, similar roofs, and the party
+    wall between two units visible as a dark line (as parapets and gutters are from above)."""
     depth, height = rng.uniform(9, 12), rng.uniform(6, 10)
     base = _pick(rng, ROOF_COLOURS)
     hip = rng.random() < 0.3
     houses, x = [], 0.0
-    for _ in range(int(rng.integers(2, 7))):
+    for unit in range(int(rng.integers(2, 7))):
         frontage = rng.uniform(_NARROWEST_HOUSE_M, 10)
         wing = tuple(v * sc.urban for v in (x, 0, x + frontage, depth))
-        colour = _roof(rng, False) if rng.random() < 0.25 else _jitter(rng, base, 0.05)
-        houses.append(_House(box(*wing), [wing], height, colour, False, hip, row_ridge=True))
+        colour = _roof(rng, False) if rng.random() < 0.25 else _jitter(rng, base, 0.08)
+        houses.append(
+            _House(box(*wing), [wing], height, colour, False, hip, True, party_wall=unit > 0)
+        )
         x += frontage
     return houses
 
@@ -830,15 +841,18 @@ def _place_house(
     owner = objects.add(footprint, _BUILDING, house.roof)
     wings = _apply(np.array([box(*w) for w in house.wings], dtype=object), to_px)
     objects.cast_shadow(wings, house.height_m * sc.urban, layout.shadow_ratio)
-    if house.flat:
-        return
-    inverse = ~Affine(to_px.a, to_px.b, 0, to_px.d, to_px.e, 0)
-    sun_local = inverse @ objects.sun_xy
-    overlays = [
-        g for w in house.wings for g in _roof_parts(w, house.hip, sun_local, house.row_ridge)
-    ]
-    for k, geom in enumerate(_apply(np.array(overlays, dtype=object), to_px)):
-        objects.shade.append((geom, owner, 0.74 if k % 2 == 0 else 1.25))
+    if not house.flat:
+        inverse = ~Affine(to_px.a, to_px.b, 0, to_px.d, to_px.e, 0)
+        sun_local = inverse @ objects.sun_xy
+        overlays = [
+            g for w in house.wings for g in _roof_parts(w, house.hip, sun_local, house.row_ridge)
+        ]
+        for k, geom in enumerate(_apply(np.array(overlays, dtype=object), to_px)):
+            objects.shade.append((geom, owner, 0.74 if k % 2 == 0 else 1.25))
+    if house.party_wall:
+        x0, y0, _, y1 = house.wings[0]
+        wall = LineString([(x0 + 0.5, y0), (x0 + 0.5, y1)])  # half a pixel inside this unit
+        objects.shade.append((_apply(wall, to_px), owner, 0.45))
 
 
 def _roof_parts(

@@ -58,8 +58,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
-VAL_MIN_SCORE = 0.5
-"""Score threshold for the validation figures (the default ``--min-score`` of ``geoseg run``)."""
+SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
+"""The score thresholds tried on the validation chips; the best (mean F1 over classes) is
+recorded in the checkpoint as the model's ``min_score``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,7 @@ class TrainResult:
     gsd_range_m: tuple[float, float]
     history: list[dict[str, Any]]
     validation: dict[str, dict[str, float]]
+    min_score: float | None = None
 
 
 def sidecar_dir(output: str | Path) -> Path:
@@ -222,14 +224,15 @@ def train(
         "sources": sources,
         "init": init_note,
     }
-    validation: dict[str, dict[str, float]] = {}
+    validation = Validation({}, None)
     for epoch in range(start_epoch + 1, options.epochs + 1):
         summary = _train_epoch(
             network, optimizer, train_chips, options, device, epoch, steps, total_steps, emit
         )
         if options.val_every and epoch % options.val_every == 0 and epoch < options.epochs:
             validation = _validate(network, val_chips, options, device, epoch, emit)
-            summary["val_f1"] = {c: m["f1"] for c, m in validation.items()}
+            summary["val_f1"] = {c: m["f1"] for c, m in validation.scores.items()}
+            summary["val_min_score"] = validation.min_score
         history.append(summary)
         _append_history(side / "history.jsonl", summary)
         _save(output, side, network, optimizer, epoch, history, validation, meta)
@@ -243,7 +246,8 @@ def train(
         n_val_chips=len(val_chips),
         gsd_range_m=gsd_range,
         history=history,
-        validation=validation,
+        validation=validation.scores,
+        min_score=validation.min_score,
     )
 
 
@@ -544,6 +548,14 @@ def _batch(
 # --- validation -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """Validation figures per class at ``min_score``, the threshold that scored best."""
+
+    scores: dict[str, dict[str, Any]]
+    min_score: float | None
+
+
 def _validate(
     network: torch.nn.Module,
     chips: Sequence[Chip],
@@ -551,32 +563,69 @@ def _validate(
     device: torch.device,
     epoch: int,
     emit: Progress,
-) -> dict[str, dict[str, float]]:
+) -> Validation:
     if not chips:
-        return {}
+        return Validation({}, None)
     segmenter = MaskRCNNSegmenter(
         network, classes=options.classes, arch=options.arch, device=str(device)
     )
     n_classes = len(options.classes)
-    counts = np.zeros((n_classes, 3), dtype=np.int64)  # tp, fp, fn
+    scores: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
+    matched: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
+    n_ref = np.zeros(n_classes, dtype=np.int64)
     for start in range(0, len(chips), options.batch_size):
         batch = chips[start : start + options.batch_size]
         pixels = np.stack([c.pixels.astype(np.float32) / 255.0 for c in batch])
         for chip, pred in zip(batch, segmenter.predict(pixels), strict=True):
-            keep = pred["scores"] >= VAL_MIN_SCORE
-            masks = pred["masks"][keep] & chip.valid
+            masks = pred["masks"] & chip.valid
             ref_masks, _, ref_cls = targets_from_ids(chip.ids, chip.classes)
             for k in range(n_classes):
-                counts[k] += match_instances(
-                    masks[pred["labels"][keep] == k],
-                    pred["scores"][keep][pred["labels"][keep] == k],
-                    ref_masks[ref_cls == k],
+                mine = pred["labels"] == k
+                scores[k].append(pred["scores"][mine])
+                matched[k].append(
+                    greedy_matches(masks[mine], pred["scores"][mine], ref_masks[ref_cls == k])
                 )
+                n_ref[k] += int((ref_cls == k).sum())
     network.train()
-    result = f1_scores(counts, options.classes)
-    log.info("validation after epoch %d: %s", epoch, json.dumps(result))
-    emit(TrainEvent("validation", epoch=epoch, info=result))
-    return result
+    flat = [(np.concatenate(s), np.concatenate(m)) for s, m in zip(scores, matched, strict=True)]
+    best = tune_min_score(flat, n_ref)
+    result = f1_scores(_counts_at(flat, n_ref, best), options.classes)
+    log.info("validation after epoch %d at min score %.2f: %s", epoch, best, json.dumps(result))
+    emit(TrainEvent("validation", epoch=epoch, info={"min_score": best, **result}))
+    return Validation(result, best)
+
+
+def _counts_at(
+    flat: Sequence[tuple[np.ndarray, np.ndarray]], n_ref: np.ndarray, threshold: float
+) -> np.ndarray:
+    """``[tp, fp, fn]`` per class keeping the predictions scored at least ``threshold``."""
+    rows = []
+    for (scores, matched), refs in zip(flat, n_ref, strict=True):
+        keep = scores >= threshold
+        tp = int(matched[keep].sum())
+        rows.append((tp, int(keep.sum()) - tp, int(refs) - tp))
+    return np.array(rows, dtype=np.int64).reshape(len(n_ref), 3)
+
+
+def tune_min_score(flat: Sequence[tuple[np.ndarray, np.ndarray]], n_ref: np.ndarray) -> float:
+    """The threshold of :data:`SCORE_GRID` with the best mean F1 over the classes that have
+    references or predictions (the lowest such threshold on a tie).
+
+    ``flat`` holds, per class, every prediction's score and whether greedy matching in score
+    order paired it with a reference: the matching at a threshold is a prefix of that order,
+    so one matching serves every threshold.
+    """
+    best, best_f1 = SCORE_GRID[0], -1.0
+    for threshold in SCORE_GRID:
+        f1s = [
+            2 * tp / (2 * tp + fp + fn)
+            for tp, fp, fn in _counts_at(flat, n_ref, threshold)
+            if tp + fp + fn
+        ]
+        mean = float(np.mean(f1s)) if f1s else 0.0
+        if mean > best_f1 + 1e-12:
+            best, best_f1 = threshold, mean
+    return float(best)
 
 
 def match_instances(
@@ -587,23 +636,31 @@ def match_instances(
     Predictions are taken in descending score order, each matched to the unmatched reference
     it overlaps most, if their mask IoU reaches ``iou``.
     """
+    tp = int(greedy_matches(pred_masks, pred_scores, ref_masks, iou).sum())
+    return np.array([tp, len(pred_masks) - tp, len(ref_masks) - tp], dtype=np.int64)
+
+
+def greedy_matches(
+    pred_masks: np.ndarray, pred_scores: np.ndarray, ref_masks: np.ndarray, iou: float = 0.5
+) -> np.ndarray:
+    """Whether each prediction is matched (see :func:`match_instances`), in input order."""
     n_pred, n_ref = len(pred_masks), len(ref_masks)
+    hit = np.zeros(n_pred, dtype=bool)
     if n_pred == 0 or n_ref == 0:
-        return np.array([0, n_pred, n_ref], dtype=np.int64)
+        return hit
     p = pred_masks.reshape(n_pred, -1).astype(np.float32)
     r = ref_masks.reshape(n_ref, -1).astype(np.float32)
     inter = p @ r.T
     union = p.sum(1)[:, None] + r.sum(1)[None, :] - inter
     ious = inter / np.maximum(union, 1.0)
     taken = np.zeros(n_ref, dtype=bool)
-    tp = 0
     for i in np.argsort(-pred_scores, kind="stable"):
         candidates = np.where(taken, -1.0, ious[i])
         j = int(np.argmax(candidates))
         if candidates[j] >= iou:
             taken[j] = True
-            tp += 1
-    return np.array([tp, n_pred - tp, n_ref - tp], dtype=np.int64)
+            hit[i] = True
+    return hit
 
 
 def f1_scores(counts: np.ndarray, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -634,7 +691,7 @@ def _save(
     optimizer: torch.optim.Optimizer,
     epoch: int,
     history: list[dict[str, Any]],
-    validation: Mapping[str, Any],
+    validation: Validation,
     meta: Mapping[str, Any],
 ) -> None:
     options: TrainOptions = meta["options"]
@@ -645,8 +702,8 @@ def _save(
         "data": meta["setup"]["data"],
         "labels": meta["setup"]["labels"],
         "history": history[-3:],
-        "validation": dict(validation),
-        "validation_min_score": VAL_MIN_SCORE,
+        "validation": dict(validation.scores),
+        "validation_min_score": validation.min_score,
         "torch": str(torch.__version__),
         "untrained": False,
     }
@@ -657,6 +714,7 @@ def _save(
         "normalization": NORMALIZATION,
         "gsd_range_m": meta["gsd_range"],
         "train": train_info,
+        "min_score": validation.min_score,
     }
     resume = {
         "epoch": epoch,

@@ -113,3 +113,13 @@ class ScoreFloorOracle(OracleSegmenter):
 
 def score_floor_oracle() -> ScoreFloorOracle:
     return ScoreFloorOracle()
+
+
+class TunedOracle(ScoreFloorOracle):
+    """An oracle that recommends its own score threshold, as a tuned checkpoint does."""
+
+    min_score = 0.8
+
+
+def tuned_oracle() -> TunedOracle:
+    return TunedOracle()

@@ -110,3 +110,21 @@ def test_min_score_is_passed_to_a_model_that_takes_it(tmp_path: Path, street: Pa
     result = run_scene(street, tmp_path / "out", options=options)
     assert set(models.ScoreFloorOracle.seen) == {0.7}
     assert result.counts == {"building": 7, "field": 1, "ship": 2}
+
+
+@pytest.mark.parametrize(("given", "used"), [(None, 0.8), (0.3, 0.3)])
+def test_the_model_s_own_threshold_applies_unless_min_score_is_given(
+    tmp_path: Path, street: Path, given: float | None, used: float
+) -> None:
+    import json
+
+    import pyogrio
+
+    models.ScoreFloorOracle.seen.clear()
+    options = RunOptions(
+        model="tests.models:tuned_oracle", tile_px=128, overlap_px=32, min_score=given
+    )
+    run_scene(street, tmp_path / "out", options=options)
+    assert set(models.ScoreFloorOracle.seen) == {used}
+    meta = pyogrio.read_info(tmp_path / "out" / "street.gpkg", layer="building")["layer_metadata"]
+    assert json.loads(meta["geoseg_options"])["min_score"] == used

@@ -18,7 +18,16 @@ from geoseg.cli import main
 from geoseg.errors import LabelError, UserInputError
 from geoseg.model import load_segmenter
 from geoseg.model.maskrcnn import MaskRCNNArch
-from geoseg.train import LabelSource, TrainOptions, f1_scores, match_instances, sidecar_dir, train
+from geoseg.train import (
+    SCORE_GRID,
+    LabelSource,
+    TrainOptions,
+    f1_scores,
+    match_instances,
+    sidecar_dir,
+    train,
+    tune_min_score,
+)
 
 UTM = "EPSG:32633"
 TRANSFORM = Affine(1.0, 0.0, 500_000.0, 0.0, -1.0, 4_000_000.0)
@@ -121,6 +130,20 @@ def test_match_instances_one_to_one() -> None:
     assert scores["ship"]["f1"] is None
 
 
+def test_min_score_is_tuned_to_the_best_mean_f1() -> None:
+    # building: a hit at 0.9, a false positive at 0.6, a hit at 0.3; 2 references.
+    # ship: a hit at 0.8, a false positive at 0.25; 1 reference.
+    flat = [
+        (np.array([0.9, 0.6, 0.3]), np.array([True, False, True])),
+        (np.array([0.8, 0.25]), np.array([True, False])),
+    ]
+    n_ref = np.array([2, 1])
+    # >= 0.65: building 1/1/1 (F1 2/3), ship 1.0 -> 0.833; 0.3: building 2/1/0 (F1 0.8),
+    # ship 1.0 -> 0.9; 0.25 and lower: ship 1/1/0 -> (0.8 + 0.667) / 2.
+    assert tune_min_score(flat, n_ref) == 0.3
+    assert tune_min_score([(np.array([]), np.array([], dtype=bool))], np.array([0])) == 0.05
+
+
 def test_smoke_training_learns_and_resumes(labelled: tuple[Path, Path], tmp_path: Path) -> None:
     image, labels = labelled
     options = TrainOptions(
@@ -153,6 +176,7 @@ def test_smoke_training_learns_and_resumes(labelled: tuple[Path, Path], tmp_path
     model = load_segmenter(str(output), device="cpu")
     assert model.classes == ("building", "ship") and model.gsd_range_m == (1.0, 1.0)
     assert not model.untrained
+    assert result.min_score in SCORE_GRID and model.min_score == result.min_score
     (out,) = model.predict(np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32))
     assert out["masks"].shape[1:] == (64, 64)
 

@@ -82,9 +82,9 @@ _OPTIONS = [
     click.option(
         "--min-score",
         type=click.FloatRange(0, 1),
-        default=_DEFAULTS.min_score,
-        show_default=True,
-        help="Drop objects the model is less sure of.",
+        default=None,
+        help="Drop objects the model is less sure of. Default: the threshold the model "
+        "was tuned to on its validation data (a geoseg train checkpoint records it), else 0.5.",
     ),
     click.option(
         "--bands",

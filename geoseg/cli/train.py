@@ -252,8 +252,13 @@ class _Reporter:
             self.bar.close()
             self.bar = None
         elif event.kind == "validation":
-            f1 = ", ".join(f"{c} {_fmt(m['f1'])}" for c, m in event.info.items())
-            click.echo(f"Validation F1 (IoU 0.5) after epoch {event.epoch}: {f1}", err=True)
+            info = dict(event.info)
+            score = info.pop("min_score")
+            f1 = ", ".join(f"{c} {_fmt(m['f1'])}" for c, m in info.items())
+            click.echo(
+                f"Validation F1 (IoU 0.5, score >= {score:.2f}) after epoch {event.epoch}: {f1}",
+                err=True,
+            )
 
 
 def _fmt(value: float | None) -> str:
@@ -271,7 +276,10 @@ def _summary(result: Any) -> None:
         f"{result.gsd_range_m[1]:.3g} m"
     )
     if result.validation:
-        click.echo("Validation (mask IoU >= 0.5, score >= 0.5):")
+        click.echo(
+            f"Validation (mask IoU >= 0.5, score >= {result.min_score:.2f}, the threshold with "
+            "the best mean F1, which the model records as its --min-score):"
+        )
         for name, m in result.validation.items():
             click.echo(
                 f"  {name:10s} F1 {_fmt(m['f1'])}  precision {_fmt(m['precision'])}  recall "

@@ -245,6 +245,7 @@ class MaskRCNNSegmenter:
         normalization: Mapping[str, Any] | None = None,
         device: str = "auto",
         batch_size: int = 4,
+        min_score: float | None = None,
     ) -> None:
         self.classes = tuple(classes)
         self.arch = arch
@@ -252,6 +253,7 @@ class MaskRCNNSegmenter:
         self.checksum = checksum
         self.untrained = untrained
         self.gsd_range_m = gsd_range_m
+        self.min_score = min_score  # the threshold tuned on validation data, if any
         self.normalization = dict(normalization or NORMALIZATION)
         self.batch_size = batch_size
         self._device = resolve_device(device)
@@ -333,6 +335,7 @@ def segmenter_from_payload(
             f"{source}: weights do not fit the network it describes ({first})"
         ) from exc
     gsd = payload.get("gsd_range_m")
+    tuned = payload.get("min_score")
     return MaskRCNNSegmenter(
         network,
         classes=classes,
@@ -343,6 +346,7 @@ def segmenter_from_payload(
         gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
         normalization=normalization,
         device=device,
+        min_score=float(tuned) if tuned is not None else None,
     )
 
 

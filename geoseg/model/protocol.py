@@ -11,9 +11,10 @@ A segmenter is any object with
   ``--min-score``, so the model can drop lower-scored instances before building their masks.
 
 Optional attributes that geoseg reads when present: ``name`` (str), ``checksum`` (str),
-``untrained`` (bool), ``gsd_range_m`` (``(min, max)`` ground sampling distances in metres the
-model was trained on) and ``input_bands`` (how many bands ``predict`` wants; geoseg repeats a
-single band or keeps the first bands to match).
+``untrained`` (bool), ``min_score`` (the score threshold the model recommends, used when
+``--min-score`` is not given), ``gsd_range_m`` (``(min, max)`` ground sampling distances in
+metres the model was trained on) and ``input_bands`` (how many bands ``predict`` wants;
+geoseg repeats a single band or keeps the first bands to match).
 
 ``--model`` accepts ``default`` (the weights shipped in the package), a path to a ``.pt``
 checkpoint written by ``geoseg train``, or ``package.module:factory`` (``factory()`` is
@@ -105,11 +106,13 @@ class ModelInfo:
     classes: tuple[str, ...]
     untrained: bool
     gsd_range_m: tuple[float, float] | None
+    min_score: float | None = None
 
 
 def describe_model(model: Segmenter, spec: str) -> ModelInfo:
     """Read the optional attributes of a loaded segmenter into a :class:`ModelInfo`."""
     gsd = getattr(model, "gsd_range_m", None)
+    min_score = getattr(model, "min_score", None)
     return ModelInfo(
         spec=spec,
         name=str(getattr(model, "name", spec)),
@@ -117,6 +120,7 @@ def describe_model(model: Segmenter, spec: str) -> ModelInfo:
         classes=tuple(model.classes),
         untrained=bool(getattr(model, "untrained", False)),
         gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
+        min_score=float(min_score) if min_score is not None else None,
     )
 
 
