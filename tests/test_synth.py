@@ -118,6 +118,30 @@ def test_adjacent_instances_touch_without_overlapping():
     assert "building" in set(touching)  # terraced houses
 
 
+def test_touching_houses_show_the_wall_between_them():
+    """A party wall darkens the edge one terrace unit shares with the next, so the pixels
+    tell the instances apart (without it the edge is as bright as the roofs, ratio ~0.95)."""
+    from scipy import ndimage
+
+    scene = render_scene((400, 400), gsd_m=1.0, seed=2)
+    ids, grey = scene.ids_yx, scene.image.astype(np.float32).mean(axis=0)
+    building = dict(zip(scene.labels["id"], scene.labels["class"] == "building", strict=True))
+    pairs = set()
+    for a, b in ((ids[:, :-1], ids[:, 1:]), (ids[:-1], ids[1:])):
+        edge = (a > 0) & (b > 0) & (a != b)
+        pairs |= {tuple(sorted((int(x), int(y)))) for x, y in zip(a[edge], b[edge], strict=True)}
+    ratios = []
+    for a, b in (p for p in pairs if building[p[0]] and building[p[1]]):
+        sides = []
+        for me, other in ((a, b), (b, a)):
+            mine = ids == me
+            border = mine & ndimage.binary_dilation(ids == other)
+            sides.append(grey[border].mean() / np.median(grey[mine]))
+        ratios.append(min(sides))
+    assert len(ratios) >= 10
+    assert np.median(ratios) < 0.85 and np.mean(np.array(ratios) < 0.9) > 0.75, sorted(ratios)
+
+
 def test_write_scene_writes_tiled_geotiff_and_gpkg_atomically(tmp_path: Path):
     tif, gpkg = write_scene(tmp_path / "s.tif", size_wh=(96, 80), gsd_m=2.0, seed=4)
     assert gpkg == tmp_path / "s.gpkg"
