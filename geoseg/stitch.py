@@ -8,11 +8,12 @@ The algorithm, in three steps:
 
 1. **Link.** Two fragments from different tiles are linked when, *inside the strip their two
    tiles share*, their IoU reaches ``merge_iou`` (or, of one class, when the smaller lies
-   :data:`CONTAINED_SHARE` inside the larger). Both tiles see the same pixels there, so one
-   object gives two nearly equal shapes in the strip, however much of it each tile saw; two
-   distinct objects that touch (terraced houses, adjacent fields) share an edge but no area, so
-   their IoU in the strip is about 0 and they are never linked. Links are grouped transitively
-   with union-find, so an object several tiles wide becomes one group.
+   :data:`CONTAINED_SHARE` inside the larger and each is the other's best match). Both tiles
+   see the same pixels there, so one object gives two nearly equal shapes in the strip,
+   however much of it each tile saw; two distinct objects that touch (terraced houses,
+   adjacent fields) share an edge but no area, so their IoU in the strip is about 0 and they
+   are never linked. Links are grouped transitively with union-find, so an object several
+   tiles wide becomes one group.
 2. **Own.** Each group is kept only if one of its fragments has area inside the *core* of the
    tile that saw it (see :mod:`geoseg.grid`): the cores partition the scene, so the tile that
    owns a place decides whether an object is there, and a copy seen only in another tile's
@@ -110,15 +111,21 @@ def _box(window: PixelWindow) -> BaseGeometry:
 
 
 def link_pairs(fragments: Sequence[Fragment], merge_iou: float) -> list[tuple[int, int]]:
-    """Pairs of fragments from different tiles whose IoU inside their shared strip passes."""
+    """Pairs of fragments from different tiles that :func:`same_object` joins inside their
+    shared strip. A link by nesting alone must also be mutual: each fragment is the other's
+    best match (highest strip IoU) among the fragments of the other tile, so a neighbour's
+    sliver nested in a too-large outline loses to the object that outline really belongs to.
+    """
     if len(fragments) < 2:
         return []
     polygons = np.array([f.polygon_px for f in fragments], dtype=object)
     tree = shapely.STRtree(polygons)
     left, right = tree.query(polygons, predicate="intersects")
-    pairs = []
+    pairs, nested = [], []
+    best: dict[tuple[int, tuple[int, int]], tuple[float, int]] = {}
     for i, j in zip(left.tolist(), right.tolist(), strict=True):
-        if i >= j or fragments[i].tile.index_yx == fragments[j].tile.index_yx:
+        tile_i, tile_j = fragments[i].tile.index_yx, fragments[j].tile.index_yx
+        if i >= j or tile_i == tile_j:
             continue
         shared = fragments[i].tile.window.intersection(fragments[j].tile.window)
         if shared is None:
@@ -126,24 +133,36 @@ def link_pairs(fragments: Sequence[Fragment], merge_iou: float) -> list[tuple[in
         strip = _box(shared)
         a = shapely.intersection(polygons[i], strip)
         b = shapely.intersection(polygons[j], strip)
-        same_label = fragments[i].label == fragments[j].label
-        if same_object(a, b, merge_iou, same_label):
+        iou, is_nested = _overlap(a, b)
+        for me, other, other_tile in ((i, j, tile_j), (j, i, tile_i)):
+            if iou > best.get((me, other_tile), (0.0, -1))[0]:
+                best[(me, other_tile)] = (iou, other)
+        if iou >= merge_iou:
             pairs.append((i, j))
-    return pairs
+        elif fragments[i].label == fragments[j].label and is_nested and iou >= merge_iou / 2:
+            nested.append((i, j))
+    for i, j in nested:
+        tile_i, tile_j = fragments[i].tile.index_yx, fragments[j].tile.index_yx
+        if best[(i, tile_j)][1] == j and best[(j, tile_i)][1] == i:
+            pairs.append((i, j))
+    return sorted(pairs)
+
+
+def _overlap(a: BaseGeometry, b: BaseGeometry) -> tuple[float, bool]:
+    """IoU of two shapes, and whether :data:`CONTAINED_SHARE` of the smaller lies in the other."""
+    inter = shapely.intersection(a, b).area
+    if inter == 0:
+        return 0.0, False
+    iou = inter / shapely.union(a, b).area
+    return iou, inter / min(a.area, b.area) >= CONTAINED_SHARE
 
 
 def same_object(a: BaseGeometry, b: BaseGeometry, merge_iou: float, same_label: bool) -> bool:
     """IoU reaches ``merge_iou``, or (same class) the smaller is nearly inside the larger and
     their IoU still reaches half of ``merge_iou``: a sliver of a neighbour that touches a
     slightly too large outline is nested in it too, but its IoU with it is near 0."""
-    inter = shapely.intersection(a, b).area
-    if inter == 0:
-        return False
-    iou = inter / shapely.union(a, b).area
-    if iou >= merge_iou:
-        return True
-    nested = inter / min(a.area, b.area) >= CONTAINED_SHARE
-    return same_label and nested and iou >= merge_iou / 2
+    iou, nested = _overlap(a, b)
+    return iou >= merge_iou or (same_label and nested and iou >= merge_iou / 2)
 
 
 def _in_core(fragment: Fragment) -> BaseGeometry:
