@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_MIN_SCORE", "RunOptions"]
+import numpy as np
+
+__all__ = ["DEFAULT_MIN_SCORE", "RunOptions", "score_thresholds"]
 
 DEFAULT_MIN_SCORE = 0.5
 """The score threshold for a model that recommends none."""
@@ -17,8 +20,9 @@ class RunOptions:
 
     ``tile_px``/``overlap_px``: tile size and the overlap (halo) between neighbours, in pixels.
     ``bands``: 1-based band indexes to read (``None``: RGB by colour interpretation, else the
-    first three, else all). ``min_score``: drop instances scored below it (``None``: the
-    threshold the model was tuned to, else :data:`DEFAULT_MIN_SCORE`). ``simplify_px``:
+    first three, else all). ``min_score``: drop instances scored below it, one threshold or
+    one per class name (``None``: the thresholds the model was tuned to, else
+    :data:`DEFAULT_MIN_SCORE`). ``simplify_px``:
     Douglas-Peucker tolerance in pixels applied to the pixel-exact outlines (0 keeps them
     exact). ``crs``: a CRS to assume for a scene that has a geotransform but no CRS.
     ``gsd_m``: read the scene resampled to this ground sampling distance (``None``: what the
@@ -31,7 +35,7 @@ class RunOptions:
     overlap_px: int = 128
     batch_size: int = 4
     device: str = "auto"
-    min_score: float | None = None
+    min_score: float | dict[str, float] | None = None
     bands: tuple[int, ...] | None = None
     simplify_px: float = 0.5
     crs: str | None = None
@@ -42,3 +46,15 @@ class RunOptions:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (tuples as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def score_thresholds(
+    min_score: float | Mapping[str, float] | None, classes: Sequence[str]
+) -> np.ndarray:
+    """A ``min_score`` (one threshold, one per class name, or ``None``) as one threshold per
+    class index; :data:`DEFAULT_MIN_SCORE` where it says nothing."""
+    if isinstance(min_score, Mapping):
+        values = [min_score.get(name, DEFAULT_MIN_SCORE) for name in classes]
+    else:
+        values = [DEFAULT_MIN_SCORE if min_score is None else min_score] * len(classes)
+    return np.array(values, dtype=np.float64)

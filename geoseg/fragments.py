@@ -53,9 +53,10 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def instances_to_crops(
-    instances: Instances, tile: Tile, valid: np.ndarray, *, min_score: float
+    instances: Instances, tile: Tile, valid: np.ndarray, *, min_score: float | np.ndarray
 ) -> list[MaskCrop]:
-    """Keep instances scored at least ``min_score``, on valid pixels, without in-tile duplicates.
+    """Keep instances scored at least ``min_score`` (one threshold, or one per label), on valid
+    pixels, without in-tile duplicates.
 
     ``valid`` is the tile's validity ``(tile_px, tile_px)``; masks are cut to the tile's window
     (padding dropped) and to valid pixels. Of two instances of one tile whose masks overlap with
@@ -64,11 +65,12 @@ def instances_to_crops(
     height, width = tile.window.height, tile.window.width
     keep_valid = valid[:height, :width]
     order = np.argsort(-instances.scores, kind="stable")
+    thresholds = np.asarray(min_score, dtype=np.float64)
     kept: list[tuple[tuple[int, int, int, int], np.ndarray, int, float]] = []
     for k in order:
         score = float(instances.scores[k])
-        if score < min_score:
-            break
+        if score < (thresholds if thresholds.ndim == 0 else thresholds[instances.labels[k]]):
+            continue
         mask = instances.masks[k, :height, :width] & keep_valid
         box = _bbox(mask)
         if box is None:

@@ -30,7 +30,7 @@ import numpy as np
 from dask.callbacks import Callback
 from dask.delayed import Delayed
 
-from geoseg.config import DEFAULT_MIN_SCORE, RunOptions
+from geoseg.config import DEFAULT_MIN_SCORE, RunOptions, score_thresholds
 from geoseg.errors import UserInputError
 from geoseg.fragments import MaskCrop, instances_to_crops
 from geoseg.grid import Tile, TileGrid
@@ -124,6 +124,9 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     if options.min_score is None:
         tuned = info.min_score if info.min_score is not None else DEFAULT_MIN_SCORE
         options = replace(options, min_score=tuned)
+    if isinstance(options.min_score, dict) and set(options.min_score) - set(info.classes):
+        unknown = ", ".join(sorted(set(options.min_score) - set(info.classes)))
+        raise UserInputError(f"min_score names {unknown}, which the model does not know")
     if options.gsd_m is None:
         scene = fit_gsd(scene, model_gsd_range_m=info.gsd_range_m)
     if options.batch_size < 1:
@@ -159,7 +162,7 @@ def _match_bands(pixels: np.ndarray, want: int | None) -> np.ndarray:
 
 
 def predict_stage(
-    batch: ReadBatch, model_spec: str, device: str, min_score: float
+    batch: ReadBatch, model_spec: str, device: str, min_score: float | dict[str, float]
 ) -> PredictedBatch:
     """Run the model on a batch (loaded once per process) and cut its output to mask crops."""
     if not batch.tiles:
@@ -167,8 +170,9 @@ def predict_stage(
     model = load_segmenter(model_spec, device=device)
     pixels = _match_bands(batch.pixels, getattr(model, "input_bands", None))
     tiles = np.ascontiguousarray(pixels, dtype=np.float32)
+    thresholds = score_thresholds(min_score, model.classes)
     if _accepts_min_score(model):
-        outputs = model.predict(tiles, min_score=min_score)
+        outputs = model.predict(tiles, min_score=float(thresholds.min()))
     else:
         outputs = model.predict(tiles)
     if len(outputs) != len(batch.tiles):
@@ -179,7 +183,7 @@ def predict_stage(
     crops = []
     for tile, valid, raw in zip(batch.tiles, batch.valid, outputs, strict=True):
         instances = Instances.from_any(raw, shape_hw=shape_hw, n_classes=len(model.classes))
-        crops.append((tile, instances_to_crops(instances, tile, valid, min_score=min_score)))
+        crops.append((tile, instances_to_crops(instances, tile, valid, min_score=thresholds)))
     return PredictedBatch(crops, len(batch.tiles), batch.n_skipped)
 
 

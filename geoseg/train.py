@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from geoseg.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
+from geoseg.config import DEFAULT_MIN_SCORE
 from geoseg.errors import UserInputError
 from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
 from geoseg.model.maskrcnn import (
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
-"""The score thresholds tried on the validation chips; the best (mean F1 over classes) is
+"""The score thresholds tried on the validation chips; the best for each class (F1) is
 recorded in the checkpoint as the model's ``min_score``."""
 
 
@@ -550,10 +551,10 @@ def _batch(
 
 @dataclass(frozen=True, slots=True)
 class Validation:
-    """Validation figures per class at ``min_score``, the threshold that scored best."""
+    """Validation figures per class, each at its ``min_score``: the threshold that scored best."""
 
     scores: dict[str, dict[str, Any]]
-    min_score: float | None
+    min_score: dict[str, float] | None
 
 
 def _validate(
@@ -588,44 +589,51 @@ def _validate(
                 n_ref[k] += int((ref_cls == k).sum())
     network.train()
     flat = [(np.concatenate(s), np.concatenate(m)) for s, m in zip(scores, matched, strict=True)]
-    best = tune_min_score(flat, n_ref)
-    result = f1_scores(_counts_at(flat, n_ref, best), options.classes)
-    log.info("validation after epoch %d at min score %.2f: %s", epoch, best, json.dumps(result))
-    emit(TrainEvent("validation", epoch=epoch, info={"min_score": best, **result}))
-    return Validation(result, best)
+    best = tune_min_scores(flat, n_ref)
+    result = f1_scores(
+        np.array([_counts_at(*f, r, t) for f, r, t in zip(flat, n_ref, best, strict=True)]),
+        options.classes,
+    )
+    thresholds = dict(zip(options.classes, best, strict=True))
+    log.info(
+        "validation after epoch %d at min scores %s: %s",
+        epoch,
+        json.dumps(thresholds),
+        json.dumps(result),
+    )
+    emit(TrainEvent("validation", epoch=epoch, info={"min_score": thresholds, **result}))
+    return Validation(result, thresholds)
 
 
-def _counts_at(
-    flat: Sequence[tuple[np.ndarray, np.ndarray]], n_ref: np.ndarray, threshold: float
-) -> np.ndarray:
-    """``[tp, fp, fn]`` per class keeping the predictions scored at least ``threshold``."""
-    rows = []
-    for (scores, matched), refs in zip(flat, n_ref, strict=True):
-        keep = scores >= threshold
-        tp = int(matched[keep].sum())
-        rows.append((tp, int(keep.sum()) - tp, int(refs) - tp))
-    return np.array(rows, dtype=np.int64).reshape(len(n_ref), 3)
+def _counts_at(scores: np.ndarray, matched: np.ndarray, n_ref: int, threshold: float) -> tuple:
+    """``(tp, fp, fn)`` of one class keeping the predictions scored at least ``threshold``."""
+    keep = scores >= threshold
+    tp = int(matched[keep].sum())
+    return tp, int(keep.sum()) - tp, int(n_ref) - tp
 
 
-def tune_min_score(flat: Sequence[tuple[np.ndarray, np.ndarray]], n_ref: np.ndarray) -> float:
-    """The threshold of :data:`SCORE_GRID` with the best mean F1 over the classes that have
-    references or predictions (the lowest such threshold on a tie).
+def tune_min_scores(
+    flat: Sequence[tuple[np.ndarray, np.ndarray]], n_ref: np.ndarray
+) -> list[float]:
+    """Per class, the threshold of :data:`SCORE_GRID` with the best F1 (the middle one of a
+    tie; :data:`~geoseg.config.DEFAULT_MIN_SCORE` for a class without references).
 
     ``flat`` holds, per class, every prediction's score and whether greedy matching in score
     order paired it with a reference: the matching at a threshold is a prefix of that order,
     so one matching serves every threshold.
     """
-    best, best_f1 = SCORE_GRID[0], -1.0
-    for threshold in SCORE_GRID:
-        f1s = [
-            2 * tp / (2 * tp + fp + fn)
-            for tp, fp, fn in _counts_at(flat, n_ref, threshold)
-            if tp + fp + fn
-        ]
-        mean = float(np.mean(f1s)) if f1s else 0.0
-        if mean > best_f1 + 1e-12:
-            best, best_f1 = threshold, mean
-    return float(best)
+    out = []
+    for (scores, matched), refs in zip(flat, n_ref, strict=True):
+        if refs == 0:
+            out.append(DEFAULT_MIN_SCORE)
+            continue
+        f1s = []
+        for threshold in SCORE_GRID:
+            tp, fp, fn = _counts_at(scores, matched, refs, threshold)
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+        tied = [t for t, f1 in zip(SCORE_GRID, f1s, strict=True) if f1 >= max(f1s) - 1e-12]
+        out.append(float(tied[len(tied) // 2]))
+    return out
 
 
 def match_instances(

@@ -118,7 +118,7 @@ def score_floor_oracle() -> ScoreFloorOracle:
 class TunedOracle(ScoreFloorOracle):
     """An oracle that recommends its own score threshold, as a tuned checkpoint does."""
 
-    min_score = 0.8
+    min_score = {"building": 0.8, "field": 0.7, "ship": 0.9}  # noqa: RUF012
 
 
 def tuned_oracle() -> TunedOracle:

@@ -112,9 +112,12 @@ def test_min_score_is_passed_to_a_model_that_takes_it(tmp_path: Path, street: Pa
     assert result.counts == {"building": 7, "field": 1, "ship": 2}
 
 
-@pytest.mark.parametrize(("given", "used"), [(None, 0.8), (0.3, 0.3)])
-def test_the_model_s_own_threshold_applies_unless_min_score_is_given(
-    tmp_path: Path, street: Path, given: float | None, used: float
+@pytest.mark.parametrize(
+    ("given", "passed", "used"),
+    [(None, 0.7, {"building": 0.8, "field": 0.7, "ship": 0.9}), (0.3, 0.3, 0.3)],
+)
+def test_the_model_s_own_thresholds_apply_unless_min_score_is_given(
+    tmp_path: Path, street: Path, given: float | None, passed: float, used: object
 ) -> None:
     import json
 
@@ -125,6 +128,23 @@ def test_the_model_s_own_threshold_applies_unless_min_score_is_given(
         model="tests.models:tuned_oracle", tile_px=128, overlap_px=32, min_score=given
     )
     run_scene(street, tmp_path / "out", options=options)
-    assert set(models.ScoreFloorOracle.seen) == {used}
+    assert set(models.ScoreFloorOracle.seen) == {passed}  # the lowest threshold
     meta = pyogrio.read_info(tmp_path / "out" / "street.gpkg", layer="building")["layer_metadata"]
     assert json.loads(meta["geoseg_options"])["min_score"] == used
+
+
+def test_thresholds_apply_per_class() -> None:
+    from geoseg.config import score_thresholds
+    from geoseg.fragments import instances_to_crops
+    from geoseg.grid import TileGrid
+    from geoseg.model.protocol import Instances
+
+    classes = ("building", "field", "ship")
+    thresholds = score_thresholds({"field": 0.7, "ship": 0.2}, classes)
+    np.testing.assert_allclose(thresholds, [0.5, 0.7, 0.2])  # building: the default
+    masks = np.zeros((3, 32, 32), dtype=bool)
+    masks[0, 1:4, 1:4] = masks[1, 6:9, 6:9] = masks[2, 11:14, 11:14] = True
+    instances = Instances(masks, np.array([0, 1, 2]), np.array([0.6, 0.6, 0.3], np.float32))
+    (tile,) = TileGrid.from_shape((32, 32), tile_px=32, overlap_px=4)
+    crops = instances_to_crops(instances, tile, np.ones((32, 32), bool), min_score=thresholds)
+    assert sorted(c.label for c in crops) == [0, 2]  # the field at 0.6 < 0.7 is dropped

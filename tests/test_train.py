@@ -15,6 +15,7 @@ from affine import Affine
 
 from geoseg.chips import chip_windows, cut_chips, read_labels, targets_from_ids
 from geoseg.cli import main
+from geoseg.config import DEFAULT_MIN_SCORE
 from geoseg.errors import LabelError, UserInputError
 from geoseg.model import load_segmenter
 from geoseg.model.maskrcnn import MaskRCNNArch
@@ -26,7 +27,7 @@ from geoseg.train import (
     match_instances,
     sidecar_dir,
     train,
-    tune_min_score,
+    tune_min_scores,
 )
 
 UTM = "EPSG:32633"
@@ -130,18 +131,17 @@ def test_match_instances_one_to_one() -> None:
     assert scores["ship"]["f1"] is None
 
 
-def test_min_score_is_tuned_to_the_best_mean_f1() -> None:
-    # building: a hit at 0.9, a false positive at 0.6, a hit at 0.3; 2 references.
-    # ship: a hit at 0.8, a false positive at 0.25; 1 reference.
+def test_min_score_is_tuned_per_class_to_the_best_f1() -> None:
     flat = [
+        # building, 2 references: a hit at 0.9, a false positive at 0.6, a hit at 0.3.
+        # F1 0.8 at 0.05-0.3 (2 tp, 1 fp), 0.5 at 0.35-0.6, 0.667 at 0.65-0.9: middle of 0.05-0.3
         (np.array([0.9, 0.6, 0.3]), np.array([True, False, True])),
+        # ship, 1 reference: a hit at 0.8, a false positive at 0.25: F1 1.0 at 0.3-0.8
         (np.array([0.8, 0.25]), np.array([True, False])),
+        # field: no reference, so no evidence: the default threshold
+        (np.array([0.7]), np.array([False])),
     ]
-    n_ref = np.array([2, 1])
-    # >= 0.65: building 1/1/1 (F1 2/3), ship 1.0 -> 0.833; 0.3: building 2/1/0 (F1 0.8),
-    # ship 1.0 -> 0.9; 0.25 and lower: ship 1/1/0 -> (0.8 + 0.667) / 2.
-    assert tune_min_score(flat, n_ref) == 0.3
-    assert tune_min_score([(np.array([]), np.array([], dtype=bool))], np.array([0])) == 0.05
+    assert tune_min_scores(flat, np.array([2, 1, 0])) == [0.2, 0.55, DEFAULT_MIN_SCORE]
 
 
 def test_smoke_training_learns_and_resumes(labelled: tuple[Path, Path], tmp_path: Path) -> None:
@@ -176,7 +176,8 @@ def test_smoke_training_learns_and_resumes(labelled: tuple[Path, Path], tmp_path
     model = load_segmenter(str(output), device="cpu")
     assert model.classes == ("building", "ship") and model.gsd_range_m == (1.0, 1.0)
     assert not model.untrained
-    assert result.min_score in SCORE_GRID and model.min_score == result.min_score
+    assert set(result.min_score) == {"building", "ship"} and model.min_score == result.min_score
+    assert set(result.min_score.values()) <= {*SCORE_GRID, DEFAULT_MIN_SCORE}
     (out,) = model.predict(np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32))
     assert out["masks"].shape[1:] == (64, 64)
 

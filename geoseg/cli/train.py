@@ -254,11 +254,10 @@ class _Reporter:
         elif event.kind == "validation":
             info = dict(event.info)
             score = info.pop("min_score")
-            f1 = ", ".join(f"{c} {_fmt(m['f1'])}" for c, m in info.items())
-            click.echo(
-                f"Validation F1 (IoU 0.5, score >= {score:.2f}) after epoch {event.epoch}: {f1}",
-                err=True,
+            f1 = ", ".join(
+                f"{c} {_fmt(m['f1'])} (score >= {score[c]:.2f})" for c, m in info.items()
             )
+            click.echo(f"Validation F1 (IoU 0.5) after epoch {event.epoch}: {f1}", err=True)
 
 
 def _fmt(value: float | None) -> str:
@@ -277,12 +276,13 @@ def _summary(result: Any) -> None:
     )
     if result.validation:
         click.echo(
-            f"Validation (mask IoU >= 0.5, score >= {result.min_score:.2f}, the threshold with "
-            "the best mean F1, which the model records as its --min-score):"
+            "Validation (mask IoU >= 0.5; per class, the score threshold with the best F1, "
+            "which the model records as its --min-score):"
         )
         for name, m in result.validation.items():
             click.echo(
-                f"  {name:10s} F1 {_fmt(m['f1'])}  precision {_fmt(m['precision'])}  recall "
-                f"{_fmt(m['recall'])}  ({m['tp']} tp, {m['fp']} fp, {m['fn']} fn)"
+                f"  {name:10s} score >= {result.min_score[name]:.2f}  F1 {_fmt(m['f1'])}  "
+                f"precision {_fmt(m['precision'])}  recall {_fmt(m['recall'])}  "
+                f"({m['tp']} tp, {m['fp']} fp, {m['fn']} fn)"
             )
     click.echo(f"Wrote {result.output}")

@@ -10,7 +10,7 @@ lists and dicts, so :func:`torch.load` reads it with ``weights_only=True`` (no p
      "gsd_range_m": [min, max],  # or None: ground sampling distances trained on
      "state_dict": {...},        # the network's tensors
      "train": {...},             # what made it: options, epochs, data, validation figures
-     "min_score": 0.45}          # optional: the score threshold tuned on validation data
+     "min_score": {"ship": 0.3, ...}}  # optional: score thresholds tuned on validation data
 
 A training checkpoint (the ``last.pt`` that ``geoseg train`` resumes from) also holds
 ``"resume"``: optimizer state and the epoch reached; it loads as a model all the same.
@@ -45,7 +45,7 @@ def save_checkpoint(
     gsd_range_m: tuple[float, float] | list[float] | None,
     train: Mapping[str, Any] | None = None,
     resume: Mapping[str, Any] | None = None,
-    min_score: float | None = None,
+    min_score: float | Mapping[str, float] | None = None,
 ) -> Path:
     """Write a checkpoint to ``path`` atomically (a temporary file, then :func:`os.replace`).
 
@@ -64,7 +64,9 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "train": dict(train or {}),
     }
-    if min_score is not None:
+    if isinstance(min_score, Mapping):
+        payload["min_score"] = {str(k): float(v) for k, v in min_score.items()}
+    elif min_score is not None:
         payload["min_score"] = float(min_score)
     if resume is not None:
         payload["resume"] = dict(resume)

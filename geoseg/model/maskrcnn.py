@@ -245,7 +245,7 @@ class MaskRCNNSegmenter:
         normalization: Mapping[str, Any] | None = None,
         device: str = "auto",
         batch_size: int = 4,
-        min_score: float | None = None,
+        min_score: float | Mapping[str, float] | None = None,
     ) -> None:
         self.classes = tuple(classes)
         self.arch = arch
@@ -253,7 +253,7 @@ class MaskRCNNSegmenter:
         self.checksum = checksum
         self.untrained = untrained
         self.gsd_range_m = gsd_range_m
-        self.min_score = min_score  # the threshold tuned on validation data, if any
+        self.min_score = min_score  # the thresholds tuned on validation data, if any
         self.normalization = dict(normalization or NORMALIZATION)
         self.batch_size = batch_size
         self._device = resolve_device(device)
@@ -346,7 +346,7 @@ def segmenter_from_payload(
         gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
         normalization=normalization,
         device=device,
-        min_score=float(tuned) if tuned is not None else None,
+        min_score=tuned,
     )
 
 

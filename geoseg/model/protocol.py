@@ -11,10 +11,11 @@ A segmenter is any object with
   ``--min-score``, so the model can drop lower-scored instances before building their masks.
 
 Optional attributes that geoseg reads when present: ``name`` (str), ``checksum`` (str),
-``untrained`` (bool), ``min_score`` (the score threshold the model recommends, used when
-``--min-score`` is not given), ``gsd_range_m`` (``(min, max)`` ground sampling distances in
-metres the model was trained on) and ``input_bands`` (how many bands ``predict`` wants;
-geoseg repeats a single band or keeps the first bands to match).
+``untrained`` (bool), ``min_score`` (the score threshold the model recommends, a float or
+``{class name: float}``, used when ``--min-score`` is not given), ``gsd_range_m``
+(``(min, max)`` ground sampling distances in metres the model was trained on) and
+``input_bands`` (how many bands ``predict`` wants; geoseg repeats a single band or keeps the
+first bands to match). ``predict`` gets the lowest of the run's thresholds as ``min_score``.
 
 ``--model`` accepts ``default`` (the weights shipped in the package), a path to a ``.pt``
 checkpoint written by ``geoseg train``, or ``package.module:factory`` (``factory()`` is
@@ -106,7 +107,7 @@ class ModelInfo:
     classes: tuple[str, ...]
     untrained: bool
     gsd_range_m: tuple[float, float] | None
-    min_score: float | None = None
+    min_score: float | dict[str, float] | None = None
 
 
 def describe_model(model: Segmenter, spec: str) -> ModelInfo:
@@ -120,8 +121,16 @@ def describe_model(model: Segmenter, spec: str) -> ModelInfo:
         classes=tuple(model.classes),
         untrained=bool(getattr(model, "untrained", False)),
         gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
-        min_score=float(min_score) if min_score is not None else None,
+        min_score=_min_score(min_score),
     )
+
+
+def _min_score(value: Any) -> float | dict[str, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): float(v) for k, v in value.items()}
+    return float(value)
 
 
 def _spec_checksum(spec: str) -> str:

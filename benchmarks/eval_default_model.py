@@ -1,0 +1,125 @@
+"""Score a model through ``geoseg run`` + ``geoseg eval`` on held-out scenes (model card figures).
+
+Held out from the default model's training:
+
+- synthetic scenes made by ``geoseg synth`` with seeds 0-3 (seeds 0-99 are never used for
+  training), 1024 x 1024 px, uint8, at 0.5, 2, 5 and 10 m;
+- the eastern 15% of the SpaceNet Atlanta sample (columns 765-899, the strip ``geoseg train
+  --val-fraction 0.15`` kept out), with its building outlines clipped to it;
+- the sen2ships Casablanca scene (ships; never trained on);
+- the Nebraska centre-pivot fields (``../shared/data/fields-pivots``; never trained on), when
+  that folder is there.
+
+Each scene goes through the commands a user runs (``geoseg run SCENE --model M -o OUT`` then
+``geoseg eval OUT/SCENE.gpkg REF --json``) and the figures are printed as a Markdown table::
+
+    python benchmarks/eval_default_model.py --model default --workdir /tmp/geoseg-eval
+    python benchmarks/eval_default_model.py --model my.pt --shared ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import rasterio
+from rasterio.windows import Window
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTHETIC = ((0, 0.5), (1, 2.0), (2, 5.0), (3, 10.0))
+ATLANTA_HELD_OUT_COLUMN = 765  # the validation strip of --val-fraction 0.15 on 900 columns
+
+
+def geoseg(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "geoseg", *args], check=True)
+
+
+def atlanta_east(data: Path, workdir: Path) -> tuple[Path, Path]:
+    """The held-out eastern strip of the Atlanta sample and its clipped building outlines."""
+    image, labels = workdir / "atlanta_east.tif", workdir / "atlanta_east_buildings.gpkg"
+    if image.is_file() and labels.is_file():
+        return image, labels
+    with rasterio.open(data / "atlanta_pan.tif") as src:
+        window = Window(ATLANTA_HELD_OUT_COLUMN, 0, src.width - ATLANTA_HELD_OUT_COLUMN, src.height)
+        profile = src.profile | {
+            "width": window.width,
+            "height": window.height,
+            "transform": src.window_transform(window),
+        }
+        for key in ("blockxsize", "blockysize", "tiled"):
+            profile.pop(key, None)
+        with rasterio.open(image, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+        bounds, crs = rasterio.windows.bounds(window, src.transform), src.crs
+    outlines = gpd.read_file(data / "atlanta_buildings.geojson").to_crs(crs)
+    clipped = outlines.clip(bounds)
+    clipped = clipped[clipped.geom_type.isin(["Polygon", "MultiPolygon"]) & (clipped.area > 0)]
+    clipped[["geometry"]].assign(**{"class": "building"}).to_file(labels)
+    return image, labels
+
+
+def cases(workdir: Path, data: Path, shared: Path | None) -> list[tuple[str, Path, Path, str]]:
+    """``(name, scene, reference, class or '')`` for every held-out scene."""
+    out = []
+    for seed, gsd in SYNTHETIC:
+        image = workdir / f"synth_seed{seed}_gsd{gsd:g}.tif"
+        if not image.is_file():
+            size = ("--size", "1024", "1024", "--dtype", "uint8")
+            geoseg("synth", str(image), "--seed", str(seed), "--gsd", f"{gsd:g}", *size)
+        out.append((image.stem, image, image.with_suffix(".gpkg"), ""))
+    image, labels = atlanta_east(data, workdir)
+    out.append(("atlanta_east (real)", image, labels, "building"))
+    out.append(
+        ("casablanca (real)", data / "casablanca.tif", data / "casablanca_ships.geojson", "ship")
+    )
+    if shared is not None and (shared / "fields-pivots").is_dir():
+        pivots = shared / "fields-pivots"
+        out.append(
+            (
+                "nebraska_pivots (real)",
+                pivots / "nebraska_albers.tif",
+                pivots / "nebraska_pivots.gpkg",
+                "field",
+            )
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/geoseg-eval"))
+    parser.add_argument("--data", type=Path, default=REPO / "sample_data")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--min-score", type=float, default=None)
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    shared = args.shared if args.shared.is_dir() else None
+    rows = []
+    for name, scene, ref, cls in cases(args.workdir, args.data, shared):
+        out = args.workdir / "out" / scene.stem
+        run = ["-q", "run", str(scene), "--model", args.model, "-o", str(out)]
+        if args.min_score is not None:
+            run += ["--min-score", str(args.min_score)]
+        geoseg(*run)
+        report = out / "eval.json"
+        evaluate = ["eval", str(out / f"{scene.stem}.gpkg"), str(ref), "--json", str(report)]
+        if cls:
+            evaluate += ["--ref-class", cls, "--classes", cls]
+        geoseg(*evaluate)
+        for klass, m in json.loads(report.read_text())["classes"].items():
+            rows.append((name, klass, m))
+    print("| scene | class | refs | preds | precision | recall | F1 | AP50 | AP |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, klass, m in rows:
+        cells = [m.get(k) for k in ("precision", "recall", "f1", "ap50", "ap")]
+        text = " | ".join("-" if v is None else f"{v:.3f}" for v in cells)
+        print(f"| {name} | {klass} | {m['n_ref']} | {m['n_pred']} | {text} |")
+
+
+if __name__ == "__main__":
+    main()
