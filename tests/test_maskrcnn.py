@@ -110,6 +110,15 @@ def test_arch_survives_the_checkpoint(tmp_path: Path) -> None:
     assert loaded.arch == arch and loaded.classes == ("ship",)
 
 
+def test_unknown_arch_keys_are_kept_once_through_round_trips() -> None:
+    data = {**MaskRCNNArch().to_dict(), "future_knob": 3}
+    for _ in range(3):  # as when each fine-tuning run starts from the last one's checkpoint
+        data = MaskRCNNArch.from_dict(data).to_dict()
+    assert data["extra"] == {"future_knob": 3}
+    nested = {**MaskRCNNArch().to_dict(), "extra": {"extra": {"extra": {}}}}  # older files
+    assert MaskRCNNArch.from_dict(nested).extra == {}
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [

@@ -113,7 +113,11 @@ class MaskRCNNArch:
                 known[key] = tuple(known[key])
         if "anchor_sizes_px" in known:
             known["anchor_sizes_px"] = tuple(tuple(s) for s in known["anchor_sizes_px"])
-        extra = {k: v for k, v in data.items() if k not in names}
+        extra: dict[str, Any] = {}
+        level: Any = data
+        while isinstance(level, Mapping):  # older files nested "extra" in "extra"
+            extra.update({k: v for k, v in level.items() if k not in names and k != "extra"})
+            level = level.get("extra")
         return cls(**known, extra=extra)
 
 
