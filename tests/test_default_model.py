@@ -1,0 +1,46 @@
+"""The default model that ships inside the package: it loads offline and finds objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from geoseg.config import RunOptions
+from geoseg.evaluate import evaluate_files
+from geoseg.model.checkpoint import read_checkpoint
+from geoseg.model.maskrcnn import DEFAULT_WEIGHTS, load_default
+from geoseg.pipeline import run_scene
+from geoseg.synth import write_scene
+
+CLASSES = ("building", "field", "ship")
+
+
+def test_the_weights_ship_in_the_package_with_their_card() -> None:
+    assert DEFAULT_WEIGHTS.is_file(), "geoseg/model/weights/default.pt is missing"
+    assert DEFAULT_WEIGHTS.stat().st_size <= 40 * 2**20
+    assert (DEFAULT_WEIGHTS.parent / "MODEL_CARD.md").is_file()
+    payload = read_checkpoint(DEFAULT_WEIGHTS)
+    low, high = payload["gsd_range_m"]
+    assert low <= 0.5 and high >= 10.0  # trained over the GSDs of the shared samples
+    assert tuple(payload["classes"]) == CLASSES
+    assert set(payload["min_score"]) == set(CLASSES)
+    assert all(0 < v < 1 for v in payload["min_score"].values())
+
+
+def test_the_default_model_loads_offline_trained() -> None:
+    model = load_default(device="cpu")
+    assert not model.untrained and model.classes == CLASSES
+    assert model.name == "default" and model.checksum.startswith("sha256:")
+
+
+@pytest.mark.parametrize("gsd_m", [1.0, 4.0])
+def test_the_default_model_finds_houses_in_a_held_out_synthetic_scene(
+    tmp_path: Path, gsd_m: float
+) -> None:
+    # seed 42 is in 0-99, which training never uses
+    image, labels = write_scene(tmp_path / "s.tif", size_wh=(384, 384), gsd_m=gsd_m, seed=42)
+    run_scene(image, tmp_path / "out", options=RunOptions(tile_px=256, overlap_px=64))
+    scores = evaluate_files(tmp_path / "out" / "s.gpkg", labels)["classes"]
+    assert scores["building"]["n_ref"] >= 10
+    assert scores["building"]["f1"] >= 0.7, scores["building"]
