@@ -204,6 +204,7 @@ def train(
     device = resolve_device(options.device)
     resume = _resume_state(side / "last.pt", setup)
     arch, network, init_note = _initial_network(options, resume)
+    gsd_range = _with_init_range(gsd_range, options, resume)
     options = replace(options, arch=arch)
     network.to(device)
     optimizer = _optimizer(network, options)
@@ -410,6 +411,23 @@ def _resume_state(path: Path, setup: Mapping[str, Any]) -> dict[str, Any] | None
             "directory to start afresh, or write to another -o"
         )
     return payload
+
+
+def _with_init_range(
+    gsd_range: tuple[float, float], options: TrainOptions, resume: Mapping[str, Any] | None
+) -> tuple[float, float]:
+    """The GSDs the model has learned: this run's data, widened by those of the checkpoint it
+    started from (fine-tuning the default on 0.3 m imagery keeps its 0.5-10 m as well)."""
+    if resume is not None:  # its range already holds the starting checkpoint's
+        start = resume.get("gsd_range_m")
+    elif options.init == "none":
+        start = None
+    else:
+        path = DEFAULT_WEIGHTS if options.init == "default" else Path(options.init)
+        start = read_checkpoint(path).get("gsd_range_m") if path.is_file() else None
+    if not start:
+        return gsd_range
+    return (min(gsd_range[0], float(start[0])), max(gsd_range[1], float(start[1])))
 
 
 def _initial_network(

@@ -247,3 +247,41 @@ def test_synthetic_scenes_join_the_training(tmp_path: Path) -> None:
     assert result.n_train_chips > 0 and result.gsd_range_m[0] >= 0.5
     with pytest.raises(UserInputError, match="0-99"):
         TrainOptions(synthetic=1, synthetic_seed=5).validate()
+
+
+def test_fine_tuning_keeps_the_gsds_its_start_learned(
+    labelled: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from geoseg.model.checkpoint import save_checkpoint
+    from geoseg.model.maskrcnn import NORMALIZATION, untrained_segmenter
+
+    start = untrained_segmenter(("building", "ship"), arch=TINY, device="cpu")
+    start_path = save_checkpoint(
+        tmp_path / "start.pt",
+        state_dict=start.network.state_dict(),
+        arch=TINY.to_dict(),
+        classes=start.classes,
+        normalization=NORMALIZATION,
+        gsd_range_m=(0.5, 10.0),
+    )
+    image, labels = labelled  # 1 m
+    options = TrainOptions(
+        classes=("building", "ship"),
+        epochs=1,
+        steps_per_epoch=1,
+        batch_size=2,
+        init=str(start_path),
+        chip_px=64,
+        val_fraction=0.25,
+        device="cpu",
+    )
+    result = train([image], [LabelSource(str(labels))], tmp_path / "ft.pt", options=options)
+    assert result.gsd_range_m == (0.5, 10.0)
+    assert load_segmenter(str(tmp_path / "ft.pt"), device="cpu").gsd_range_m == (0.5, 10.0)
+    fresh = train(
+        [image],
+        [LabelSource(str(labels))],
+        tmp_path / "fresh.pt",
+        options=TrainOptions(**{**_kw(options), "init": "none", "arch": TINY}),
+    )
+    assert fresh.gsd_range_m == (1.0, 1.0)
