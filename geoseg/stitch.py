@@ -6,8 +6,8 @@ lattice and their intersections and unions are exact.
 
 The algorithm, in three steps:
 
-1. **Link.** Two fragments from different tiles are linked when, *inside the strip their two
-   tiles share*, their IoU reaches ``merge_iou`` (or, of one class, when the smaller lies
+1. **Link.** Two fragments from neighbouring tiles are linked when, *inside the strip their
+   two tiles share*, their IoU reaches ``merge_iou`` (or, of one class, when the smaller lies
    :data:`CONTAINED_SHARE` inside the larger and each is the other's best match). Both tiles
    see the same pixels there, so one object gives two nearly equal shapes in the strip,
    however much of it each tile saw; two distinct objects that touch (terraced houses,
@@ -125,7 +125,7 @@ def link_pairs(fragments: Sequence[Fragment], merge_iou: float) -> list[tuple[in
     best: dict[tuple[int, tuple[int, int]], tuple[float, int]] = {}
     for i, j in zip(left.tolist(), right.tolist(), strict=True):
         tile_i, tile_j = fragments[i].tile.index_yx, fragments[j].tile.index_yx
-        if i >= j or tile_i == tile_j:
+        if i >= j or tile_i == tile_j or not _neighbours(tile_i, tile_j):
             continue
         shared = fragments[i].tile.window.intersection(fragments[j].tile.window)
         if shared is None:
@@ -146,6 +146,14 @@ def link_pairs(fragments: Sequence[Fragment], merge_iou: float) -> list[tuple[in
         if best[(i, tile_j)][1] == j and best[(j, tile_i)][1] == i:
             pairs.append((i, j))
     return sorted(pairs)
+
+
+def _neighbours(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Tiles side by side or corner to corner. Two tiles further apart share pixels only when
+    the overlap exceeds half the stride, in a thin strip at the far edge of both (where both
+    views are least reliable); the tile between them sees that strip too, so links go
+    through it."""
+    return max(abs(a[0] - b[0]), abs(a[1] - b[1])) == 1
 
 
 def _overlap(a: BaseGeometry, b: BaseGeometry) -> tuple[float, bool]:
