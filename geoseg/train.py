@@ -166,7 +166,7 @@ class TrainResult:
     gsd_range_m: tuple[float, float]
     history: list[dict[str, Any]]
     validation: dict[str, dict[str, float]]
-    min_score: float | None = None
+    min_score: dict[str, float] | None = None
 
 
 def sidecar_dir(output: str | Path) -> Path:
@@ -203,8 +203,9 @@ def train(
 
     device = resolve_device(options.device)
     resume = _resume_state(side / "last.pt", setup)
-    arch, network, init_note = _initial_network(options, resume)
-    gsd_range = _with_init_range(gsd_range, options, resume)
+    arch, network, init_note, start_gsd = _initial_network(options, resume)
+    if start_gsd:  # the GSDs learned include the starting checkpoint's (a resumed run's hold it)
+        gsd_range = (min(gsd_range[0], start_gsd[0]), max(gsd_range[1], start_gsd[1]))
     options = replace(options, arch=arch)
     network.to(device)
     optimizer = _optimizer(network, options)
@@ -413,41 +414,28 @@ def _resume_state(path: Path, setup: Mapping[str, Any]) -> dict[str, Any] | None
     return payload
 
 
-def _with_init_range(
-    gsd_range: tuple[float, float], options: TrainOptions, resume: Mapping[str, Any] | None
-) -> tuple[float, float]:
-    """The GSDs the model has learned: this run's data, widened by those of the checkpoint it
-    started from (fine-tuning the default on 0.3 m imagery keeps its 0.5-10 m as well)."""
-    if resume is not None:  # its range already holds the starting checkpoint's
-        start = resume.get("gsd_range_m")
-    elif options.init == "none":
-        start = None
-    else:
-        path = DEFAULT_WEIGHTS if options.init == "default" else Path(options.init)
-        start = read_checkpoint(path).get("gsd_range_m") if path.is_file() else None
-    if not start:
-        return gsd_range
-    return (min(gsd_range[0], float(start[0])), max(gsd_range[1], float(start[1])))
-
-
 def _initial_network(
     options: TrainOptions, resume: Mapping[str, Any] | None
-) -> tuple[MaskRCNNArch, torch.nn.Module, str]:
+) -> tuple[MaskRCNNArch, torch.nn.Module, str, tuple[float, float] | None]:
+    """The network to train, its arch, a note on where it started, and the GSD range of the
+    checkpoint it started from (``None`` from random weights): fine-tuning the default on
+    0.3 m imagery keeps the 0.5-10 m it learned as well."""
     n_classes = len(options.classes)
     if resume is not None:
         arch = MaskRCNNArch.from_dict(resume["arch"])
         arch = replace(arch, **{k: getattr(options.arch, k) for k in _TEST_TIME})
         network = build_network(arch, n_classes)
         network.load_state_dict(resume["state_dict"])
-        return arch, network, str(resume.get("train", {}).get("init", "resumed"))
+        note = str(resume.get("train", {}).get("init", "resumed"))
+        return arch, network, note, _gsd_range(resume)
     torch.manual_seed(options.seed)
     init = options.init
     if init == "none":
-        return options.arch, build_network(options.arch, n_classes), "none"
+        return options.arch, build_network(options.arch, n_classes), "none", None
     if init == "default":
         if not DEFAULT_WEIGHTS.is_file():
             log.warning("--init default: no default weights are installed; starting from random")
-            return options.arch, build_network(options.arch, n_classes), "none"
+            return options.arch, build_network(options.arch, n_classes), "none", None
         init = str(DEFAULT_WEIGHTS)
     payload = read_checkpoint(init)
     arch = MaskRCNNArch.from_dict(payload["arch"])
@@ -457,7 +445,12 @@ def _initial_network(
     network.load_state_dict(fits, strict=False)
     skipped = len(own) - len(fits)
     log.info("initialised from %s (%d tensors; %d left random)", init, len(fits), skipped)
-    return arch, network, Path(init).name
+    return arch, network, Path(init).name, _gsd_range(payload)
+
+
+def _gsd_range(payload: Mapping[str, Any]) -> tuple[float, float] | None:
+    gsd = payload.get("gsd_range_m")
+    return (float(gsd[0]), float(gsd[1])) if gsd else None
 
 
 def _optimizer(network: torch.nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
