@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_MIN_SCORE", "RunOptions", "score_thresholds"]
+__all__ = ["DEFAULT_MIN_SCORE", "RunOptions", "as_min_score", "score_thresholds"]
 
 DEFAULT_MIN_SCORE = 0.5
 """The score threshold for a model that recommends none."""
@@ -46,6 +46,16 @@ class RunOptions:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (tuples as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def as_min_score(value: Any) -> float | dict[str, float] | None:
+    """A model's recommended ``min_score`` as plain values: ``None``, a float, or
+    ``{class name: float}``."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): float(v) for k, v in value.items()}
+    return float(value)
 
 
 def score_thresholds(

@@ -124,9 +124,10 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     if options.min_score is None:
         tuned = info.min_score if info.min_score is not None else DEFAULT_MIN_SCORE
         options = replace(options, min_score=tuned)
-    if isinstance(options.min_score, dict) and set(options.min_score) - set(info.classes):
+    if isinstance(options.min_score, dict):
         unknown = ", ".join(sorted(set(options.min_score) - set(info.classes)))
-        raise UserInputError(f"min_score names {unknown}, which the model does not know")
+        if unknown:
+            raise UserInputError(f"min_score names {unknown}, which the model does not know")
     if options.gsd_m is None:
         scene = fit_gsd(scene, model_gsd_range_m=info.gsd_range_m)
     if options.batch_size < 1:

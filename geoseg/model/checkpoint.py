@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from geoseg.config import as_min_score
 from geoseg.errors import UserInputError, first_line
 
 __all__ = ["FORMAT", "VERSION", "read_checkpoint", "save_checkpoint"]
@@ -64,10 +65,8 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "train": dict(train or {}),
     }
-    if isinstance(min_score, Mapping):
-        payload["min_score"] = {str(k): float(v) for k, v in min_score.items()}
-    elif min_score is not None:
-        payload["min_score"] = float(min_score)
+    if min_score is not None:
+        payload["min_score"] = as_min_score(min_score)
     if resume is not None:
         payload["resume"] = dict(resume)
     path.parent.mkdir(parents=True, exist_ok=True)

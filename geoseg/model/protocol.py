@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from geoseg.config import as_min_score
 from geoseg.errors import ModelError, UserInputError
 
 __all__ = ["Instances", "ModelInfo", "Segmenter", "describe_model", "load_segmenter"]
@@ -113,7 +114,6 @@ class ModelInfo:
 def describe_model(model: Segmenter, spec: str) -> ModelInfo:
     """Read the optional attributes of a loaded segmenter into a :class:`ModelInfo`."""
     gsd = getattr(model, "gsd_range_m", None)
-    min_score = getattr(model, "min_score", None)
     return ModelInfo(
         spec=spec,
         name=str(getattr(model, "name", spec)),
@@ -121,16 +121,8 @@ def describe_model(model: Segmenter, spec: str) -> ModelInfo:
         classes=tuple(model.classes),
         untrained=bool(getattr(model, "untrained", False)),
         gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
-        min_score=_min_score(min_score),
+        min_score=as_min_score(getattr(model, "min_score", None)),
     )
-
-
-def _min_score(value: Any) -> float | dict[str, float] | None:
-    if value is None:
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): float(v) for k, v in value.items()}
-    return float(value)
 
 
 def _spec_checksum(spec: str) -> str:
