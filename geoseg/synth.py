@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -771,16 +771,7 @@ def _row_houses(rng: np.random.Generator, sc: _Scales, length: float) -> Iterato
 def _shift(house: _House, dx: float) -> _House:
     wings = [(a + dx, b, c + dx, d) for a, b, c, d in house.wings]
     footprint = shapely.affinity.translate(house.footprint, dx, 0)
-    return _House(
-        footprint,
-        wings,
-        house.height_m,
-        house.roof,
-        house.flat,
-        house.hip,
-        house.row_ridge,
-        house.party_wall,
-    )
+    return replace(house, footprint=footprint, wings=wings)
 
 
 def _roof(rng: np.random.Generator, flat: bool) -> Rgb:
