@@ -37,10 +37,13 @@ from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
 from geoseg.model.maskrcnn import (
     DEFAULT_CLASSES,
     DEFAULT_WEIGHTS,
-    NORMALIZATION,
+    IMAGENET_BACKBONE,
+    PRETRAINED_ARCH,
     MaskRCNNArch,
     MaskRCNNSegmenter,
     build_network,
+    load_backbone_weights,
+    network_normalization,
     resolve_device,
 )
 from geoseg.scene import open_scene
@@ -97,6 +100,7 @@ class TrainOptions:
     chip_px: int = 256
     val_fraction: float = 0.2
     scales: tuple[float, ...] = (1.0,)
+    image_scales: tuple[tuple[float, ...], ...] | None = None
     synthetic: int = 0
     synthetic_seed: int = 1000
     synthetic_size_px: int = 512
@@ -117,6 +121,10 @@ class TrainOptions:
             (32 <= self.chip_px <= 2048, "--chip-size must be 32 to 2048 pixels"),
             (0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
             (bool(self.scales) and all(s > 0 for s in self.scales), "--scales must be > 0"),
+            (
+                all(bool(t) and all(s > 0 for s in t) for t in self.image_scales or ()),
+                "--scales must be > 0",
+            ),
             (self.synthetic >= 0, "--synthetic must be 0 or more"),
             (self.synthetic_seed >= 100, "--synthetic-seed: seeds 0-99 are kept for evaluation"),
         ]
@@ -198,12 +206,14 @@ def train(
         raise UserInputError("no training chips: the images hold no valid pixel west of the split")
     gsds = [c.gsd_m for c in chips]
     gsd_range = (float(min(gsds)), float(max(gsds)))
+    class_gsd = class_gsd_ranges(train_chips, options.classes)
     emit(TrainEvent("data", info=_data_info(train_chips, val_chips, options.classes)))
     setup = _setup(sources, labels, options)
 
     device = resolve_device(options.device)
     resume = _resume_state(side / "last.pt", setup)
     arch, network, init_note, start_gsd = _initial_network(options, resume)
+    start_class_gsd = _start_class_gsd(options, resume)
     if start_gsd:  # the GSDs learned include the starting checkpoint's (a resumed run's hold it)
         gsd_range = (min(gsd_range[0], start_gsd[0]), max(gsd_range[1], start_gsd[1]))
     options = replace(options, arch=arch)
@@ -222,6 +232,7 @@ def train(
     meta = {
         "arch": arch,
         "gsd_range": gsd_range,
+        "class_gsd": _merged_class_gsd(class_gsd, start_class_gsd),
         "setup": setup,
         "options": options,
         "sources": sources,
@@ -270,10 +281,16 @@ def _sources(
             raise UserInputError(f"--images {path}: no such file")
     if paths and not labels:
         raise UserInputError("--images need --labels (vector files with the objects to learn)")
+    per_image = options.image_scales or (options.scales,) * len(paths)
+    if len(per_image) != len(paths):
+        raise UserInputError(
+            f"--scales given {len(per_image)} times for {len(paths)} --images: give it once "
+            "for all images or once per image"
+        )
     out = []
-    for path in paths:
+    for path, scales in zip(paths, per_image, strict=True):
         native = open_scene(path).file_gsd_m
-        out.append({"image": str(path), "labels": None, "gsds": _gsds(native, options.scales)})
+        out.append({"image": str(path), "labels": None, "gsds": _gsds(native, scales)})
     if options.synthetic:
         for image, label_file, gsd in _synthetic_scenes(side / "synthetic", options):
             out.append({"image": str(image), "labels": str(label_file), "gsds": [gsd]})
@@ -337,6 +354,42 @@ def _all_chips(
                 )
             )
     return chips
+
+
+def class_gsd_ranges(
+    chips: Sequence[Chip], classes: Sequence[str]
+) -> dict[str, tuple[float, float]]:
+    """Per class, the smallest and largest GSD of the chips that hold one of its objects."""
+    seen: dict[str, list[float]] = {}
+    for chip in chips:
+        _, _, cls = targets_from_ids(chip.ids, chip.classes)
+        for k in np.unique(cls):
+            seen.setdefault(classes[int(k)], []).append(chip.gsd_m)
+    return {c: (float(min(g)), float(max(g))) for c, g in seen.items()}
+
+
+def _start_class_gsd(
+    options: TrainOptions, resume: Mapping[str, Any] | None
+) -> dict[str, tuple[float, float]]:
+    """The per-class GSD ranges of the checkpoint a run starts from (none from scratch)."""
+    source: Mapping[str, Any] | None = resume
+    if source is None and options.init not in ("none", "imagenet"):
+        path = DEFAULT_WEIGHTS if options.init == "default" else Path(options.init)
+        if path.is_file() and not _is_backbone_state_dict(str(path)):
+            source = read_checkpoint(path)
+    ranges = (source or {}).get("class_gsd_m") or {}
+    return {c: (float(r[0]), float(r[1])) for c, r in ranges.items()}
+
+
+def _merged_class_gsd(
+    *ranges: Mapping[str, tuple[float, float]],
+) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for mapping in ranges:
+        for c, (lo, hi) in mapping.items():
+            old = out.get(c, [lo, hi])
+            out[c] = [min(old[0], lo), max(old[1], hi)]
+    return out
 
 
 def _data_info(
@@ -437,6 +490,13 @@ def _initial_network(
             log.warning("--init default: no default weights are installed; starting from random")
             return options.arch, build_network(options.arch, n_classes), "none", None
         init = str(DEFAULT_WEIGHTS)
+    if init == "imagenet" or _is_backbone_state_dict(init):
+        source = IMAGENET_BACKBONE if init == "imagenet" else Path(init)
+        arch = replace(PRETRAINED_ARCH, **{k: getattr(options.arch, k) for k in _TEST_TIME})
+        network = build_network(arch, n_classes)
+        loaded = load_backbone_weights(network, source)
+        log.info("initialised the backbone from %s (%d tensors)", source, loaded)
+        return arch, network, init if init == "imagenet" else source.name, None
     payload = read_checkpoint(init)
     arch = MaskRCNNArch.from_dict(payload["arch"])
     network = build_network(arch, n_classes)
@@ -446,6 +506,22 @@ def _initial_network(
     skipped = len(own) - len(fits)
     log.info("initialised from %s (%d tensors; %d left random)", init, len(fits), skipped)
     return arch, network, Path(init).name, _gsd_range(payload)
+
+
+def _is_backbone_state_dict(init: str) -> bool:
+    """Whether ``init`` names a torchvision ``mobilenet_v2`` state dict (not a checkpoint)."""
+    path = Path(init)
+    if not path.is_file():
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # read_checkpoint reports unreadable files with the right message
+        return False
+    return (
+        isinstance(state, Mapping)
+        and "format" not in state
+        and any(str(k).startswith("features.") for k in state)
+    )
 
 
 def _gsd_range(payload: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -730,8 +806,9 @@ def _save(
         "state_dict": network.state_dict(),
         "arch": meta["arch"].to_dict(),
         "classes": options.classes,
-        "normalization": NORMALIZATION,
+        "normalization": network_normalization(meta["arch"]),
         "gsd_range_m": meta["gsd_range"],
+        "class_gsd_m": meta["class_gsd"],
         "train": train_info,
         "min_score": validation.min_score,
     }

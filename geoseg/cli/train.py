@@ -30,6 +30,15 @@ def _csv(kind: type) -> Any:
     return callback
 
 
+def _csv_each(kind: type) -> Any:
+    one = _csv(kind)
+
+    def callback(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+        return tuple(one(ctx, param, v) for v in values)
+
+    return callback
+
+
 @click.command("train")
 @click.option(
     "--images",
@@ -78,7 +87,9 @@ def _csv(kind: type) -> Any:
     "--init",
     default="default",
     show_default=True,
-    help="Start from 'default' (the shipped weights), 'none' (random) or a checkpoint.",
+    help="Start from 'default' (the shipped model), 'imagenet' (a MobileNetV2 backbone "
+    "pretrained on ImageNet, shipped with geoseg), 'none' (random), a checkpoint, or a "
+    "torchvision mobilenet_v2 state dict (.pth) for the backbone.",
 )
 @click.option(
     "--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True
@@ -106,11 +117,11 @@ def _csv(kind: type) -> Any:
 )
 @click.option(
     "--scales",
-    default="1",
-    show_default=True,
-    callback=_csv(float),
+    multiple=True,
+    callback=_csv_each(float),
     help="Also read each image this many times coarser (e.g. 1,2,4), so the model learns "
-    "several ground sampling distances.",
+    "several ground sampling distances: once for all images, or once per --images in the "
+    "same order [default: 1].",
 )
 @click.option(
     "--synthetic",
@@ -179,7 +190,15 @@ def train_command(
     if not images and not kwargs["synthetic"]:
         raise click.UsageError("give --images with --labels, or --synthetic N")
     sources = _label_sources(labels, label_class)
-    options = TrainOptions(**kwargs)
+    scales = kwargs.pop("scales") or ((1.0,),)
+    if len(scales) > 1 and len(scales) != len(images):
+        raise click.BadParameter(
+            f"given {len(scales)} times for {len(images)} --images: give it once, or once "
+            "per --images in the same order",
+            param_hint="--scales",
+        )
+    per_image = tuple(scales) if len(scales) > 1 else None
+    options = TrainOptions(scales=scales[0], image_scales=per_image, **kwargs)
     if threads is not None:
         import torch
 

@@ -8,6 +8,7 @@ lists and dicts, so :func:`torch.load` reads it with ``weights_only=True`` (no p
      "classes": ["building", ...],
      "normalization": {...},     # how pixels were scaled before the network saw them
      "gsd_range_m": [min, max],  # or None: ground sampling distances trained on
+     "class_gsd_m": {"field": [min, max], ...},  # optional: the same per class
      "state_dict": {...},        # the network's tensors
      "train": {...},             # what made it: options, epochs, data, validation figures
      "min_score": {"ship": 0.3, ...}}  # optional: score thresholds tuned on validation data
@@ -47,6 +48,7 @@ def save_checkpoint(
     train: Mapping[str, Any] | None = None,
     resume: Mapping[str, Any] | None = None,
     min_score: float | Mapping[str, float] | None = None,
+    class_gsd_m: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint to ``path`` atomically (a temporary file, then :func:`os.replace`).
 
@@ -65,6 +67,8 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "train": dict(train or {}),
     }
+    if class_gsd_m:
+        payload["class_gsd_m"] = {str(c): [float(g) for g in r] for c, r in class_gsd_m.items()}
     if min_score is not None:
         payload["min_score"] = as_min_score(min_score)
     if resume is not None:

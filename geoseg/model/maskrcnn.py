@@ -1,11 +1,18 @@
 """geoseg's built-in backend: a small Mask R-CNN (torchvision) sized for CPUs.
 
-The network is torchvision's :class:`~torchvision.models.detection.MaskRCNN` on a narrow
-ResNet-like backbone (BatchNorm, no pretrained weights: nothing is downloaded) with a feature
+The network is torchvision's :class:`~torchvision.models.detection.MaskRCNN` with a feature
 pyramid from stride 4 (small ships and houses) to stride 64, slim box and mask heads, and
-anchors from 8 to 256 pixels. Images are never rescaled inside the network: a 512-pixel tile
-is seen at 512 pixels, so the ground sampling distance a model was trained at is the one it
-expects (``gsd_range_m``; the pipeline resamples scenes outside that range).
+anchors from 8 to 256 pixels, on one of two backbones (``MaskRCNNArch.backbone``):
+
+- ``"mobilenet_v2"``: torchvision's MobileNetV2 features up to stride 32, with frozen batch
+  norm, started from ImageNet weights shipped in ``geoseg/model/weights`` (see
+  :func:`load_backbone_weights`; nothing is downloaded). Pixels are scaled to -1..1.
+- ``"resnet"``: a narrow ResNet-like backbone with BatchNorm, from random weights (the
+  original default; older checkpoints without a ``backbone`` key are this one).
+
+Images are never rescaled inside the network: a 512-pixel tile is seen at 512 pixels, so the
+ground sampling distance a model was trained at is the one it expects (``gsd_range_m``; the
+pipeline resamples scenes outside that range).
 
 - :class:`MaskRCNNSegmenter` follows :class:`geoseg.model.Segmenter`.
 - :func:`load_checkpoint` loads a ``.pt`` written by ``geoseg train``; :func:`load_default`
@@ -35,8 +42,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.mobilenetv2 import mobilenet_v2
 from torchvision.models.resnet import BasicBlock
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
@@ -46,18 +54,25 @@ from geoseg.model.protocol import file_sha256
 __all__ = [
     "DEFAULT_CLASSES",
     "DEFAULT_WEIGHTS",
+    "IMAGENET_BACKBONE",
     "NORMALIZATION",
+    "PRETRAINED_ARCH",
     "SCORE_FLOOR",
     "MaskRCNNArch",
     "MaskRCNNSegmenter",
     "build_network",
+    "load_backbone_weights",
     "load_checkpoint",
     "load_default",
+    "network_normalization",
     "resolve_device",
 ]
 
 DEFAULT_CLASSES = ("building", "field", "ship")
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.pt"
+IMAGENET_BACKBONE = Path(__file__).parent / "weights" / "mobilenet_v2_imagenet.pt"
+"""MobileNetV2 ``features`` (stride 2 to 32) trained on ImageNet, fp16; made by
+``tools/make_backbone_weights.py`` from the Apache-2.0 weights of google-coral/test_data."""
 SCORE_FLOOR = 0.05
 """Instances scored below this are dropped by the model; the pipeline applies ``--min-score``."""
 
@@ -67,17 +82,31 @@ NORMALIZATION: dict[str, Any] = {
     "image_mean": [0.4, 0.4, 0.4],
     "image_std": [0.25, 0.25, 0.25],
 }
+MOBILENET_NORMALIZATION: dict[str, Any] = {
+    **NORMALIZATION,
+    "image_mean": [0.5, 0.5, 0.5],  # the pretrained MobileNetV2 wants -1..1
+    "image_std": [0.5, 0.5, 0.5],
+}
+MOBILENET_TAPS = (3, 6, 13, 17)
+"""``features`` blocks whose outputs feed the pyramid: strides 4, 8, 16 and 32 (24, 32, 96 and
+320 channels); the 1280-channel block 18 is not used."""
+MOBILENET_WIDTHS = (24, 32, 96, 320)
 
 
 @dataclass(frozen=True, slots=True)
 class MaskRCNNArch:
     """The shape of the network; stored in every checkpoint so it can be rebuilt exactly.
 
-    ``widths``/``blocks``: channels and residual blocks of the four backbone stages (strides
-    4, 8, 16, 32). ``fpn_channels``: width of the feature pyramid. ``anchor_sizes_px``: anchor
-    sides per pyramid level (strides 4 to 64), each with every ``aspect_ratios``.
+    ``backbone``: ``"resnet"`` or ``"mobilenet_v2"`` (see the module doc). ``widths``/``blocks``:
+    channels and residual blocks of the four ResNet stages (strides 4, 8, 16, 32; unused by
+    MobileNetV2). ``frozen_blocks``: MobileNetV2 ``features`` blocks kept fixed in training
+    (the first ``frozen_blocks``). ``fpn_channels``: width of the feature pyramid.
+    ``anchor_sizes_px``: anchor sides per pyramid level (strides 4 to 64), each with every
+    ``aspect_ratios``.
     """
 
+    backbone: str = "resnet"
+    frozen_blocks: int = 0
     widths: tuple[int, ...] = (32, 64, 128, 256)
     blocks: tuple[int, ...] = (1, 2, 2, 1)
     fpn_channels: int = 96
@@ -108,6 +137,7 @@ class MaskRCNNArch:
         """Rebuild from :meth:`to_dict` output; unknown keys go to ``extra``."""
         names = {f for f in cls.__dataclass_fields__ if f != "extra"}
         known = {k: v for k, v in data.items() if k in names}
+        known.setdefault("backbone", "resnet")  # checkpoints older than the key
         for key in ("widths", "blocks", "aspect_ratios", "mask_layers"):
             if key in known:
                 known[key] = tuple(known[key])
@@ -128,7 +158,67 @@ class _NoResizeTransform(GeneralizedRCNNTransform):
         return image, target
 
 
+PRETRAINED_ARCH = MaskRCNNArch(backbone="mobilenet_v2", frozen_blocks=4, fpn_channels=96)
+"""The network that ``geoseg train --init imagenet`` builds (and the shipped default uses)."""
+
+
+def network_normalization(arch: MaskRCNNArch) -> dict[str, Any]:
+    """How pixels are scaled for a backbone (the pretrained one wants -1..1)."""
+    return dict(MOBILENET_NORMALIZATION if arch.backbone == "mobilenet_v2" else NORMALIZATION)
+
+
 def _backbone(arch: MaskRCNNArch) -> BackboneWithFPN:
+    if arch.backbone == "mobilenet_v2":
+        return _mobilenet_backbone(arch)
+    if arch.backbone != "resnet":
+        raise UserInputError(f"unknown backbone {arch.backbone!r}: use resnet or mobilenet_v2")
+    return _resnet_backbone(arch)
+
+
+def _mobilenet_backbone(arch: MaskRCNNArch) -> BackboneWithFPN:
+    features = mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d).features
+    for block in features[: arch.frozen_blocks]:
+        block.requires_grad_(False)
+    return BackboneWithFPN(
+        features,
+        return_layers={str(tap): str(i) for i, tap in enumerate(MOBILENET_TAPS)},
+        in_channels_list=list(MOBILENET_WIDTHS),
+        out_channels=arch.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def load_backbone_weights(network: MaskRCNN, source: str | Path) -> int:
+    """Load a torchvision ``mobilenet_v2`` state dict (``features.*`` keys; a classifier is
+    ignored) into ``network``'s MobileNetV2 backbone; returns how many tensors were loaded.
+
+    Raises :class:`~geoseg.errors.UserInputError` naming ``source`` when it is not one.
+    """
+    import torch as _torch
+
+    path = Path(source)
+    try:
+        state = _torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise UserInputError(f"{path}: not a readable torch state dict ({exc})") from exc
+    if not isinstance(state, Mapping):
+        raise UserInputError(f"{path}: not a state dict of a torchvision mobilenet_v2")
+    body = network.backbone.body
+    own = body.state_dict()
+    prefix = "features."
+    picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    fits = {k: v.float() for k, v in picked.items() if k in own and own[k].shape == v.shape}
+    wanted = [k for k in own if not k.endswith("num_batches_tracked")]
+    if len(fits) < len(wanted):
+        raise UserInputError(
+            f"{path}: {len(fits)} of the {len(wanted)} tensors of a mobilenet_v2 backbone fit; "
+            "give the state dict of torchvision.models.mobilenet_v2"
+        )
+    body.load_state_dict(fits, strict=False)
+    return len(fits)
+
+
+def _resnet_backbone(arch: MaskRCNNArch) -> BackboneWithFPN:
     stem_width = arch.widths[0]
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     layers["stem"] = nn.Sequential(
@@ -173,7 +263,7 @@ def build_network(
     arch: MaskRCNNArch, n_classes: int, normalization: Mapping[str, Any] | None = None
 ) -> MaskRCNN:
     """A randomly initialised torchvision Mask R-CNN for ``n_classes`` (plus background)."""
-    norm = dict(normalization or NORMALIZATION)
+    norm = dict(normalization or network_normalization(arch))
     backbone = _backbone(arch)
     channels = arch.fpn_channels
     anchors = AnchorGenerator(
@@ -181,7 +271,8 @@ def build_network(
         aspect_ratios=(arch.aspect_ratios,) * len(arch.anchor_sizes_px),
     )
     n_anchors = len(arch.anchor_sizes_px[0]) * len(arch.aspect_ratios)
-    levels = [str(i) for i in range(len(arch.widths))]
+    n_levels = len(MOBILENET_TAPS) if arch.backbone == "mobilenet_v2" else len(arch.widths)
+    levels = [str(i) for i in range(n_levels)]
     model = MaskRCNN(
         backbone,
         num_classes=None,
@@ -258,7 +349,7 @@ class MaskRCNNSegmenter:
         self.untrained = untrained
         self.gsd_range_m = gsd_range_m
         self.min_score = min_score  # the thresholds tuned on validation data, if any
-        self.normalization = dict(normalization or NORMALIZATION)
+        self.normalization = dict(normalization or network_normalization(arch))
         self.batch_size = batch_size
         self._device = resolve_device(device)
         self.device = str(self._device)

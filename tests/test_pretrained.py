@@ -1,0 +1,152 @@
+"""The pretrained start: the shipped ImageNet MobileNetV2 backbone, ``--init`` with a
+torchvision state dict, per-image scales and the per-class GSD ranges a model records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from affine import Affine
+
+from geoseg.cli import main
+from geoseg.errors import UserInputError
+from geoseg.model import load_segmenter
+from geoseg.model.checkpoint import read_checkpoint
+from geoseg.model.maskrcnn import (
+    IMAGENET_BACKBONE,
+    PRETRAINED_ARCH,
+    build_network,
+    load_backbone_weights,
+)
+from geoseg.train import LabelSource, TrainOptions, train
+
+UTM = "EPSG:32633"
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 64 x 64 uint8 scene at 1 m with four bright roofs and a labelled field."""
+    tmp = tmp_path_factory.mktemp("pre")
+    transform = Affine(1.0, 0.0, 500_000.0, 0.0, -1.0, 4_000_000.0)
+    rng = np.random.default_rng(3)
+    data = rng.integers(20, 60, size=(3, 64, 64)).astype(np.uint8)
+    polys, classes = [], []
+    for row, col in ((6, 6), (6, 36), (36, 6), (40, 40)):
+        data[:, row : row + 14, col : col + 14] = 220
+        x0, y0 = transform @ (col, row)
+        polys.append(shapely.box(x0, y0 - 14, x0 + 14, y0))
+        classes.append("building")
+    image = tmp / "s.tif"
+    profile = {"driver": "GTiff", "height": 64, "width": 64, "count": 3, "dtype": "uint8"}
+    with rasterio.open(image, "w", crs=UTM, transform=transform, **profile) as dst:
+        dst.write(data)
+    labels = tmp / "s.gpkg"
+    gpd.GeoDataFrame({"class": classes}, geometry=polys, crs=UTM).to_file(labels)
+    return image, labels
+
+
+def _options(**kw: object) -> TrainOptions:
+    base = {
+        "classes": ("building", "field"),
+        "epochs": 1,
+        "steps_per_epoch": 1,
+        "batch_size": 1,
+        "init": "imagenet",
+        "chip_px": 64,
+        "val_fraction": 0.0,
+        "device": "cpu",
+    }
+    return TrainOptions(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_shipped_backbone_is_imagenet_mobilenet_v2() -> None:
+    state = torch.load(IMAGENET_BACKBONE, weights_only=True)
+    network = build_network(PRETRAINED_ARCH, 3)
+    assert load_backbone_weights(network, IMAGENET_BACKBONE) == len(
+        [k for k in network.backbone.body.state_dict() if "num_batches" not in k]
+    )
+    loaded = network.backbone.body.state_dict()["0.0.weight"]
+    assert torch.equal(loaded, state["features.0.0.weight"].float())
+    assert float(loaded.abs().sum()) > 0
+
+
+def test_init_imagenet_starts_from_the_pretrained_backbone(
+    scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    image, labels = scene
+    output = tmp_path / "m.pt"
+    train([image], [LabelSource(str(labels))], output, options=_options(lr=1e-12))
+    payload = read_checkpoint(output)
+    assert payload["arch"]["backbone"] == "mobilenet_v2"
+    assert payload["train"]["init"] == "imagenet"
+    assert payload["normalization"]["image_mean"] == [0.5, 0.5, 0.5]
+    shipped = torch.load(IMAGENET_BACKBONE, weights_only=True)
+    # the frozen stem is the pretrained one, bit for bit (in float32)
+    stem = payload["state_dict"]["backbone.body.0.0.weight"]
+    assert torch.equal(stem, shipped["features.0.0.weight"].float())
+    # and the model runs through the protocol with its own normalization
+    model = load_segmenter(str(output), device="cpu")
+    assert model.normalization["image_std"] == [0.5, 0.5, 0.5]
+    (out,) = model.predict(np.zeros((1, 3, 64, 64), dtype=np.float32))
+    assert set(out) == {"masks", "labels", "scores"}
+
+
+def test_init_takes_a_torchvision_state_dict(scene: tuple[Path, Path], tmp_path: Path) -> None:
+    from torchvision.models import mobilenet_v2
+
+    image, labels = scene
+    torch.manual_seed(7)
+    mine = mobilenet_v2(weights=None).state_dict()
+    path = tmp_path / "backbone.pth"
+    torch.save(mine, path)
+    output = tmp_path / "m.pt"
+    train([image], [LabelSource(str(labels))], output, options=_options(init=str(path), lr=1e-12))
+    payload = read_checkpoint(output)
+    assert payload["train"]["init"] == "backbone.pth"
+    stem = payload["state_dict"]["backbone.body.0.0.weight"]
+    assert torch.equal(stem, mine["features.0.0.weight"])
+
+    wrong = tmp_path / "resnet.pth"
+    torch.save({"features.0.weight": torch.zeros(3)}, wrong)
+    with pytest.raises(UserInputError, match=r"resnet\.pth: 0 of the \d+ tensors"):
+        train(
+            [image],
+            [LabelSource(str(labels))],
+            tmp_path / "w.pt",
+            options=_options(init=str(wrong)),
+        )
+
+
+def test_per_image_scales_and_class_gsd_ranges(scene: tuple[Path, Path], tmp_path: Path) -> None:
+    image, labels = scene
+    output = tmp_path / "m.pt"
+    options = _options(init="none", image_scales=((1.0, 2.0),), arch=PRETRAINED_ARCH)
+    result = train([image], [LabelSource(str(labels))], output, options=options)
+    assert result.gsd_range_m == (1.0, 2.0)
+    payload = read_checkpoint(output)
+    assert payload["class_gsd_m"] == {"building": [1.0, 2.0]}
+    with pytest.raises(UserInputError, match="--scales given 2 times for 1 --images"):
+        train(
+            [image],
+            [LabelSource(str(labels))],
+            tmp_path / "x.pt",
+            options=_options(image_scales=((1.0,), (2.0,))),
+        )
+
+
+def test_cli_scales_once_per_image(
+    scene: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, labels = scene
+    with pytest.raises(SystemExit) as done:
+        main(
+            ["train", "--images", str(image), "--labels", str(labels), "--scales", "1",
+             "--scales", "2", "-o", str(tmp_path / "m.pt")]
+        )
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "--scales" in err and "once per --images" in err
