@@ -302,8 +302,10 @@ def model_alone(scene: Path, args: argparse.Namespace) -> ModelFigures:
     want = getattr(model, "input_bands", None)
     workers = 1 if args.scheduler == "sync" else os.cpu_count() or 1
 
-    def read(batch: tuple) -> np.ndarray:
-        pixels, valid = read_tiles(plan.scene, [t.window for t in batch], args.tile_size)
+    def read(indexed: tuple) -> np.ndarray:
+        index, batch = indexed
+        scene_pass = plan.passes[index].scene
+        pixels, valid = read_tiles(scene_pass, [t.window for t in batch], args.tile_size)
         pixels = pixels[valid.reshape(len(batch), -1).any(axis=1)]
         if want and want != pixels.shape[1]:
             pixels = pixels[:, [i % pixels.shape[1] for i in range(want)]]

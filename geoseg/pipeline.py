@@ -10,6 +10,13 @@ One batch of tiles (``batch_size`` tiles) is the unit of work: three small tasks
 
 The graph runs on Dask's threaded scheduler by default, on processes, or on a ``distributed``
 cluster; stitching and writing then happen in the calling process, on polygons only.
+
+Each class at its own scale: a model may record the GSD range each class works at
+(``class_gsd_range_m``). The scene is then read once per working GSD it needs (*passes*: for
+example native for buildings and ships, 2 m for fields on a 0.5 m scene); each pass keeps its
+own classes, is stitched on its own grid, and its polygons join the others in the scene's
+CRS. A class whose range ends far finer than the scene (more than :data:`MAX_UPSAMPLING`) is
+not searched, and a scene too coarse for every class is refused.
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ from geoseg.stitch import Fragment, StitchedObject, stitch
 from geoseg.vectorize import GeoMeasures, crop_to_polygon, stable_id, to_crs_polygon
 
 __all__ = [
+    "MAX_UPSAMPLING",
     "BatchResult",
     "RunResult",
+    "ScenePass",
     "ScenePlan",
     "finish_scene",
     "plan_scene",
@@ -54,16 +63,40 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 
+MAX_UPSAMPLING = 3.0
+"""How many times finer than the scene a class's coarsest GSD may be: beyond it the objects are
+too small in the scene to be found, and upsampling would only multiply the tiles."""
+
 
 @dataclass(frozen=True, slots=True)
-class ScenePlan:
-    """A validated scene, its tile grid cut into batches, and the model that will run."""
+class ScenePass:
+    """One reading of the scene: its working grid (at one GSD), the tile grid on it, and the
+    indexes of the classes this pass keeps."""
 
     scene: SceneInfo
     grid: TileGrid
-    batches: tuple[tuple[Tile, ...], ...]
+    classes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScenePlan:
+    """A validated scene, read in one or more passes, their tiles cut into batches (each batch
+    is ``(pass index, tiles)``), and the model that will run."""
+
+    passes: tuple[ScenePass, ...]
+    batches: tuple[tuple[int, tuple[Tile, ...]], ...]
     options: RunOptions
     model: ModelInfo
+    notes: tuple[str, ...] = ()
+
+    @property
+    def scene(self) -> SceneInfo:
+        """The scene as the first (finest) pass reads it."""
+        return self.passes[0].scene
+
+    @property
+    def grid(self) -> TileGrid:
+        return self.passes[0].grid
 
     @property
     def path(self) -> Path:
@@ -71,7 +104,11 @@ class ScenePlan:
 
     @property
     def n_tiles(self) -> int:
-        return len(self.grid)
+        return sum(len(p.grid) for p in self.passes)
+
+    def class_gsd_m(self) -> dict[str, float]:
+        """The GSD each class is read at (classes not searched are left out)."""
+        return {self.model.classes[k]: p.scene.gsd_m for p in self.passes for k in p.classes}
 
 
 @dataclass(slots=True)
@@ -86,6 +123,7 @@ class RunResult:
     seconds: float
     model: ModelInfo
     notes: list[str] = field(default_factory=list)
+    class_gsd_m: dict[str, float] = field(default_factory=dict)
 
     @property
     def tiles_per_second(self) -> float:
@@ -114,6 +152,7 @@ class BatchResult:
     fragments: list[Fragment]
     n_tiles: int
     n_skipped: int
+    pass_index: int = 0
 
 
 def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan:
@@ -128,19 +167,71 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
         unknown = ", ".join(sorted(set(options.min_score) - set(info.classes)))
         if unknown:
             raise UserInputError(f"min_score names {unknown}, which the model does not know")
-    if options.gsd_m is None:
-        scene = fit_gsd(scene, model_gsd_range_m=info.gsd_range_m)
     if options.batch_size < 1:
         raise UserInputError(f"--batch-size {options.batch_size} must be at least 1")
     if not 0 < options.merge_iou <= 1:
         raise UserInputError(f"merge IoU {options.merge_iou} must be in (0, 1]")
-    grid = TileGrid.from_shape(
-        scene.shape_yx, tile_px=options.tile_px, overlap_px=options.overlap_px
-    )
-    tiles = list(grid)
+    readings, notes = _readings(scene, info, options)
+    passes, batches = [], []
     size = options.batch_size
-    batches = tuple(tuple(tiles[k : k + size]) for k in range(0, len(tiles), size))
-    return ScenePlan(scene, grid, batches, options, info)
+    for index, (working, classes) in enumerate(readings):
+        grid = TileGrid.from_shape(
+            working.shape_yx, tile_px=options.tile_px, overlap_px=options.overlap_px
+        )
+        tiles = list(grid)
+        passes.append(ScenePass(working, grid, classes))
+        batches.extend((index, tuple(tiles[k : k + size])) for k in range(0, len(tiles), size))
+    return ScenePlan(tuple(passes), tuple(batches), options, info, tuple(notes))
+
+
+def _readings(
+    scene: SceneInfo, info: ModelInfo, options: RunOptions
+) -> tuple[list[tuple[SceneInfo, tuple[int, ...]]], list[str]]:
+    """The scene's working grids, finest first, each with the class indexes read on it."""
+    everything = tuple(range(len(info.classes)))
+    if options.gsd_m is not None:  # --gsd: one reading of every class at that GSD
+        return [(scene, everything)], []
+    ranges = [(info.class_gsd_range_m or {}).get(name, info.gsd_range_m) for name in info.classes]
+    if all(r is None for r in ranges):
+        return [(scene, everything)], []
+    native = scene.file_gsd_m
+    notes, targets = [], {}
+    for k, gsd_range in enumerate(ranges):
+        if gsd_range is not None and native > gsd_range[1] * MAX_UPSAMPLING:
+            notes.append(
+                f"{info.classes[k]} not searched: the scene's GSD ({native:.3g} m) is more than "
+                f"{MAX_UPSAMPLING:g} times the coarsest the model finds it at "
+                f"({gsd_range[1]:.3g} m)"
+            )
+            continue
+        target = _clamp(native, gsd_range)
+        key = next((t for t in targets if abs(t - target) <= 1e-3 * target), target)
+        targets.setdefault(key, []).append(k)
+    if not targets:
+        coarsest = max(r[1] for r in ranges if r is not None)
+        raise UserInputError(
+            f"{scene.path}: GSD {native:.3g} m is too coarse for this model, which finds "
+            f"{', '.join(info.classes)} at {coarsest:.3g} m or finer; objects would be under "
+            "a pixel. Give --gsd to read it anyway"
+        )
+    readings = [
+        (fit_gsd(scene, model_gsd_range_m=(gsd, gsd)), tuple(classes))
+        for gsd, classes in sorted(targets.items())
+    ]
+    for name in notes:
+        log.warning("%s", name)
+    return readings, notes
+
+
+def _clamp(gsd: float, gsd_range: tuple[float, float] | None) -> float:
+    if gsd_range is None:
+        return gsd
+    low, high = gsd_range
+    if gsd < low * 0.999:
+        return low
+    if gsd > high * 1.001:
+        return high
+    return gsd
 
 
 def read_stage(scene: SceneInfo, tiles: Sequence[Tile], tile_px: int) -> ReadBatch:
@@ -195,14 +286,14 @@ def _accepts_min_score(model: Any) -> bool:
         return False
 
 
-def vectorize_stage(batch: PredictedBatch) -> BatchResult:
+def vectorize_stage(batch: PredictedBatch, pass_index: int = 0) -> BatchResult:
     """Each mask crop to a pixel-exact polygon fragment."""
     fragments = [
         Fragment(tile, crop_to_polygon(crop), crop.label, crop.score, crop.touches_seam)
         for tile, crops in batch.crops
         for crop in crops
     ]
-    return BatchResult(fragments, batch.n_tiles, batch.n_skipped)
+    return BatchResult(fragments, batch.n_tiles, batch.n_skipped, pass_index)
 
 
 def scene_tasks(
@@ -215,19 +306,32 @@ def scene_tasks(
     """
     opts = plan.options
     tasks = []
-    for tiles in plan.batches:
-        read = dask.delayed(read_stage, pure=True)(plan.scene, tiles, opts.tile_px)
+    everything = len(plan.passes) == 1 and len(plan.passes[0].classes) == len(plan.model.classes)
+    for index, tiles in plan.batches:
+        reading = plan.passes[index]
+        min_score = opts.min_score if everything else _pass_min_score(plan, reading.classes)
+        read = dask.delayed(read_stage, pure=True)(reading.scene, tiles, opts.tile_px)
         annotate = (  # a fresh context per batch: dask.annotate cannot be re-entered
             dask.annotate(resources=predict_resources)
             if predict_resources
             else contextlib.nullcontext()
         )
         with annotate:
-            pred = dask.delayed(predict_stage, pure=True)(
-                read, opts.model, opts.device, opts.min_score
-            )
-        tasks.append(dask.delayed(vectorize_stage, pure=True)(pred))
+            pred = dask.delayed(predict_stage, pure=True)(read, opts.model, opts.device, min_score)
+        tasks.append(dask.delayed(vectorize_stage, pure=True)(pred, index))
     return tasks
+
+
+_NEVER = 2.0
+"""A score threshold no instance reaches: how a pass drops the classes it does not keep."""
+
+
+def _pass_min_score(plan: ScenePlan, keep: tuple[int, ...]) -> dict[str, float]:
+    thresholds = score_thresholds(plan.options.min_score, plan.model.classes)
+    return {
+        name: float(thresholds[k]) if k in keep else _NEVER
+        for k, name in enumerate(plan.model.classes)
+    }
 
 
 class _TileProgress(Callback):
@@ -281,16 +385,40 @@ def _compute_distributed(
 
 
 def objects_to_layers(
-    objects: Sequence[StitchedObject], plan: ScenePlan
+    objects: Sequence[StitchedObject] | Sequence[Sequence[StitchedObject]], plan: ScenePlan
 ) -> dict[str, gpd.GeoDataFrame]:
-    """Stitched pixel-space objects to one GeoDataFrame per class, in the scene's CRS."""
-    scene, classes = plan.scene, plan.model.classes
-    measures = GeoMeasures(scene.crs)
+    """Stitched pixel-space objects to one GeoDataFrame per class, in the scene's CRS.
+
+    ``objects`` holds one sequence per pass of ``plan`` (or, for a one-pass plan, the
+    objects themselves): each pass's pixel coordinates are on its own working grid.
+    """
+    classes = plan.model.classes
+    per_pass = objects if objects and not isinstance(objects[0], StitchedObject) else [objects]
+    measures = GeoMeasures(plan.scene.crs)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in classes}
+    for reading, found in zip(plan.passes, per_pass, strict=False):
+        _add_rows(rows, found, reading.scene, classes, measures, plan.options.simplify_px)
+    return {
+        name: gpd.GeoDataFrame(
+            rows[name] or {c: [] for c in COLUMNS} | {"geometry": []},
+            columns=[*COLUMNS, "geometry"],
+            geometry="geometry",
+            crs=plan.scene.crs,
+        ).astype({"score": "float64", "area_m2": "float64", "perimeter_m": "float64"})
+        for name in classes
+    }
+
+
+def _add_rows(
+    rows: dict[str, list[dict[str, Any]]],
+    objects: Sequence[StitchedObject],
+    scene: SceneInfo,
+    classes: Sequence[str],
+    measures: GeoMeasures,
+    simplify_px: float,
+) -> None:
     for obj in objects:
-        geometry = to_crs_polygon(
-            obj.polygon_px, scene.transform, simplify_px=plan.options.simplify_px
-        )
+        geometry = to_crs_polygon(obj.polygon_px, scene.transform, simplify_px=simplify_px)
         if geometry.is_empty:
             continue
         class_name = classes[obj.label]
@@ -305,15 +433,6 @@ def objects_to_layers(
                 "geometry": geometry,
             }
         )
-    return {
-        name: gpd.GeoDataFrame(
-            rows[name] or {c: [] for c in COLUMNS} | {"geometry": []},
-            columns=[*COLUMNS, "geometry"],
-            geometry="geometry",
-            crs=scene.crs,
-        ).astype({"score": "float64", "area_m2": "float64", "perimeter_m": "float64"})
-        for name in classes
-    }
 
 
 def finish_scene(
@@ -325,15 +444,22 @@ def finish_scene(
     stem: str | None = None,
 ) -> RunResult:
     """Stitch the fragments of all batches, vectorize, and write the outputs atomically."""
-    fragments = [f for r in results for f in r.fragments]
-    objects = stitch(fragments, merge_iou=plan.options.merge_iou)
+    objects = [
+        stitch(
+            [f for r in results if r.pass_index == k for f in r.fragments],
+            merge_iou=plan.options.merge_iou,
+        )
+        for k in range(len(plan.passes))
+    ]
     layers = objects_to_layers(objects, plan)
+    class_gsd = plan.class_gsd_m()
     metadata = {
         "geoseg_version": _version(),
         "geoseg_model": plan.model.name,
         "geoseg_model_checksum": plan.model.checksum,
         "geoseg_scene": plan.scene.path,
         "geoseg_gsd_m": f"{plan.scene.gsd_m:.6g}",
+        "geoseg_class_gsd_m": json.dumps({c: round(g, 6) for c, g in class_gsd.items()}),
         "geoseg_options": json.dumps(plan.options.to_dict(), sort_keys=True),
     }
     outputs = write_outputs(
@@ -347,6 +473,8 @@ def finish_scene(
         n_skipped=sum(r.n_skipped for r in results),
         seconds=seconds,
         model=plan.model,
+        notes=list(plan.notes),
+        class_gsd_m=class_gsd,
     )
 
 

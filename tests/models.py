@@ -123,3 +123,31 @@ class TunedOracle(ScoreFloorOracle):
 
 def tuned_oracle() -> TunedOracle:
     return TunedOracle()
+
+
+class ClassScaleOracle(OracleSegmenter):
+    """An oracle that finds fields at 2 m or coarser, buildings and ships at 0.25 m to 10 m."""
+
+    gsd_range_m = (0.25, 10.0)
+    class_gsd_range_m: ClassVar[dict[str, tuple[float, float]]] = {
+        "building": (0.25, 10.0),
+        "field": (2.0, 10.0),
+        "ship": (0.25, 10.0),
+    }
+
+
+def class_scale_oracle() -> ClassScaleOracle:
+    return ClassScaleOracle()
+
+
+class FineBuildingsOracle(ClassScaleOracle):
+    """As :class:`ClassScaleOracle`, but buildings only at 5 m or finer."""
+
+    class_gsd_range_m: ClassVar[dict[str, tuple[float, float]]] = {
+        **ClassScaleOracle.class_gsd_range_m,
+        "building": (0.25, 5.0),
+    }
+
+
+def fine_buildings_oracle() -> FineBuildingsOracle:
+    return FineBuildingsOracle()

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pytest
 from affine import Affine
 
 from geoseg.config import RunOptions
+from geoseg.errors import UserInputError
 from geoseg.pipeline import plan_scene, run_scene
 from geoseg.testing import write_coded_scene
 from tests.conftest import assert_same_shape, truth_polygon
@@ -48,3 +50,63 @@ def test_gsd_option_overrides_and_scene_inside_range_is_untouched(tmp_path: Path
     assert plan.scene.gsd_m == 1.0 and plan.scene.shape_yx == (100, 90)
     plan = plan_scene(path, RunOptions(model="geoseg.testing:OracleSegmenter"))
     assert not plan.scene.resampled
+
+
+def test_each_class_is_read_at_its_own_gsd_and_stitched_on_its_grid(tmp_path: Path) -> None:
+    """Fields are read at 2 m (4 x coarser) on a 0.5 m coded scene, buildings and ships at
+    0.5 m: every object comes out once, whole and exact, though fields cross many tiles."""
+    transform = Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000)
+    ids = np.zeros((480, 440), dtype=np.int32)
+    # everything aligned to 4-pixel blocks, so that a 2 m reading averages no codes together:
+    # a pass that kept every class would give each building and ship twice
+    ids[8:232, 16:424] = 1  # a field
+    ids[240:472, 20:200] = 2  # another field, crossing tile seams at 2 m
+    ids[300:320, 248:264] = 3  # a building
+    ids[400:412, 300:308] = 4  # a ship
+    ids[244:260, 228:252] = 5  # a building beside the second field
+    class_of = {1: 1, 2: 1, 3: 0, 4: 2, 5: 0}
+    path = write_coded_scene(
+        tmp_path / "mixed.tif", ids, class_of, transform=transform, crs="EPSG:32633"
+    )
+    options = RunOptions(
+        model="tests.models:class_scale_oracle", tile_px=64, overlap_px=16, simplify_px=0
+    )
+    plan = plan_scene(path, options)
+    assert [p.scene.gsd_m for p in plan.passes] == [0.5, 2.0]
+    assert plan.class_gsd_m() == {"building": 0.5, "ship": 0.5, "field": 2.0}
+    assert len(plan.passes[1].grid) > 1  # the fields cross tile seams at 2 m too
+    result = run_scene(path, tmp_path / "out", options=options)
+    assert result.counts == {"building": 2, "field": 2, "ship": 1}
+    assert result.class_gsd_m["field"] == 2.0
+    for name, wanted in (("building", (3, 5)), ("field", (1, 2)), ("ship", (4,))):
+        frame = gpd.read_file(tmp_path / "out" / "mixed.gpkg", layer=name)
+        assert frame.crs.to_epsg() == 32633
+        for k in wanted:
+            truth = truth_polygon(ids, k, transform)
+            (got,) = [g for g in frame.geometry if g.intersects(truth.representative_point())]
+            assert_same_shape(got, truth)
+
+
+def test_a_scene_far_coarser_than_every_class_is_refused(tmp_path: Path) -> None:
+    ids = np.zeros((64, 64), dtype=np.int32)
+    ids[10:20, 10:20] = 1
+    coarse = Affine(300.0, 0, 500_000, 0, -300.0, 4_000_000)
+    path = write_coded_scene(tmp_path / "c.tif", ids, {1: 1}, transform=coarse, crs="EPSG:32633")
+    with pytest.raises(UserInputError, match=r"c\.tif: GSD 300 m is too coarse"):
+        plan_scene(path, RunOptions(model="tests.models:class_scale_oracle"))
+    # --gsd still reads it, at the user's word
+    plan = plan_scene(path, RunOptions(model="tests.models:class_scale_oracle", gsd_m=300.0))
+    assert plan.n_tiles == 1
+
+
+def test_a_class_too_fine_for_the_scene_is_left_out_with_a_note(tmp_path: Path) -> None:
+    ids = np.zeros((64, 64), dtype=np.int32)
+    ids[8:40, 8:40] = 1
+    at_25m = Affine(25.0, 0, 500_000, 0, -25.0, 4_000_000)
+    path = write_coded_scene(tmp_path / "m.tif", ids, {1: 1}, transform=at_25m, crs="EPSG:32633")
+    plan = plan_scene(path, RunOptions(model="tests.models:fine_buildings_oracle"))
+    assert plan.class_gsd_m() == {"field": 10.0, "ship": 10.0}
+    (note,) = plan.notes
+    assert note.startswith("building not searched") and "5 m" in note
+    result = run_scene(path, tmp_path / "out", options=plan.options)
+    assert result.counts == {"building": 0, "field": 1, "ship": 0}

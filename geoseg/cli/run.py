@@ -71,13 +71,20 @@ def _announce(plan: Any, verbosity: int) -> None:
         f"Model: {model.name} ({model.checksum[:19]}), classes: {', '.join(model.classes)}",
         err=True,
     )
-    if scene.resampled:
+    for reading in plan.passes:
+        if len(plan.passes) == 1 and not reading.scene.resampled:
+            break
+        working = reading.scene
+        names = ", ".join(model.classes[k] for k in reading.classes)
+        how = "resampled to" if working.resampled else "at its own GSD,"
         click.echo(
-            f"Scene GSD {scene.file_gsd_m:.3g} m is read resampled to "
-            f"{scene.gsd_m:.3g} m ({scene.shape_yx[1]} x {scene.shape_yx[0]} px); "
+            f"Scene GSD {working.file_gsd_m:.3g} m is read {how} {working.gsd_m:.3g} m "
+            f"({working.shape_yx[1]} x {working.shape_yx[0]} px) for {names}; "
             "polygons stay in the scene's CRS. Use --gsd to choose.",
             err=True,
         )
+    for note in plan.notes:
+        click.echo(f"Note: {note}.", err=True)
     if scene.assumed_crs:
         click.echo("Scene has no CRS: using --crs as given.", err=True)
     logging.getLogger(__name__).info(
@@ -102,7 +109,11 @@ def _progress_bar(total: int, verbosity: int) -> Any:
 
 
 def _summary(result: Any) -> None:
-    counts = ", ".join(f"{n} {name}" for name, n in result.counts.items())
+    counts = ", ".join(
+        f"{n} {name}"
+        + (f" (at {result.class_gsd_m[name]:.3g} m)" if name in result.class_gsd_m else "")
+        for name, n in result.counts.items()
+    )
     click.echo(f"Objects: {counts}")
     click.echo(
         f"Tiles: {result.n_tiles} ({result.n_skipped} skipped as nodata) in "

@@ -341,6 +341,7 @@ class MaskRCNNSegmenter:
         device: str = "auto",
         batch_size: int = 4,
         min_score: float | Mapping[str, float] | None = None,
+        class_gsd_range_m: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.classes = tuple(classes)
         self.arch = arch
@@ -349,6 +350,7 @@ class MaskRCNNSegmenter:
         self.untrained = untrained
         self.gsd_range_m = gsd_range_m
         self.min_score = min_score  # the thresholds tuned on validation data, if any
+        self.class_gsd_range_m = dict(class_gsd_range_m) if class_gsd_range_m else None
         self.normalization = dict(normalization or network_normalization(arch))
         self.batch_size = batch_size
         self._device = resolve_device(device)
@@ -431,6 +433,9 @@ def segmenter_from_payload(
         ) from exc
     gsd = payload.get("gsd_range_m")
     tuned = payload.get("min_score")
+    class_gsd = {
+        str(c): (float(r[0]), float(r[1])) for c, r in (payload.get("class_gsd_m") or {}).items()
+    }
     return MaskRCNNSegmenter(
         network,
         classes=classes,
@@ -442,6 +447,7 @@ def segmenter_from_payload(
         normalization=normalization,
         device=device,
         min_score=tuned,
+        class_gsd_range_m=class_gsd or None,
     )
 
 

@@ -13,9 +13,11 @@ A segmenter is any object with
 Optional attributes that geoseg reads when present: ``name`` (str), ``checksum`` (str),
 ``untrained`` (bool), ``min_score`` (the score threshold the model recommends, a float or
 ``{class name: float}``, used when ``--min-score`` is not given), ``gsd_range_m``
-(``(min, max)`` ground sampling distances in metres the model was trained on) and
-``input_bands`` (how many bands ``predict`` wants; geoseg repeats a single band or keeps the
-first bands to match). ``predict`` gets the lowest of the run's thresholds as ``min_score``.
+(``(min, max)`` ground sampling distances in metres the model was trained on),
+``class_gsd_range_m`` (the same per class, ``{class name: (min, max)}``: geoseg then reads
+the scene once per working GSD, each class clamped to its own range) and ``input_bands``
+(how many bands ``predict`` wants; geoseg repeats a single band or keeps the first bands to
+match). ``predict`` gets the lowest of the run's thresholds as ``min_score``.
 
 ``--model`` accepts ``default`` (the weights shipped in the package), a path to a ``.pt``
 checkpoint written by ``geoseg train``, or ``package.module:factory`` (``factory()`` is
@@ -109,6 +111,7 @@ class ModelInfo:
     untrained: bool
     gsd_range_m: tuple[float, float] | None
     min_score: float | dict[str, float] | None = None
+    class_gsd_range_m: dict[str, tuple[float, float]] | None = None
 
 
 def describe_model(model: Segmenter, spec: str) -> ModelInfo:
@@ -122,7 +125,14 @@ def describe_model(model: Segmenter, spec: str) -> ModelInfo:
         untrained=bool(getattr(model, "untrained", False)),
         gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
         min_score=as_min_score(getattr(model, "min_score", None)),
+        class_gsd_range_m=_class_ranges(getattr(model, "class_gsd_range_m", None)),
     )
+
+
+def _class_ranges(value: Any) -> dict[str, tuple[float, float]] | None:
+    if not value:
+        return None
+    return {str(c): (float(r[0]), float(r[1])) for c, r in dict(value).items()}
 
 
 def _spec_checksum(spec: str) -> str:
