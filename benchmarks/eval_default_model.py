@@ -6,7 +6,10 @@ Held out from the default model's training:
   training), 1024 x 1024 px, uint8, at 0.5, 2, 5 and 10 m;
 - the eastern 15% of the SpaceNet Atlanta sample (columns 765-899, the strip ``geoseg train
   --val-fraction 0.15`` kept out), with its building outlines clipped to it;
-- the sen2ships Casablanca scene (ships; never trained on).
+- the sen2ships Casablanca scene (ships; never trained on);
+- with ``--shared ../shared/data``: the OpenAerialMap cluster ``nairobi_2`` at 0.3 m
+  (buildings) and the ten NAIP test chips of ``fields-naip/split.json`` (fields, 1 m), which
+  the default model never trained on.
 
 (The Nebraska centre-pivot sample labels only a third of its fields, so it cannot score a
 model.)
@@ -14,8 +17,9 @@ model.)
 Each scene goes through the commands a user runs (``geoseg run SCENE --model M -o OUT`` then
 ``geoseg eval OUT/SCENE.gpkg REF --json``) and the figures are printed as a Markdown table::
 
-    python benchmarks/eval_default_model.py --model default --workdir /tmp/geoseg-eval
-    python benchmarks/eval_default_model.py --model my.pt --min-score 0.5
+    python benchmarks/eval_default_model.py --model default --workdir /tmp/geoseg-eval \
+        --shared ../shared/data
+    python benchmarks/eval_default_model.py --model my.pt --min-score 0.5 --only real
 """
 
 from __future__ import annotations
@@ -63,20 +67,40 @@ def atlanta_east(data: Path, workdir: Path) -> tuple[Path, Path]:
     return image, labels
 
 
-def cases(workdir: Path, data: Path) -> list[tuple[str, Path, Path, str]]:
+OAM_HELD_OUT = "nairobi_2_z19"
+
+
+def cases(
+    workdir: Path, data: Path, shared: Path | None, only: str
+) -> list[tuple[str, Path, Path, str]]:
     """``(name, scene, reference, class or '')`` for every held-out scene."""
     out = []
-    for seed, gsd in SYNTHETIC:
+    for seed, gsd in SYNTHETIC if only in ("all", "synthetic") else ():
         image = workdir / f"synth_seed{seed}_gsd{gsd:g}.tif"
         if not image.is_file():
             size = ("--size", "1024", "1024", "--dtype", "uint8")
             geoseg("synth", str(image), "--seed", str(seed), "--gsd", f"{gsd:g}", *size)
         out.append((image.stem, image, image.with_suffix(".gpkg"), ""))
+    if only == "synthetic":
+        return out
     image, labels = atlanta_east(data, workdir)
     out.append(("atlanta_east (real)", image, labels, "building"))
     out.append(
         ("casablanca (real)", data / "casablanca.tif", data / "casablanca_ships.geojson", "ship")
     )
+    if shared is not None:
+        oam = shared / "buildings-oam" / OAM_HELD_OUT
+        out.append(
+            (
+                f"oam {OAM_HELD_OUT} (real)",
+                oam.with_suffix(".tif"),
+                oam.with_suffix(".gpkg"),
+                "building",
+            )
+        )
+        naip = shared / "fields-naip"
+        for stem in json.loads((naip / "split.json").read_text())["test"]:
+            out.append((f"{stem} (real)", naip / f"{stem}.tif", naip / f"{stem}.gpkg", "field"))
     return out
 
 
@@ -85,11 +109,13 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/geoseg-eval"))
     parser.add_argument("--data", type=Path, default=REPO / "sample_data")
+    parser.add_argument("--shared", type=Path, default=None, help="../shared/data")
+    parser.add_argument("--only", choices=("all", "synthetic", "real"), default="all")
     parser.add_argument("--min-score", type=float, default=None)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, scene, ref, cls in cases(args.workdir, args.data):
+    for name, scene, ref, cls in cases(args.workdir, args.data, args.shared, args.only):
         out = args.workdir / "out" / scene.stem
         run = ["-q", "run", str(scene), "--model", args.model, "-o", str(out)]
         if args.min_score is not None:
@@ -102,12 +128,22 @@ def main() -> None:
         geoseg(*evaluate)
         for klass, m in json.loads(report.read_text())["classes"].items():
             rows.append((name, klass, m))
-    print("| scene | class | refs | preds | precision | recall | F1 | AP50 | AP |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    metrics = ("precision", "recall", "f1", "ap50", "ap", "boundary_iou", "boundary_ap")
+    print("| scene | class | refs | preds | precision | recall | F1 | AP50 | AP | BIoU | BAP |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, klass, m in rows:
-        cells = [m.get(k) for k in ("precision", "recall", "f1", "ap50", "ap")]
-        text = " | ".join("-" if v is None else f"{v:.3f}" for v in cells)
+        text = " | ".join("-" if m.get(k) is None else f"{m[k]:.3f}" for k in metrics)
         print(f"| {name} | {klass} | {m['n_ref']} | {m['n_pred']} | {text} |")
+    pooled: dict[str, list[int]] = {}
+    for name, _, m in rows:
+        if name.startswith("naip"):
+            counts = pooled.setdefault("naip test chips (fields)", [0, 0, 0])
+            counts[0] += m["tp"]
+            counts[1] += m["n_pred"] - m["tp"]
+            counts[2] += m["n_ref"] - m["tp"]
+    for name, (tp, fp, fn) in pooled.items():
+        f1 = 2 * tp / max(1, 2 * tp + fp + fn)
+        print(f"\n{name}, pooled: {tp} tp, {fp} fp, {fn} fn, F1 {f1:.3f}")
 
 
 if __name__ == "__main__":
