@@ -41,7 +41,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
 from geoseg.model.checkpoint import read_checkpoint
-from geoseg.model.protocol import file_sha256
+from geoseg.model.checksum import file_sha256
 
 __all__ = [
     "DEFAULT_CLASSES",
