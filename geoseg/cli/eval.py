@@ -72,7 +72,7 @@ def eval_command(
       geoseg eval out/scene.gpkg truth.gpkg --iou 0.5 --json scores.json
       geoseg eval pred.gpkg buildings.geojson --ref-class building --classes building
     """
-    from geoseg.evaluate import evaluate_files, format_table
+    from geoseg.learn.evaluate import evaluate_files, format_table
 
     result = evaluate_files(pred, ref, iou=iou, classes=classes, ref_class=ref_class)
     text = json.dumps(result, indent=2)

@@ -72,7 +72,7 @@ def synth_command(
       geoseg synth scene.tif --size 1024 1024 --gsd 0.5 --seed 7
       geoseg train --images scene.tif --labels scene.gpkg -o model.pt
     """
-    from geoseg.synth import write_scene
+    from geoseg.learn.synth import write_scene
 
     image_path, written_labels = write_scene(
         output, size_wh=size_wh, gsd_m=gsd_m, seed=seed, dtype=dtype, labels_path=labels_path

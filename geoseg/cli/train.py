@@ -117,7 +117,7 @@ def _csv(kind: type) -> Any:
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Add this many synthetic labelled scenes (geoseg.synth).",
+    help="Add this many synthetic labelled scenes (geoseg.learn.synth).",
 )
 @click.option(
     "--synthetic-seed",
@@ -173,7 +173,7 @@ def train_command(
       geoseg train --synthetic 200 --init none --epochs 12 -o synth.pt
       geoseg run scene.tif --model roofs.pt -o out/
     """
-    from geoseg.train import TrainOptions, train
+    from geoseg.learn.train import TrainOptions, train
 
     verbosity = (ctx.obj or {}).get("verbosity", 0)
     if not images and not kwargs["synthetic"]:
@@ -191,7 +191,7 @@ def train_command(
 
 
 def _label_sources(labels: tuple[Path, ...], label_class: tuple[str, ...]) -> list[Any]:
-    from geoseg.train import LabelSource
+    from geoseg.learn.train import LabelSource
 
     if len(label_class) > 1 and len(label_class) != len(labels):
         raise click.BadParameter(

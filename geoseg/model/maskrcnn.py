@@ -10,7 +10,7 @@ expects (``gsd_range_m``; the pipeline resamples scenes outside that range).
 - :class:`MaskRCNNSegmenter` follows :class:`geoseg.model.Segmenter`.
 - :func:`load_checkpoint` loads a ``.pt`` written by ``geoseg train``; :func:`load_default`
   the weights shipped in ``geoseg/model/weights/default.pt``.
-- :func:`build_network` makes the bare ``torch.nn.Module`` (used by :mod:`geoseg.train`).
+- :func:`build_network` makes the bare ``torch.nn.Module`` (used by :mod:`geoseg.learn.train`).
 """
 
 from __future__ import annotations
