@@ -13,7 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from geoseg.cli.options import options_from_cli, parse_bands, run_options
+from geoseg.cli.options import DIR, FILE, options_from_cli, parse_bands, run_options
 from geoseg.errors import UserInputError, first_line
 
 __all__ = ["batch_command", "load_spec"]
@@ -96,7 +96,7 @@ def _spec_callback(ctx: click.Context, param: click.Parameter, value: Path | Non
 @click.argument("inputs", nargs=-1)
 @click.option(
     "--spec",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=FILE,
     is_eager=True,
     expose_value=False,
     callback=_spec_callback,
@@ -105,7 +105,7 @@ def _spec_callback(ctx: click.Context, param: click.Parameter, value: Path | Non
 @click.option(
     "-o",
     "--outdir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=DIR,
     default=None,
     help="Output folder (required, here or in the spec).",
 )

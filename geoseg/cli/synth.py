@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
+from geoseg.cli.options import FILE
+
 __all__ = ["synth_command"]
 
 
 @click.command("synth")
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output", type=FILE)
 @click.option(
     "--size",
     "size_wh",
@@ -46,7 +48,7 @@ __all__ = ["synth_command"]
 @click.option(
     "--labels",
     "labels_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     default=None,
     help="Where to write the labels [default: OUTPUT with suffix .gpkg].",
 )

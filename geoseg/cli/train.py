@@ -8,39 +8,24 @@ from typing import Any
 
 import click
 
+from geoseg.cli.options import FILE, comma_list
+
 __all__ = ["train_command"]
 
 log = logging.getLogger(__name__)
-
-
-def _csv(kind: type) -> Any:
-    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-        if value is None:
-            return None
-        try:
-            items = tuple(kind(v.strip()) for v in value.split(",") if v.strip())
-        except ValueError:
-            raise click.BadParameter(
-                f"{value!r} is not a comma-separated list", param_hint=f"--{param.name}"
-            ) from None
-        if not items:
-            raise click.BadParameter("give at least one value", param_hint=f"--{param.name}")
-        return items
-
-    return callback
 
 
 @click.command("train")
 @click.option(
     "--images",
     multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=FILE,
     help="A labelled GeoTIFF (repeat for more).",
 )
 @click.option(
     "--labels",
     multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=FILE,
     help="A vector file of object polygons with a CRS (repeat for more); one file may cover "
     "many images, and each image takes the polygons of every file that lie over it.",
 )
@@ -55,14 +40,14 @@ def _csv(kind: type) -> Any:
     "--classes",
     default="building,field,ship",
     show_default=True,
-    callback=_csv(str),
+    callback=comma_list(str),
     help="The classes the model learns, in order.",
 )
 @click.option(
     "-o",
     "--output",
     required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=FILE,
     help="The model file to write (model.pt); checkpoints and logs go to <stem>.train/ "
     "beside it, and a rerun resumes from there.",
 )
@@ -108,7 +93,7 @@ def _csv(kind: type) -> Any:
     "--scales",
     default="1",
     show_default=True,
-    callback=_csv(float),
+    callback=comma_list(float),
     help="Also read each image this many times coarser (e.g. 1,2,4), so the model learns "
     "several ground sampling distances.",
 )
