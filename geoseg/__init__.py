@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__version__ = "0.1.0"
+from geoseg._version import __version__
+
 __all__ = ["__version__", "run"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -479,7 +479,7 @@ def finish_scene(
 
 
 def _version() -> str:
-    from geoseg import __version__
+    from geoseg._version import __version__
 
     return __version__
 

@@ -20,9 +20,9 @@ import pytest
 from affine import Affine
 
 from geoseg.batch import run_batch
+from geoseg.batch.inputs import output_stems, resolve_inputs
+from geoseg.batch.journal import JOURNAL_NAME, Journal
 from geoseg.config import RunOptions
-from geoseg.inputs import output_stems, resolve_inputs
-from geoseg.journal import JOURNAL_NAME, Journal
 from geoseg.testing import write_coded_scene
 from tests.conftest import ORACLE
 

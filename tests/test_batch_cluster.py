@@ -11,11 +11,11 @@ import pytest
 from affine import Affine
 
 from geoseg.batch import run_batch
-from geoseg.batch_cluster import check_cluster_spec, start_cluster
+from geoseg.batch.cluster import check_cluster_spec, start_cluster
+from geoseg.batch.journal import JOURNAL_NAME, batch_lock
 from geoseg.cli import main
 from geoseg.config import RunOptions
 from geoseg.errors import UserInputError
-from geoseg.journal import JOURNAL_NAME, batch_lock
 from geoseg.testing import OracleSegmenter, write_coded_scene
 from tests.conftest import ORACLE
 
@@ -159,9 +159,9 @@ def fail_on_seven() -> FailOnInstanceSeven:
 def test_a_scene_whose_tiles_fail_is_isolated_and_scenes_are_fed_in_a_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import geoseg.batch
+    import geoseg.batch.loop
 
-    monkeypatch.setattr(geoseg.batch, "MAX_PENDING_BATCHES", 2)  # a few batches at a time
+    monkeypatch.setattr(geoseg.batch.loop, "MAX_PENDING_BATCHES", 2)  # a few batches at a time
     scenes = [small_scene(tmp_path / "in", f"s{k}.tif") for k in range(3)]
     ids = np.zeros((120, 150), dtype=np.int32)
     ids[90:110, 130:145] = 7  # only the last tiles see it

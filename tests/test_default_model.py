@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from geoseg.config import RunOptions
-from geoseg.evaluate import evaluate_files
+from geoseg.learn.evaluate import evaluate_files
+from geoseg.learn.synth import write_scene
 from geoseg.model.checkpoint import read_checkpoint
 from geoseg.model.maskrcnn import DEFAULT_WEIGHTS, load_default
 from geoseg.pipeline import run_scene
-from geoseg.synth import write_scene
 
 CLASSES = ("building", "field", "ship")
 

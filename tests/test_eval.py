@@ -13,7 +13,7 @@ from shapely import box
 
 from geoseg.cli import main
 from geoseg.errors import LabelError, UserInputError
-from geoseg.evaluate import average_precision, evaluate, evaluate_files, read_polygons
+from geoseg.learn.evaluate import average_precision, evaluate, evaluate_files, read_polygons
 
 UTM = "EPSG:32632"
 X0, Y0 = 500_000.0, 5_000_000.0  # a real place in zone 32N, so reprojection is meaningful
@@ -359,7 +359,7 @@ def test_cli_bad_iou_is_a_usage_error(files):
 
 
 def test_synthetic_labels_score_perfectly_against_themselves(tmp_path: Path):
-    from geoseg.synth import write_scene
+    from geoseg.learn.synth import write_scene
 
     _, labels = write_scene(tmp_path / "s.tif", size_wh=(128, 128), gsd_m=2.0, seed=1)
     result = evaluate_files(labels, labels)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pystac
 import pytest
 
+from geoseg.batch.inputs import output_stems, resolve_inputs
 from geoseg.errors import UserInputError
-from geoseg.inputs import output_stems, resolve_inputs
 
 WHEN = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from geoseg.errors import UserInputError
-from geoseg.journal import (
+from geoseg.batch.journal import (
     JOURNAL_NAME,
     Journal,
     JournalEntry,
@@ -17,6 +16,7 @@ from geoseg.journal import (
     fingerprint,
     params_digest,
 )
+from geoseg.errors import UserInputError
 
 MIB = 1 << 20
 

@@ -15,6 +15,7 @@ from affine import Affine
 
 from geoseg.cli import main
 from geoseg.errors import UserInputError
+from geoseg.learn.train import LabelSource, TrainOptions, train
 from geoseg.model import load_segmenter
 from geoseg.model.checkpoint import read_checkpoint
 from geoseg.model.maskrcnn import (
@@ -23,7 +24,6 @@ from geoseg.model.maskrcnn import (
     build_network,
     load_backbone_weights,
 )
-from geoseg.train import LabelSource, TrainOptions, train
 
 UTM = "EPSG:32633"
 

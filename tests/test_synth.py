@@ -13,7 +13,7 @@ from rasterio import features
 
 from geoseg.cli import main
 from geoseg.errors import UserInputError
-from geoseg.synth import CLASSES, make_scene, render_scene, write_scene
+from geoseg.learn.synth import CLASSES, make_scene, render_scene, write_scene
 
 
 @pytest.fixture(scope="module")

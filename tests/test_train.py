@@ -13,13 +13,11 @@ import shapely
 import torch
 from affine import Affine
 
-from geoseg.chips import chip_windows, cut_chips, read_labels, targets_from_ids
 from geoseg.cli import main
 from geoseg.config import DEFAULT_MIN_SCORE
 from geoseg.errors import LabelError, UserInputError
-from geoseg.model import load_segmenter
-from geoseg.model.maskrcnn import MaskRCNNArch
-from geoseg.train import (
+from geoseg.learn.chips import chip_windows, cut_chips, read_labels, targets_from_ids
+from geoseg.learn.train import (
     SCORE_GRID,
     LabelSource,
     TrainOptions,
@@ -29,6 +27,8 @@ from geoseg.train import (
     train,
     tune_min_scores,
 )
+from geoseg.model import load_segmenter
+from geoseg.model.maskrcnn import MaskRCNNArch
 
 UTM = "EPSG:32633"
 TRANSFORM = Affine(1.0, 0.0, 500_000.0, 0.0, -1.0, 4_000_000.0)
@@ -228,7 +228,7 @@ def test_cli_train_usage_errors(
 
 
 def test_synthetic_scenes_join_the_training(tmp_path: Path) -> None:
-    pytest.importorskip("geoseg.synth")
+    pytest.importorskip("geoseg.learn.synth")
     options = TrainOptions(
         classes=("building", "field", "ship"),
         epochs=1,

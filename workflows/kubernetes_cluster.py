@@ -16,8 +16,8 @@ from dask_kubernetes.operator import KubeCluster
 from distributed import Client
 
 from geoseg.batch import run_batch
+from geoseg.batch.inputs import resolve_inputs
 from geoseg.config import RunOptions
-from geoseg.inputs import resolve_inputs
 
 
 def main(inputs: list[str], outdir: str) -> int:

@@ -15,8 +15,8 @@ from dask_jobqueue import SLURMCluster
 from distributed import Client
 
 from geoseg.batch import run_batch
+from geoseg.batch.inputs import resolve_inputs
 from geoseg.config import RunOptions
-from geoseg.inputs import resolve_inputs
 
 
 def main(inputs: list[str], outdir: str) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from geoseg.cli.options import options_from_cli, parse_bands, run_options
+from geoseg.cli.options import DIR, FILE, options_from_cli, parse_bands, run_options
 from geoseg.errors import UserInputError, first_line
 
 __all__ = ["batch_command", "load_spec"]
@@ -65,7 +65,7 @@ def load_spec(path: Path) -> dict[str, Any]:
         raise UserInputError(f"{path}: not a valid job spec ({first_line(exc)})") from exc
     if not isinstance(spec, dict):
         raise UserInputError(f"{path}: a job spec is a mapping of option names to values")
-    from geoseg.batch_cluster import reject_unknown_keys
+    from geoseg.batch.cluster import reject_unknown_keys
 
     reject_unknown_keys(spec, _SPEC_KEYS, where=str(path))
     base = path.parent
@@ -77,7 +77,7 @@ def load_spec(path: Path) -> dict[str, Any]:
             Path(spec["outdir"]) if Path(spec["outdir"]).is_absolute() else base / spec["outdir"]
         )
     if "cluster" in spec:
-        from geoseg.batch_cluster import check_cluster_spec
+        from geoseg.batch.cluster import check_cluster_spec
 
         spec["cluster"] = check_cluster_spec(spec["cluster"], where=f"{path}: cluster")
     if isinstance(spec.get("bands"), list):
@@ -96,7 +96,7 @@ def _spec_callback(ctx: click.Context, param: click.Parameter, value: Path | Non
 @click.argument("inputs", nargs=-1)
 @click.option(
     "--spec",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=FILE,
     is_eager=True,
     expose_value=False,
     callback=_spec_callback,
@@ -105,7 +105,7 @@ def _spec_callback(ctx: click.Context, param: click.Parameter, value: Path | Non
 @click.option(
     "-o",
     "--outdir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=DIR,
     default=None,
     help="Output folder (required, here or in the spec).",
 )
@@ -163,7 +163,7 @@ def batch_command(
       geoseg batch --spec workflows/local.yaml
     """
     from geoseg.batch import run_batch
-    from geoseg.inputs import resolve_inputs
+    from geoseg.batch.inputs import resolve_inputs
 
     spec = ctx.default_map or {}
     inputs = inputs or tuple(spec.get("inputs", ()))
@@ -182,7 +182,7 @@ def batch_command(
         stack.callback(progress.close)
         from_command_line = ctx.get_parameter_source("scheduler") == ParameterSource.COMMANDLINE
         if spec.get("cluster") and not from_command_line:
-            from geoseg.batch_cluster import start_cluster
+            from geoseg.batch.cluster import start_cluster
 
             scheduler = stack.enter_context(start_cluster(spec["cluster"]))
         report = run_batch(

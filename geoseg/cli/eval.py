@@ -5,25 +5,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import click
+
+from geoseg.cli.options import FILE, comma_list
 
 __all__ = ["eval_command"]
 
 
-def _class_list(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    if value is None:
-        return None
-    names = tuple(v.strip() for v in value.split(",") if v.strip())
-    if not names:
-        raise click.BadParameter("give at least one class name", param_hint="--classes")
-    return names
-
-
 @click.command("eval")
-@click.argument("pred", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("ref", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("pred", type=FILE)
+@click.argument("ref", type=FILE)
 @click.option(
     "--iou",
     type=click.FloatRange(0, 1, min_open=True),
@@ -40,7 +32,7 @@ def _class_list(ctx: click.Context, param: click.Parameter, value: str | None) -
 )
 @click.option(
     "--classes",
-    callback=_class_list,
+    callback=comma_list(str, empty="give at least one class name"),
     metavar="NAME,...",
     help="Evaluate only these classes [default: every class in either file].",
 )
@@ -90,7 +82,7 @@ def eval_command(
       geoseg eval pred.gpkg buildings.geojson --ref-class building --classes building
       geoseg eval pred.gpkg fields.gpkg --boundary-width 20
     """
-    from geoseg.evaluate import evaluate_files, format_table
+    from geoseg.learn.evaluate import evaluate_files, format_table
 
     result = evaluate_files(
         pred, ref, iou=iou, classes=classes, ref_class=ref_class, boundary_width=boundary_width

@@ -1,17 +1,44 @@
-"""Options shared by ``geoseg run`` and ``geoseg batch``, defined once."""
+"""Options and parameter types shared by the commands, defined once: the run options of
+``geoseg run`` and ``geoseg batch``, file and folder paths, comma-separated lists."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from geoseg.config import RunOptions
 
-__all__ = ["options_from_cli", "parse_bands", "run_options"]
+__all__ = ["DIR", "FILE", "comma_list", "options_from_cli", "parse_bands", "run_options"]
 
 _DEFAULTS = RunOptions()
+
+#: A file path (not a folder), as a :class:`~pathlib.Path`.
+FILE = click.Path(path_type=Path, dir_okay=False)
+#: A folder path (not a file), as a :class:`~pathlib.Path`.
+DIR = click.Path(path_type=Path, file_okay=False)
+
+
+def comma_list(kind: type = str, *, empty: str = "give at least one value") -> Any:
+    """A callback that parses ``"a,b,c"`` into a tuple of ``kind`` (None stays None); an
+    unparsable item or an empty list is a :class:`click.BadParameter` (``empty``: its text)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            items = tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r} is not a comma-separated list", param_hint=f"--{param.name}"
+            ) from None
+        if not items:
+            raise click.BadParameter(empty, param_hint=f"--{param.name}")
+        return items
+
+    return callback
 
 
 def parse_bands(value: str | None) -> tuple[int, ...] | None:

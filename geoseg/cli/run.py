@@ -8,17 +8,17 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import options_from_cli, run_options
+from geoseg.cli.options import DIR, FILE, options_from_cli, run_options
 
 __all__ = ["run_command"]
 
 
 @click.command("run")
-@click.argument("scene", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("scene", type=FILE)
 @click.option(
     "-o",
     "--outdir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=DIR,
     default=Path("geoseg-out"),
     show_default=True,
     help="Folder for SCENE.gpkg (one layer per class, scene CRS) and "

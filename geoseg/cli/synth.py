@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
+from geoseg.cli.options import FILE
+
 __all__ = ["synth_command"]
 
 
 @click.command("synth")
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output", type=FILE)
 @click.option(
     "--size",
     "size_wh",
@@ -46,7 +48,7 @@ __all__ = ["synth_command"]
 @click.option(
     "--labels",
     "labels_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     default=None,
     help="Where to write the labels [default: OUTPUT with suffix .gpkg].",
 )
@@ -72,7 +74,7 @@ def synth_command(
       geoseg synth scene.tif --size 1024 1024 --gsd 0.5 --seed 7
       geoseg train --images scene.tif --labels scene.gpkg -o model.pt
     """
-    from geoseg.synth import write_scene
+    from geoseg.learn.synth import write_scene
 
     image_path, written_labels = write_scene(
         output, size_wh=size_wh, gsd_m=gsd_m, seed=seed, dtype=dtype, labels_path=labels_path

@@ -8,30 +8,16 @@ from typing import Any
 
 import click
 
+from geoseg.cli.options import FILE, comma_list
+
 __all__ = ["train_command"]
 
 log = logging.getLogger(__name__)
 
 
-def _csv(kind: type) -> Any:
-    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-        if value is None:
-            return None
-        try:
-            items = tuple(kind(v.strip()) for v in value.split(",") if v.strip())
-        except ValueError:
-            raise click.BadParameter(
-                f"{value!r} is not a comma-separated list", param_hint=f"--{param.name}"
-            ) from None
-        if not items:
-            raise click.BadParameter("give at least one value", param_hint=f"--{param.name}")
-        return items
-
-    return callback
-
-
-def _csv_each(kind: type) -> Any:
-    one = _csv(kind)
+def _comma_lists(kind: type) -> Any:
+    """:func:`comma_list` for an option given several times: a tuple of tuples."""
+    one = comma_list(kind)
 
     def callback(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
         return tuple(one(ctx, param, v) for v in values)
@@ -43,13 +29,13 @@ def _csv_each(kind: type) -> Any:
 @click.option(
     "--images",
     multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=FILE,
     help="A labelled GeoTIFF (repeat for more).",
 )
 @click.option(
     "--labels",
     multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=FILE,
     help="A vector file of object polygons with a CRS (repeat for more); one file may cover "
     "many images, and each image takes the polygons of every file that lie over it.",
 )
@@ -64,14 +50,14 @@ def _csv_each(kind: type) -> Any:
     "--classes",
     default="building,field,ship",
     show_default=True,
-    callback=_csv(str),
+    callback=comma_list(str),
     help="The classes the model learns, in order.",
 )
 @click.option(
     "-o",
     "--output",
     required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=FILE,
     help="The model file to write (model.pt); checkpoints and logs go to <stem>.train/ "
     "beside it, and a rerun resumes from there.",
 )
@@ -118,7 +104,7 @@ def _csv_each(kind: type) -> Any:
 @click.option(
     "--scales",
     multiple=True,
-    callback=_csv_each(float),
+    callback=_comma_lists(float),
     help="Also read each image this many times coarser (e.g. 1,2,4), so the model learns "
     "several ground sampling distances: once for all images, or once per --images in the "
     "same order [default: 1].",
@@ -128,7 +114,7 @@ def _csv_each(kind: type) -> Any:
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Add this many synthetic labelled scenes (geoseg.synth).",
+    help="Add this many synthetic labelled scenes (geoseg.learn.synth).",
 )
 @click.option(
     "--synthetic-seed",
@@ -184,7 +170,7 @@ def train_command(
       geoseg train --synthetic 200 --init none --epochs 12 -o synth.pt
       geoseg run scene.tif --model roofs.pt -o out/
     """
-    from geoseg.train import TrainOptions, train
+    from geoseg.learn.train import TrainOptions, train
 
     verbosity = (ctx.obj or {}).get("verbosity", 0)
     if not images and not kwargs["synthetic"]:
@@ -210,7 +196,7 @@ def train_command(
 
 
 def _label_sources(labels: tuple[Path, ...], label_class: tuple[str, ...]) -> list[Any]:
-    from geoseg.train import LabelSource
+    from geoseg.learn.train import LabelSource
 
     if len(label_class) > 1 and len(label_class) != len(labels):
         raise click.BadParameter(

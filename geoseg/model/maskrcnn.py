@@ -17,7 +17,7 @@ pipeline resamples scenes outside that range).
 - :class:`MaskRCNNSegmenter` follows :class:`geoseg.model.Segmenter`.
 - :func:`load_checkpoint` loads a ``.pt`` written by ``geoseg train``; :func:`load_default`
   the weights shipped in ``geoseg/model/weights/default.pt``.
-- :func:`build_network` makes the bare ``torch.nn.Module`` (used by :mod:`geoseg.train`).
+- :func:`build_network` makes the bare ``torch.nn.Module`` (used by :mod:`geoseg.learn.train`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
 from geoseg.model.checkpoint import read_checkpoint
-from geoseg.model.protocol import file_sha256
+from geoseg.model.checksum import file_sha256
 
 __all__ = [
     "DEFAULT_CLASSES",

@@ -39,6 +39,7 @@ import numpy as np
 
 from geoseg.config import as_min_score
 from geoseg.errors import ModelError, UserInputError
+from geoseg.model.checksum import file_sha256
 
 __all__ = ["Instances", "ModelInfo", "Segmenter", "describe_model", "load_segmenter"]
 
@@ -140,15 +141,6 @@ def _spec_checksum(spec: str) -> str:
     if path.is_file():
         return file_sha256(path)
     return "sha256:" + hashlib.sha256(spec.encode()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """``sha256:<hex>`` of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 _CACHE: dict[tuple[str, str], Segmenter] = {}

@@ -1,6 +1,6 @@
 """Train geoseg's Mask R-CNN on labelled GeoTIFFs (and synthetic scenes), resumably.
 
-:func:`train` cuts chips from every scene (:mod:`geoseg.chips`, optionally at several
+:func:`train` cuts chips from every scene (:mod:`geoseg.learn.chips`, optionally at several
 GSDs), holds out the eastern strip of each scene for validation, trains with random flips,
 90-degree turns and radiometric jitter, writes the model after every epoch, and scores the
 validation chips at the end (instance F1 at mask IoU 0.5, per class).
@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoseg.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
 from geoseg.config import DEFAULT_MIN_SCORE
 from geoseg.errors import UserInputError
+from geoseg.learn.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
 from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
 from geoseg.model.maskrcnn import (
     DEFAULT_CLASSES,
@@ -306,9 +306,11 @@ def _gsds(native: float, scales: Sequence[float]) -> list[float]:
 def _synthetic_scenes(directory: Path, options: TrainOptions) -> list[tuple[Path, Path, float]]:
     """Write (or find, when resuming) the synthetic scenes; ``(image, labels, gsd)`` each."""
     try:
-        from geoseg import synth
+        from geoseg.learn import synth
     except ImportError as exc:
-        raise UserInputError(f"--synthetic needs geoseg.synth, which is missing ({exc})") from exc
+        raise UserInputError(
+            f"--synthetic needs geoseg.learn.synth, which is missing ({exc})"
+        ) from exc
 
     directory.mkdir(parents=True, exist_ok=True)
     out = []

@@ -4,8 +4,8 @@ All scenes are planned first (a scene that cannot be opened is recorded as faile
 away), then the tile batches of every scene are submitted to the cluster together, so workers
 stay busy across scene boundaries. As soon as all batches of a scene are in, the scene is
 stitched and written (atomically, see :mod:`geoseg.output`) and a line goes to the journal
-(:mod:`geoseg.journal`). A rerun skips the scenes the journal shows done with the same input,
-model and parameters.
+(:mod:`geoseg.batch.journal`). A rerun skips the scenes the journal shows done with the same
+input, model and parameters.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from geoseg.batch.inputs import output_stems
+from geoseg.batch.journal import Journal, JournalEntry, batch_lock, fingerprint, params_digest
 from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, ModelError, UserInputError
-from geoseg.inputs import output_stems
-from geoseg.journal import Journal, JournalEntry, batch_lock, fingerprint, params_digest
 from geoseg.model.protocol import load_segmenter
 from geoseg.pipeline import BatchResult, ScenePlan, finish_scene, plan_scene, scene_tasks
 
@@ -175,7 +175,7 @@ def run_batch(
 
         merged = None
         if merge:
-            from geoseg.batch_merge import merge_outputs
+            from geoseg.batch.merge import merge_outputs
 
             done = [o for s in scenes if (o := outcomes.get(s)) and o.status in ("done", "skipped")]
             merged = merge_outputs(done, outdir, merge_iou=options.merge_iou)
