@@ -43,7 +43,7 @@ from geoseg.fragments import MaskCrop, instances_to_crops
 from geoseg.grid import Tile, TileGrid
 from geoseg.model.protocol import Instances, ModelInfo, describe_model, load_segmenter
 from geoseg.output import COLUMNS, write_outputs
-from geoseg.scene import SceneInfo, fit_gsd, open_scene, read_tiles
+from geoseg.scene import SceneInfo, clamp_gsd, fit_gsd, open_scene, read_tiles
 from geoseg.stitch import Fragment, StitchedObject, stitch
 from geoseg.vectorize import GeoMeasures, crop_to_polygon, stable_id, to_crs_polygon
 
@@ -204,7 +204,7 @@ def _readings(
                 f"({gsd_range[1]:.3g} m)"
             )
             continue
-        target = _clamp(native, gsd_range)
+        target = clamp_gsd(native, gsd_range)
         key = next((t for t in targets if abs(t - target) <= 1e-3 * target), target)
         targets.setdefault(key, []).append(k)
     if not targets:
@@ -221,17 +221,6 @@ def _readings(
     for name in notes:
         log.warning("%s", name)
     return readings, notes
-
-
-def _clamp(gsd: float, gsd_range: tuple[float, float] | None) -> float:
-    if gsd_range is None:
-        return gsd
-    low, high = gsd_range
-    if gsd < low * 0.999:
-        return low
-    if gsd > high * 1.001:
-        return high
-    return gsd
 
 
 def read_stage(scene: SceneInfo, tiles: Sequence[Tile], tile_px: int) -> ReadBatch:

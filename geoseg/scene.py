@@ -46,7 +46,15 @@ from geoseg.errors import (
 )
 from geoseg.grid import PixelWindow
 
-__all__ = ["STATS_SIZE_PX", "SceneInfo", "fit_gsd", "normalize", "open_scene", "read_tiles"]
+__all__ = [
+    "STATS_SIZE_PX",
+    "SceneInfo",
+    "clamp_gsd",
+    "fit_gsd",
+    "normalize",
+    "open_scene",
+    "read_tiles",
+]
 
 log = logging.getLogger(__name__)
 
@@ -242,14 +250,20 @@ def _target_gsd(
         if gsd_m <= 0:
             raise UserInputError(f"--gsd {gsd_m} must be a positive number of metres")
         return None if math.isclose(gsd_m, file_gsd, rel_tol=1e-3) else gsd_m
-    if model_range is None:
-        return None
-    low, high = model_range
-    if file_gsd < low * 0.999:
+    target = clamp_gsd(file_gsd, model_range)
+    return None if target == file_gsd else target
+
+
+def clamp_gsd(gsd: float, gsd_range: tuple[float, float] | None) -> float:
+    """``gsd`` moved into ``gsd_range`` (unchanged within 0.1 % of it, or without a range)."""
+    if gsd_range is None:
+        return gsd
+    low, high = gsd_range
+    if gsd < low * 0.999:
         return low
-    if file_gsd > high * 1.001:
+    if gsd > high * 1.001:
         return high
-    return None
+    return gsd
 
 
 def _stretch_stats(src: Any, bands: tuple[int, ...], path: Path) -> tuple[tuple[float, float], ...]:

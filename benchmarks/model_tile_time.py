@@ -1,0 +1,54 @@
+"""Per-tile CPU time of models' ``predict`` on the same real tiles (issue 9's speed budget).
+
+Reads 512 px tiles from a scene exactly as ``geoseg run`` does, then times ``predict`` of each
+model on them in turn, several rounds interleaved (so that a busy machine slows every model
+alike), with one torch thread, and prints seconds per tile and the ratio to the first model::
+
+    python benchmarks/model_tile_time.py old.pt default --scene sample_data/atlanta_pan.tif
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from geoseg.config import RunOptions
+from geoseg.model.protocol import load_segmenter
+from geoseg.pipeline import plan_scene, read_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="--model specs; the first is the baseline")
+    parser.add_argument("--scene", default="sample_data/atlanta_pan.tif")
+    parser.add_argument("--tiles", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    plan = plan_scene(args.scene, RunOptions(model=args.models[0], gsd_m=None))
+    tiles = [t for _, batch in plan.batches for t in batch][: args.tiles]
+    pixels = read_stage(plan.scene, tiles, plan.options.tile_px).pixels
+    models = [load_segmenter(spec, device="cpu") for spec in args.models]
+    for model in models:  # warm up
+        model.predict(pixels[:1])
+    seconds = np.zeros((len(models), args.rounds))
+    for r in range(args.rounds):
+        for m, model in enumerate(models):
+            start = time.process_time()
+            model.predict(pixels, min_score=0.5)
+            seconds[m, r] = (time.process_time() - start) / len(pixels)
+    base = seconds[0].min()
+    print(
+        f"{len(pixels)} tiles of {plan.options.tile_px} px from {args.scene}, "
+        f"{args.threads} thread(s), best of {args.rounds} rounds (CPU seconds per tile)"
+    )
+    for spec, row in zip(args.models, seconds, strict=True):
+        print(f"  {spec:40s} {row.min():.3f} s/tile  x{row.min() / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
