@@ -44,3 +44,16 @@ def test_the_default_model_finds_houses_in_a_held_out_synthetic_scene(
     scores = evaluate_files(tmp_path / "out" / "s.gpkg", labels)["classes"]
     assert scores["building"]["n_ref"] >= 10
     assert scores["building"]["f1"] >= 0.7, scores["building"]
+
+
+def test_a_300_m_scene_stops_at_once_with_a_clear_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from geoseg.cli import main
+
+    scene = Path(__file__).parents[1] / "sample_data" / "RGB.byte.tif"
+    with pytest.raises(SystemExit) as done:
+        main(["run", str(scene), "-o", "/nonexistent/never-written"])
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2
+    assert "RGB.byte.tif: GSD 300 m is too coarse" in err and len(err.splitlines()) == 1
