@@ -145,8 +145,86 @@ def test_cli_scales_once_per_image(
     image, labels = scene
     with pytest.raises(SystemExit) as done:
         main(
-            ["train", "--images", str(image), "--labels", str(labels), "--scales", "1",
-             "--scales", "2", "-o", str(tmp_path / "m.pt")]
+            [
+                "train",
+                "--images",
+                str(image),
+                "--labels",
+                str(labels),
+                "--scales",
+                "1",
+                "--scales",
+                "2",
+                "-o",
+                str(tmp_path / "m.pt"),
+            ]
         )
     err = capsys.readouterr().err
     assert done.value.code == 2 and "--scales" in err and "once per --images" in err
+
+
+def test_thresholds_can_be_tuned_on_the_real_validation_chips(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Synthetic chips, where the model is surer and its false positives score low, must not
+    set the threshold of a model meant for real imagery when ``tune_on="real"``."""
+    from geoseg.grid import PixelWindow
+    from geoseg.learn import train as train_module
+    from geoseg.learn.chips import Chip
+
+    ids = np.zeros((32, 32), dtype=np.int32)
+    ids[2:10, 2:10] = 1
+    obj = ids == 1
+    elsewhere = [np.roll(obj, 12 * k, axis=1) for k in (1, 2)] + [np.roll(obj, 12, axis=0)]
+
+    def chip(source: str) -> Chip:
+        window = PixelWindow(0, 0, 32, 32)
+        return Chip(
+            np.zeros((3, 32, 32), np.uint8),
+            np.ones((32, 32), bool),
+            ids,
+            np.array([0]),
+            source,
+            window,
+            1.0,
+            "val",
+        )
+
+    # the synthetic chip: the object at 0.9 and three false positives at 0.2;
+    # the real chip: the object found, but only at 0.15
+    outputs = {
+        "synth.tif": (np.stack([obj, *elsewhere]), np.array([0.9, 0.2, 0.2, 0.2])),
+        "real.tif": (obj[None], np.array([0.15])),
+    }
+
+    class Fake:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def predict(self, pixels: np.ndarray) -> list[dict[str, np.ndarray]]:
+            return [
+                {"masks": m, "scores": s.astype(np.float32), "labels": np.zeros(len(s), int)}
+                for m, s in (outputs[c] for c in self.batch)
+            ]
+
+    chips = [chip("synth.tif"), chip("real.tif")]
+    Fake.batch = ["synth.tif", "real.tif"]
+    monkeypatch.setattr(train_module, "MaskRCNNSegmenter", Fake)
+    monkeypatch.setattr(train_module, "MIN_TUNING_REFS", 1)
+    network = torch.nn.Linear(1, 1)
+
+    def tuned(tune_on: str) -> float:
+        options = TrainOptions(classes=("building",), batch_size=2, tune_on=tune_on)
+        result = train_module._validate(
+            network,
+            chips,
+            options,
+            torch.device("cpu"),
+            1,
+            lambda e: None,
+            frozenset({"synth.tif"}),
+        )
+        return result.min_score["building"]
+
+    assert tuned("all") == 0.6  # 0.25-0.9 tie at F1 2/3: the middle one
+    assert tuned("real") == 0.1  # 0.05-0.15 keep the real object: F1 1

@@ -138,6 +138,14 @@ def _comma_lists(kind: type) -> Any:
     show_default=True,
     help="Score the validation chips every N epochs (0: only at the end).",
 )
+@click.option(
+    "--tune-on",
+    type=click.Choice(["all", "real"]),
+    default="all",
+    show_default=True,
+    help="Validation chips that set each class's score threshold: all, or only those of "
+    "--images (not synthetic scenes), for classes with 20 or more objects there.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option(

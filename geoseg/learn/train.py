@@ -62,6 +62,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+MIN_TUNING_REFS = 20
+"""Real validation objects a class needs before ``tune_on="real"`` sets its threshold."""
 SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
 """The score thresholds tried on the validation chips; the best for each class (F1) is
 recorded in the checkpoint as the model's ``min_score``."""
@@ -86,7 +88,11 @@ class TrainOptions:
     ``scales``: factors by which each scene is also read coarser (``(1.0, 2.0)``: at its own
     GSD and at twice it). ``synthetic``: how many synthetic scenes of ``synthetic_size_px``
     pixels to add, seeds from ``synthetic_seed`` on. ``val_every``: score the validation
-    chips every that many epochs (0: only at the end).
+    chips every that many epochs (0: only at the end). ``tune_on``: the validation chips
+    whose F1 sets each class's score threshold: ``"all"``, or ``"real"`` (those of the given
+    images, not the synthetic scenes, for each class with at least :data:`MIN_TUNING_REFS`
+    objects there; a model meant for real imagery should not take its thresholds from
+    synthetic scenes, where it is surer).
     """
 
     classes: tuple[str, ...] = DEFAULT_CLASSES
@@ -107,6 +113,7 @@ class TrainOptions:
     device: str = "auto"
     seed: int = 0
     val_every: int = 0
+    tune_on: str = "all"
     arch: MaskRCNNArch = field(default_factory=MaskRCNNArch)
 
     def validate(self) -> None:
@@ -127,6 +134,7 @@ class TrainOptions:
             ),
             (self.synthetic >= 0, "--synthetic must be 0 or more"),
             (self.synthetic_seed >= 100, "--synthetic-seed: seeds 0-99 are kept for evaluation"),
+            (self.tune_on in ("all", "real"), "--tune-on must be all or real"),
         ]
         for ok, message in checks:
             if not ok:
@@ -199,6 +207,7 @@ def train(
     side = sidecar_dir(output)
     side.mkdir(parents=True, exist_ok=True)
     sources = _sources(images, labels, options, side)
+    synthetic = frozenset(s["image"] for s in sources if s["labels"] is not None)
     chips = _all_chips(sources, labels, options)
     train_chips = [c for c in chips if c.split == "train"]
     val_chips = [c for c in chips if c.split == "val"]
@@ -244,13 +253,13 @@ def train(
             network, optimizer, train_chips, options, device, epoch, steps, total_steps, emit
         )
         if options.val_every and epoch % options.val_every == 0 and epoch < options.epochs:
-            validation = _validate(network, val_chips, options, device, epoch, emit)
+            validation = _validate(network, val_chips, options, device, epoch, emit, synthetic)
             summary["val_f1"] = {c: m["f1"] for c, m in validation.scores.items()}
             summary["val_min_score"] = validation.min_score
         history.append(summary)
         _append_history(side / "history.jsonl", summary)
         _save(output, side, network, optimizer, epoch, history, validation, meta)
-    validation = _validate(network, val_chips, options, device, options.epochs, emit)
+    validation = _validate(network, val_chips, options, device, options.epochs, emit, synthetic)
     _save(output, side, network, optimizer, options.epochs, history, validation, meta)
     return TrainResult(
         output=output,
@@ -412,7 +421,7 @@ def _data_info(
     }
 
 
-_NOT_SETUP = ("epochs", "device", "val_every")
+_NOT_SETUP = ("epochs", "device", "val_every", "tune_on")
 _TEST_TIME = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_detections_per_img")
 
 
@@ -653,6 +662,7 @@ def _validate(
     device: torch.device,
     epoch: int,
     emit: Progress,
+    synthetic: frozenset[str] = frozenset(),
 ) -> Validation:
     if not chips:
         return Validation({}, None)
@@ -662,7 +672,9 @@ def _validate(
     n_classes = len(options.classes)
     scores: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
     matched: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
+    real: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
     n_ref = np.zeros(n_classes, dtype=np.int64)
+    n_real_ref = np.zeros(n_classes, dtype=np.int64)
     for start in range(0, len(chips), options.batch_size):
         batch = chips[start : start + options.batch_size]
         pixels = np.stack([c.pixels.astype(np.float32) / 255.0 for c in batch])
@@ -675,10 +687,22 @@ def _validate(
                 matched[k].append(
                     greedy_matches(masks[mine], pred["scores"][mine], ref_masks[ref_cls == k])
                 )
+                is_real = chip.source not in synthetic
+                real[k].append(np.full(int(mine.sum()), is_real))
                 n_ref[k] += int((ref_cls == k).sum())
+                n_real_ref[k] += int((ref_cls == k).sum()) if is_real else 0
     network.train()
     flat = [(np.concatenate(s), np.concatenate(m)) for s, m in zip(scores, matched, strict=True)]
     best = tune_min_scores(flat, n_ref)
+    if options.tune_on == "real":
+        on_real = [np.concatenate(r) for r in real]
+        real_best = tune_min_scores(
+            [(s[r], m[r]) for (s, m), r in zip(flat, on_real, strict=True)], n_real_ref
+        )
+        best = [
+            rb if n >= MIN_TUNING_REFS else b
+            for b, rb, n in zip(best, real_best, n_real_ref, strict=True)
+        ]
     result = f1_scores(
         np.array([_counts_at(*f, r, t) for f, r, t in zip(flat, n_ref, best, strict=True)]),
         options.classes,
