@@ -66,7 +66,7 @@ def read_quicklook(scene: SceneInfo, max_px: int = PREVIEW_PX) -> QuickLook:
         bands = list(scene.bands[:3])
         data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average)
         mask = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
-        transform = src.transform * Affine.scale(src.width / shape[1], src.height / shape[0])
+        transform = src.transform @ Affine.scale(src.width / shape[1], src.height / shape[0])
         gsd = scene.file_gsd_m * src.width / shape[1]
     if np.issubdtype(data.dtype, np.floating):
         mask &= np.all(np.isfinite(data), axis=0)
@@ -123,7 +123,7 @@ def _draw_polygon(
     outlines = []
     for ring in rings:
         xy = np.asarray(ring.coords)
-        cols, rows = to_pixels * (xy[:, 0], xy[:, 1])
+        cols, rows = to_pixels @ (xy[:, 0], xy[:, 1])
         points = zip(np.asarray(cols).tolist(), np.asarray(rows).tolist(), strict=True)
         outlines.append(list(points))
     exterior = outlines[0]

@@ -9,13 +9,14 @@ side-car files, so a scene costs a handful of requests beyond the blocks themsel
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
-__all__ = ["REMOTE_ENV", "gdal_path", "is_remote", "scene_stem"]
+__all__ = ["REMOTE_ENV", "gdal_path", "is_remote", "remote_path", "scene_stem"]
 
 _URL_PREFIXES = ("http://", "https://", "s3://")
 _VSI_PREFIXES = (
     "/vsicurl/",
+    "/vsicurl?",
     "/vsis3/",
     "/vsigs/",
     "/vsiaz/",
@@ -51,10 +52,20 @@ def gdal_path(path: str | Path) -> str:
     return text
 
 
+def remote_path(url: str) -> Path:
+    """A URL as a :class:`~pathlib.Path` that survives ``Path`` (which would fold ``//``):
+    ``/vsicurl?url=<percent-encoded URL>`` for http(s), ``/vsis3/bucket/key`` for s3."""
+    if url.startswith(("http://", "https://")):
+        return Path(f"/vsicurl?url={quote(url, safe='')}")
+    return Path(gdal_path(url))
+
+
 def scene_stem(path: str | Path) -> str:
     """The file stem that names a scene's outputs, for local paths and URLs alike (a URL's
     query string, e.g. a signature, is ignored)."""
     text = str(path)
+    if text.startswith("/vsicurl?"):
+        text = parse_qs(text[len("/vsicurl?") :]).get("url", [text])[0]
     for prefix in ("/vsicurl/", "/vsis3/"):
         if text.startswith(prefix):
             text = text[len(prefix) :]

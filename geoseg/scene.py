@@ -342,9 +342,11 @@ def read_tiles(
         with open_working_grid(scene) as src:
             for k, win in enumerate(windows):
                 rio_win = rasterio.windows.Window(win.col_off, win.row_off, win.width, win.height)
-                data = src.read(list(scene.bands), window=rio_win)
                 masks = src.read_masks(list(scene.bands), window=rio_win)
                 ok = np.all(masks > 0, axis=0)
+                if not ok.any():  # all nodata: its pixels are never read (nor fetched)
+                    continue
+                data = src.read(list(scene.bands), window=rio_win)
                 if np.issubdtype(data.dtype, np.floating):
                     ok &= np.all(np.isfinite(data), axis=0)
                 norm = normalize(data, scene.dtype, scene.stretch)

@@ -125,9 +125,9 @@ def write_gpkg_styles(
 ) -> None:
     """Add a default QGIS style per class layer and a layer description to GeoPackage ``path``.
 
-    ``counts`` maps each class layer to its number of objects (for the description). The
-    ``layer_styles`` table is left out of ``gpkg_contents``, as GDAL and QGIS accept, so that
-    tools listing the GeoPackage's layers still see only the classes.
+    ``counts`` maps each class layer to its number of objects (for the description). As
+    QGIS does, ``layer_styles`` is registered in ``gpkg_contents`` as an attributes table (GDAL
+    then lists it as a layer without geometry, which is how QGIS finds it).
     """
     colours = class_colours(list(counts))
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
@@ -135,6 +135,12 @@ def write_gpkg_styles(
     try:
         with con:
             con.execute(_LAYER_STYLES)
+            con.execute(
+                "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, "
+                "description, last_change) VALUES ('layer_styles', 'attributes', "
+                "'layer_styles', 'QGIS styles of the class layers', ?)",
+                (now,),
+            )
             for name, count in counts.items():
                 geom = con.execute(
                     "SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (name,)

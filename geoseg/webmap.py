@@ -37,6 +37,10 @@ _PAGE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>__TITLE__</title>
+<!-- The map is drawn by Leaflet 1.9.4 (https://leafletjs.com), inlined below, under this
+licence:
+
+__LEAFLET_LICENSE__-->
 <style>__LEAFLET_CSS__</style>
 <style>
 html, body, #map { height: 100%; margin: 0; background: #202020; }
@@ -121,6 +125,7 @@ def render_webmap(
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     static = resources.files("geoseg") / "static" / "leaflet"
     page = _PAGE.replace("__TITLE__", _html_escape(title))
+    page = page.replace("__LEAFLET_LICENSE__", (static / "LICENSE").read_text().replace("--", "-"))
     page = page.replace("__LEAFLET_CSS__", (static / "leaflet.css").read_text())
     page = page.replace("__DATA__", payload)
     return page.replace("__LEAFLET_JS__", (static / "leaflet.js").read_text())
@@ -147,7 +152,7 @@ def _image_overlay(look: QuickLook) -> dict[str, Any]:
     """The quick-look warped to Web Mercator, as a PNG data URL and its lat/lon bounds."""
     height, width = look.valid.shape
     corners = np.array([(0, 0), (width, 0), (0, height), (width, height)], dtype=float)
-    xs, ys = look.transform * (corners[:, 0], corners[:, 1])
+    xs, ys = look.transform @ (corners[:, 0], corners[:, 1])
     left, bottom, right, top = min(xs), min(ys), max(xs), max(ys)
     dst_transform, dst_w, dst_h = calculate_default_transform(
         look.crs, _WEB_MERCATOR, width, height, left=left, bottom=bottom, right=right, top=top
@@ -167,8 +172,8 @@ def _image_overlay(look: QuickLook) -> dict[str, Any]:
     )
     buffer = io.BytesIO()
     Image.fromarray(np.moveaxis(warped, 0, -1), "RGBA").save(buffer, format="PNG", optimize=True)
-    west, north = dst_transform * (0, 0)
-    east, south = dst_transform * (dst_w, dst_h)
+    west, north = dst_transform @ (0, 0)
+    east, south = dst_transform @ (dst_w, dst_h)
     lon0, lat0, lon1, lat1 = transform_bounds(_WEB_MERCATOR, "EPSG:4326", west, south, east, north)
     return {
         "url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
