@@ -45,6 +45,8 @@ def gdal_path(path: str | Path) -> str:
     """The path GDAL opens: ``https://h/a.tif`` -> ``/vsicurl/https://h/a.tif``,
     ``s3://bucket/key.tif`` -> ``/vsis3/bucket/key.tif``; anything else unchanged."""
     text = str(path)
+    if text.startswith("/vsicurl?"):  # the Path-safe form of remote_path
+        text = parse_qs(text[len("/vsicurl?") :]).get("url", [text])[0]
     if text.startswith(("http://", "https://")):
         return f"/vsicurl/{text}"
     if text.startswith("s3://"):
