@@ -361,7 +361,8 @@ def count_outputs(outdir: Path, stem: str) -> dict[str, int]:
     gpkg = outdir / f"{stem}.gpkg"
     return {
         name: int(pyogrio.read_info(gpkg, layer=name)["features"])
-        for name, _ in pyogrio.list_layers(gpkg)
+        for name, kind in pyogrio.list_layers(gpkg)
+        if kind is not None  # not layer_styles
     }
 
 

@@ -27,7 +27,10 @@ class RunOptions:
     exact). ``crs``: a CRS to assume for a scene that has a geotransform but no CRS.
     ``gsd_m``: read the scene resampled to this ground sampling distance (``None``: what the
     model asks for, if anything). ``merge_iou``: IoU, inside the strip two tiles share, above
-    which two fragments are taken for one object.
+    which two fragments are taken for one object. ``formats``: the vector formats to write
+    (``gpkg``, ``geojson``, ``parquet``, ``fgb``). ``preview``/``webmap``: also write
+    ``SCENE_preview.png`` and ``SCENE.html``. ``regularize``: square building outlines
+    (right angles along their dominant directions) instead of simplifying them.
     """
 
     model: str = "default"
@@ -42,6 +45,9 @@ class RunOptions:
     gsd_m: float | None = None
     merge_iou: float = 0.5
     formats: tuple[str, ...] = field(default=("gpkg", "geojson"))
+    preview: bool = True
+    webmap: bool = True
+    regularize: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (tuples as lists)."""

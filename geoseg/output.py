@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import geopandas as gpd
 import pyogrio
+
+from geoseg.formats import LAYER_FORMATS, write_fgb, write_parquet
+from geoseg.styles import write_gpkg_styles
 
 __all__ = ["COLUMNS", "partial_path", "write_outputs"]
 
@@ -33,11 +36,14 @@ def write_outputs(
     *,
     metadata: Mapping[str, str],
     formats: tuple[str, ...] = ("gpkg", "geojson"),
+    extras: Sequence[tuple[str, Callable[[Path], None]]] = (),
 ) -> list[Path]:
     """Write ``layers`` (class name -> frame in the scene CRS) and return the final paths.
 
     Classes without objects still get an (empty) GeoPackage layer and GeoJSON file, so the set
-    of outputs does not depend on what a scene contains.
+    of outputs does not depend on what a scene contains. ``parquet`` and ``fgb`` are one file
+    per class (:mod:`geoseg.formats`). ``extras`` are more files, ``(file name, writer)``: the
+    writer writes the file at the temporary path it is given (the preview, the web map).
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -54,6 +60,20 @@ def write_outputs(
                 tmp = partial_path(final)
                 _write_geojson(tmp, frame, final.stem)
                 staged.append((tmp, final))
+        for fmt in (f for f in formats if f in LAYER_FORMATS):
+            for class_name, frame in layers.items():
+                final = outdir / f"{stem}_{class_name}{LAYER_FORMATS[fmt]}"
+                tmp = partial_path(final)
+                if fmt == "parquet":
+                    write_parquet(tmp, frame)
+                else:
+                    write_fgb(tmp, frame, class_name)
+                staged.append((tmp, final))
+        for name, writer in extras:
+            final = outdir / name
+            tmp = partial_path(final)
+            writer(tmp)
+            staged.append((tmp, final))
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
@@ -81,6 +101,7 @@ def _write_gpkg(
             # beside the GeoPackage whenever it is opened
             layer_metadata={**metadata, "geoseg_class": class_name},
         )
+    write_gpkg_styles(tmp, {name: len(frame) for name, frame in layers.items()}, metadata)
 
 
 def _write_geojson(tmp: Path, frame: gpd.GeoDataFrame, layer: str) -> None:

@@ -39,13 +39,21 @@ from dask.delayed import Delayed
 
 from geoseg.config import DEFAULT_MIN_SCORE, RunOptions, score_thresholds
 from geoseg.errors import UserInputError
+from geoseg.formats import check_formats
 from geoseg.fragments import MaskCrop, instances_to_crops
 from geoseg.grid import Tile, TileGrid
+from geoseg.measures import SHIP_CLASSES, SHIP_COLUMNS, ship_dimensions
 from geoseg.model.protocol import Instances, ModelInfo, describe_model, load_segmenter
 from geoseg.output import COLUMNS, write_outputs
 from geoseg.scene import SceneInfo, clamp_gsd, fit_gsd, open_scene, read_tiles
 from geoseg.stitch import Fragment, StitchedObject, stitch
-from geoseg.vectorize import GeoMeasures, crop_to_polygon, stable_id, to_crs_polygon
+from geoseg.vectorize import (
+    GeoMeasures,
+    crop_to_polygon,
+    geodesic_measures,
+    stable_id,
+    to_crs_polygon,
+)
 
 __all__ = [
     "MAX_UPSAMPLING",
@@ -62,6 +70,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+
+REGULAR_CLASSES = frozenset({"building"})
+"""Classes whose outlines ``--regularize`` squares."""
 
 MAX_UPSAMPLING = 3.0
 """How many times finer than the scene a class's coarsest GSD may be: beyond it the objects are
@@ -158,6 +169,7 @@ class BatchResult:
 def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan:
     """Open and validate the scene, load the model (once per process), cut the tile grid."""
     options = options or RunOptions()
+    options = replace(options, formats=check_formats(tuple(options.formats)))
     scene = open_scene(path, bands=options.bands, crs=options.crs, gsd_m=options.gsd_m)
     info = describe_model(load_segmenter(options.model, device=options.device), options.model)
     if options.min_score is None:
@@ -386,16 +398,18 @@ def objects_to_layers(
     measures = GeoMeasures(plan.scene.crs)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in classes}
     for reading, found in zip(plan.passes, per_pass, strict=False):
-        _add_rows(rows, found, reading.scene, classes, measures, plan.options.simplify_px)
-    return {
-        name: gpd.GeoDataFrame(
-            rows[name] or {c: [] for c in COLUMNS} | {"geometry": []},
-            columns=[*COLUMNS, "geometry"],
+        _add_rows(rows, found, reading.scene, classes, measures, plan.options)
+    layers = {}
+    for name in classes:
+        columns = [*COLUMNS, *(SHIP_COLUMNS if name in SHIP_CLASSES else ())]
+        floats = {c: "float64" for c in columns[2:]}
+        layers[name] = gpd.GeoDataFrame(
+            rows[name] or {c: [] for c in columns} | {"geometry": []},
+            columns=[*columns, "geometry"],
             geometry="geometry",
             crs=plan.scene.crs,
-        ).astype({"score": "float64", "area_m2": "float64", "perimeter_m": "float64"})
-        for name in classes
-    }
+        ).astype(floats)
+    return layers
 
 
 def _add_rows(
@@ -404,24 +418,34 @@ def _add_rows(
     scene: SceneInfo,
     classes: Sequence[str],
     measures: GeoMeasures,
-    simplify_px: float,
+    options: RunOptions,
 ) -> None:
-    for obj in objects:
-        geometry = to_crs_polygon(obj.polygon_px, scene.transform, simplify_px=simplify_px)
+    outlines = [obj.polygon_px for obj in objects]
+    squared = [k for k, obj in enumerate(objects) if classes[obj.label] in REGULAR_CLASSES]
+    if options.regularize and squared:
+        from geoseg.regularize import regularize_outlines
+
+        squares = regularize_outlines([outlines[k] for k in squared])
+        for k, outline in zip(squared, squares, strict=True):
+            outlines[k] = outline
+    for obj, outline in zip(objects, outlines, strict=True):
+        simplify = 0.0 if outline is not obj.polygon_px else options.simplify_px
+        geometry = to_crs_polygon(outline, scene.transform, simplify_px=simplify)
         if geometry.is_empty:
             continue
         class_name = classes[obj.label]
-        area, perimeter = measures.area_perimeter(geometry)
-        rows[class_name].append(
-            {
-                "id": stable_id(scene.stem, class_name, obj.polygon_px),
-                "class": class_name,
-                "score": round(obj.score, 4),
-                "area_m2": area,
-                "perimeter_m": perimeter,
-                "geometry": geometry,
-            }
-        )
+        lonlat = measures.to_lonlat(geometry)
+        area, perimeter = geodesic_measures(lonlat)
+        row = {
+            "id": stable_id(scene.stem, class_name, obj.polygon_px),
+            "class": class_name,
+            "score": round(obj.score, 4),
+            "area_m2": area,
+            "perimeter_m": perimeter,
+        }
+        if class_name in SHIP_CLASSES:
+            row.update(zip(SHIP_COLUMNS, ship_dimensions(lonlat), strict=True))
+        rows[class_name].append({**row, "geometry": geometry})
 
 
 def finish_scene(
@@ -451,8 +475,14 @@ def finish_scene(
         "geoseg_class_gsd_m": json.dumps({c: round(g, 6) for c, g in class_gsd.items()}),
         "geoseg_options": json.dumps(plan.options.to_dict(), sort_keys=True),
     }
+    stem = stem or plan.scene.stem
     outputs = write_outputs(
-        layers, outdir, stem or plan.scene.stem, metadata=metadata, formats=plan.options.formats
+        layers,
+        outdir,
+        stem,
+        metadata=metadata,
+        formats=plan.options.formats,
+        extras=visual_outputs(plan, layers, stem),
     )
     return RunResult(
         scene=plan.path,
@@ -465,6 +495,28 @@ def finish_scene(
         notes=list(plan.notes),
         class_gsd_m=class_gsd,
     )
+
+
+def visual_outputs(
+    plan: ScenePlan, layers: dict[str, gpd.GeoDataFrame], stem: str
+) -> list[tuple[str, Callable[[Path], None]]]:
+    """The preview PNG and the web map, as ``(file name, writer)`` for :func:`write_outputs`."""
+    opts = plan.options
+    if not (opts.preview or opts.webmap):
+        return []
+    from geoseg.preview import read_quicklook, write_preview
+    from geoseg.webmap import write_webmap
+
+    look = read_quicklook(plan.scene)
+    extras: list[tuple[str, Callable[[Path], None]]] = []
+    if opts.preview:
+        extras.append(
+            (f"{stem}_preview.png", lambda tmp: write_preview(tmp, plan.scene, layers, look))
+        )
+    if opts.webmap:
+        title = f"geoseg: {stem} ({plan.model.name})"
+        extras.append((f"{stem}.html", lambda tmp: write_webmap(tmp, layers, look, title=title)))
+    return extras
 
 
 def _version() -> str:

@@ -45,6 +45,7 @@ from geoseg.errors import (
     first_line,
 )
 from geoseg.grid import PixelWindow
+from geoseg.remote import REMOTE_ENV, gdal_path, is_remote, scene_stem
 
 __all__ = [
     "STATS_SIZE_PX",
@@ -93,7 +94,7 @@ class SceneInfo:
 
     @property
     def stem(self) -> str:
-        return Path(self.path).stem
+        return scene_stem(self.path)
 
     def __dask_tokenize__(self) -> tuple:
         return ("SceneInfo", self.path, self.shape_yx, tuple(self.transform), self.bands)
@@ -110,7 +111,17 @@ def open_scene(
 
     Raises :class:`~geoseg.errors.SceneError` (or a subclass) with a one-line message naming the
     file when it cannot be read, has no geotransform, or has no CRS and ``crs`` is not given.
+    ``path`` may be an ``https://`` or ``s3://`` URL (see :mod:`geoseg.remote`).
     """
+    if is_remote(path):
+        remote = gdal_path(path)
+        try:
+            with rasterio.Env(**REMOTE_ENV), rasterio.open(remote) as src:
+                return _inspect(src, remote, bands, crs, gsd_m)
+        except SceneError:
+            raise
+        except RasterioError as exc:
+            raise SceneError(f"{path}: not a readable remote raster ({first_line(exc)})") from exc
     path = Path(path)
     if not path.exists():
         raise SceneError(f"{path}: no such file")
@@ -127,7 +138,7 @@ def open_scene(
 
 def _inspect(
     src: Any,
-    path: Path,
+    path: Path | str,
     bands: tuple[int, ...] | None,
     crs: str | None,
     gsd_m: float | None,
@@ -186,7 +197,7 @@ def fit_gsd(
     return replace(scene, shape_yx=shape_yx, transform=transform, gsd_m=target)
 
 
-def _scene_crs(src: Any, path: Path, crs: str | None) -> CRS:
+def _scene_crs(src: Any, path: Path | str, crs: str | None) -> CRS:
     if src.crs is not None and crs is not None:
         given = _parse_crs(crs)
         if CRS.from_wkt(src.crs.to_wkt()) != given:
@@ -211,7 +222,7 @@ def _parse_crs(crs: str) -> CRS:
         raise UserInputError(f"--crs {crs!r} is not a CRS pyproj knows ({exc})") from exc
 
 
-def _select_bands(src: Any, path: Path, bands: tuple[int, ...] | None) -> tuple[int, ...]:
+def _select_bands(src: Any, path: Path | str, bands: tuple[int, ...] | None) -> tuple[int, ...]:
     if bands:
         bad = [b for b in bands if not 1 <= b <= src.count]
         if bad:
@@ -266,7 +277,9 @@ def clamp_gsd(gsd: float, gsd_range: tuple[float, float] | None) -> float:
     return gsd
 
 
-def _stretch_stats(src: Any, bands: tuple[int, ...], path: Path) -> tuple[tuple[float, float], ...]:
+def _stretch_stats(
+    src: Any, bands: tuple[int, ...], path: Path | str
+) -> tuple[tuple[float, float], ...]:
     scale = max(src.height, src.width) / STATS_SIZE_PX
     out_shape = (max(1, int(src.height / max(scale, 1))), max(1, int(src.width / max(scale, 1))))
     try:
@@ -308,7 +321,8 @@ def normalize(
 @contextmanager
 def open_working_grid(scene: SceneInfo) -> Iterator[Any]:
     """The scene as a dataset on its working grid (the file itself, or a resampling VRT)."""
-    with rasterio.open(scene.path) as src:
+    env = REMOTE_ENV if is_remote(scene.path) else {}
+    with rasterio.Env(**env), rasterio.open(scene.path) as src:
         if not scene.resampled:
             yield src
             return
@@ -342,9 +356,11 @@ def read_tiles(
         with open_working_grid(scene) as src:
             for k, win in enumerate(windows):
                 rio_win = rasterio.windows.Window(win.col_off, win.row_off, win.width, win.height)
-                data = src.read(list(scene.bands), window=rio_win)
                 masks = src.read_masks(list(scene.bands), window=rio_win)
                 ok = np.all(masks > 0, axis=0)
+                if not ok.any():  # all nodata: its pixels are never read (nor fetched)
+                    continue
+                data = src.read(list(scene.bands), window=rio_win)
                 if np.issubdtype(data.dtype, np.floating):
                     ok &= np.all(np.isfinite(data), axis=0)
                 norm = normalize(data, scene.dtype, scene.stretch)

@@ -6,7 +6,9 @@
 - a text manifest (any other file that is not JSON): one path per line, blank lines and
   ``#`` comments skipped, relative paths taken from the manifest's folder;
 - a STAC ItemCollection, Catalog or Collection on disk (``.json``): one asset per item, the
-  one named by ``asset`` or else the visual/RGB one, read with pystac.
+  one named by ``asset`` or else the visual/RGB one, read with pystac;
+- an ``https://`` or ``s3://`` URL (a Cloud-Optimized GeoTIFF), and STAC assets that are
+  URLs: read remotely with range requests (:func:`geoseg.remote.remote_path`).
 
 A path named on the command line that does not exist is a usage error; a path listed in a
 manifest or a STAC item that does not exist is still a scene, which will fail and be reported.
@@ -21,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from geoseg.errors import UserInputError
+from geoseg.remote import is_remote, remote_path, scene_stem
 
 __all__ = ["output_stems", "resolve_inputs"]
 
@@ -36,13 +39,16 @@ def resolve_inputs(inputs: Sequence[str | Path], *, asset: str | None = None) ->
         scenes.extend(_expand(str(item), asset))
     unique: dict[Path, None] = {}
     for scene in scenes:
-        unique.setdefault(scene.resolve() if scene.exists() else scene.absolute(), None)
+        local = not is_remote(scene) and scene.exists()
+        unique.setdefault(scene.resolve() if local else scene.absolute(), None)
     if not unique:
         raise UserInputError(f"no scenes found in {', '.join(map(str, inputs))}")
     return list(unique)
 
 
 def _expand(item: str, asset: str | None) -> Iterable[Path]:
+    if is_remote(item):
+        return [remote_path(item)]
     path = Path(item)
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.suffix.lower() in GEOTIFF_SUFFIXES)
@@ -95,6 +101,8 @@ def _stac_assets(path: Path, asset: str | None) -> list[Path]:
 def _absolute_href(asset: object, item: object, source: Path) -> Path:
     """An asset's path: relative hrefs are taken from the item's own file, else from the
     file the items were read from (items of an ItemCollection have no file of their own)."""
+    if is_remote(asset.href):  # type: ignore[attr-defined]
+        return remote_path(asset.href)  # type: ignore[attr-defined]
     href = Path(asset.href)  # type: ignore[attr-defined]
     if href.is_absolute():
         return href
@@ -135,10 +143,10 @@ def output_stems(scenes: Sequence[Path]) -> dict[Path, str]:
     """File stems for each scene's outputs; scenes that share a stem get a path hash."""
     counts: dict[str, int] = {}
     for scene in scenes:
-        counts[scene.stem] = counts.get(scene.stem, 0) + 1
+        counts[scene_stem(scene)] = counts.get(scene_stem(scene), 0) + 1
     return {
-        scene: scene.stem
-        if counts[scene.stem] == 1
-        else f"{scene.stem}-{hashlib.sha1(str(scene).encode()).hexdigest()[:8]}"
+        scene: scene_stem(scene)
+        if counts[scene_stem(scene)] == 1
+        else f"{scene_stem(scene)}-{hashlib.sha1(str(scene).encode()).hexdigest()[:8]}"
         for scene in scenes
     }

@@ -55,7 +55,8 @@ def _read_scene(outcome: Any, label: str, index: int) -> gpd.GeoDataFrame | None
     gpkg = next((Path(p) for p in outcome.outputs if str(p).endswith(".gpkg")), None)
     if gpkg is None or not gpkg.exists():
         return None
-    frames = [pyogrio.read_dataframe(gpkg, layer=name) for name, _ in pyogrio.list_layers(gpkg)]
+    layers = [name for name, kind in pyogrio.list_layers(gpkg) if kind is not None]
+    frames = [pyogrio.read_dataframe(gpkg, layer=name) for name in layers]
     frames = [f for f in frames if len(f)]
     if not frames:
         return None

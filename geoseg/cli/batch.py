@@ -32,6 +32,10 @@ _SPEC_KEYS = {
     "simplify",
     "crs",
     "gsd",
+    "format",
+    "preview",
+    "webmap",
+    "regularize",
     "merge",
     "asset",
     "workers",
@@ -44,6 +48,7 @@ _RENAMES = {
     "overlap": "overlap_px",
     "simplify": "simplify_px",
     "gsd": "gsd_m",
+    "format": "formats",
 }
 
 

@@ -56,6 +56,19 @@ def parse_bands(value: str | None) -> tuple[int, ...] | None:
     return bands
 
 
+def _formats_callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    from geoseg.errors import UserInputError
+    from geoseg.formats import check_formats
+
+    if value is None:
+        return None
+    items = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    try:
+        return check_formats(items)
+    except UserInputError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--format") from None
+
+
 def _bands_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     return parse_bands(value)
 
@@ -149,6 +162,34 @@ _OPTIONS = [
         default=None,
         help="Read the scene resampled to this many metres per pixel (default: the "
         "range the model was trained on, if the scene is outside it).",
+    ),
+    click.option(
+        "--format",
+        "formats",
+        default=",".join(_DEFAULTS.formats),
+        show_default=True,
+        callback=_formats_callback,
+        metavar="gpkg,geojson,parquet,fgb",
+        help="Vector formats to write: gpkg (one layer per class, styled for QGIS), geojson "
+        "(WGS84), parquet (GeoParquet 1.1), fgb (FlatGeobuf); the last three one file per class.",
+    ),
+    click.option(
+        "--preview/--no-preview",
+        default=_DEFAULTS.preview,
+        show_default=True,
+        help="Write SCENE_preview.png: the scene with the objects outlined per class.",
+    ),
+    click.option(
+        "--webmap/--no-webmap",
+        default=_DEFAULTS.webmap,
+        show_default=True,
+        help="Write SCENE.html: an offline web map of the objects over the scene.",
+    ),
+    click.option(
+        "--regularize",
+        is_flag=True,
+        default=_DEFAULTS.regularize,
+        help="Square building outlines: right angles along their dominant directions.",
     ),
 ]
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import DIR, FILE, options_from_cli, run_options
+from geoseg.cli.options import DIR, options_from_cli, run_options
 
 __all__ = ["run_command"]
 
 
 @click.command("run")
-@click.argument("scene", type=FILE)
+@click.argument("scene", type=click.Path(dir_okay=False))
 @click.option(
     "-o",
     "--outdir",
@@ -27,27 +27,31 @@ __all__ = ["run_command"]
 @run_options
 @click.pass_context
 def run_command(
-    ctx: click.Context, scene: Path, outdir: Path, scheduler: str, **kwargs: Any
+    ctx: click.Context, scene: str, outdir: Path, scheduler: str, **kwargs: Any
 ) -> None:
-    """Segment SCENE (a GeoTIFF) into building, field and ship polygons.
+    """Segment SCENE (a GeoTIFF, or an https:// or s3:// Cloud-Optimized GeoTIFF) into
+    building, field and ship polygons.
 
     The scene is read in overlapping tiles, never whole; objects cut by tile borders are
-    merged, so each comes out once and whole.
+    merged, so each comes out once and whole. Besides the vector files, SCENE_preview.png
+    and SCENE.html (an offline web map) show the result at once.
 
     \b
     Examples:
       geoseg run scene.tif -o out/
       geoseg run ortho.tif --tile-size 1024 --overlap 256 --device cuda
       geoseg run strip.tif --scheduler tcp://10.0.0.5:8786 --model my_pkg.models:build
+      geoseg run https://example.com/cog.tif --format gpkg,parquet --regularize
     """
     import time
 
     from geoseg.pipeline import compute_tasks, finish_scene, plan_scene, scene_tasks
+    from geoseg.remote import is_remote
 
     verbosity = (ctx.obj or {}).get("verbosity", 0)
     options = options_from_cli(**kwargs)
     start = time.perf_counter()
-    plan = plan_scene(scene, options)
+    plan = plan_scene(scene if is_remote(scene) else Path(scene), options)
     _announce(plan, verbosity)
     with _progress_bar(plan.n_tiles, verbosity) as bar:
         results = compute_tasks(scene_tasks(plan), scheduler, bar.update if bar else None)

@@ -1,0 +1,181 @@
+"""The offline web map of a run, ``SCENE.html``: one self-contained file, no network needed.
+
+Leaflet (vendored from its npm package under ``geoseg/static/leaflet/``, BSD 2-Clause) is
+inlined with its stylesheet; the quick-look (:mod:`geoseg.preview`) is warped to Web Mercator
+and embedded as a PNG image overlay; each class is a GeoJSON layer (WGS84, 7 decimals) in its
+class colour that the layer control switches on and off, and clicking an object shows its
+attributes. Each class's paths carry the CSS class ``geoseg-<class>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from PIL import Image
+from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
+
+from geoseg.preview import QuickLook
+from geoseg.styles import class_colours
+
+__all__ = ["css_class", "render_webmap", "write_webmap"]
+
+_WEB_MERCATOR = "EPSG:3857"
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>__TITLE__</title>
+<!-- The map is drawn by Leaflet 1.9.4 (https://leafletjs.com), inlined below, under this
+licence:
+
+__LEAFLET_LICENSE__-->
+<style>__LEAFLET_CSS__</style>
+<style>
+html, body, #map { height: 100%; margin: 0; background: #202020; }
+.geoseg-popup table { border-collapse: collapse; font: 12px sans-serif; }
+.geoseg-popup td { padding: 1px 6px; border-bottom: 1px solid #ddd; }
+.geoseg-popup td:first-child { font-weight: bold; }
+.geoseg-swatch { display: inline-block; width: 10px; height: 10px; margin-right: 4px; }
+</style>
+</head>
+<body>
+<div id="map"></div>
+<script>__LEAFLET_JS__</script>
+<script>
+"use strict";
+const DATA = __DATA__;
+function esc(v) {
+  return String(v).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;",
+    '"': "&quot;", "'": "&#39;"})[c]);
+}
+function popup(props) {
+  const rows = Object.entries(props).map(([k, v]) =>
+    "<tr><td>" + esc(k) + "</td><td>" + esc(typeof v === "number" ?
+      Math.round(v * 1000) / 1000 : v) + "</td></tr>");
+  return "<div class='geoseg-popup'><table>" + rows.join("") + "</table></div>";
+}
+const map = L.map("map");
+const overlays = {};
+let bounds = null;
+if (DATA.image) {
+  const image = L.imageOverlay(DATA.image.url, DATA.image.bounds).addTo(map);
+  overlays["scene (quick-look)"] = image;
+  bounds = L.latLngBounds(DATA.image.bounds);
+}
+for (const c of DATA.classes) {
+  const layer = L.geoJSON(c.geojson, {
+    style: {color: c.colour, weight: 2, opacity: 1, fillOpacity: 0.25, className: c.css},
+    onEachFeature: (feature, lyr) => lyr.bindPopup(popup(feature.properties)),
+  }).addTo(map);
+  const label = "<span class='geoseg-swatch' style='background:" + c.colour + "'></span>" +
+    esc(c.name) + " (" + c.count + ")";
+  overlays[label] = layer;
+  if (c.count > 0) {
+    bounds = bounds ? bounds.extend(layer.getBounds()) : layer.getBounds();
+  }
+}
+L.control.layers(null, overlays, {collapsed: false}).addTo(map);
+L.control.scale().addTo(map);
+map.attributionControl.addAttribution(esc(DATA.title));
+map.fitBounds(bounds || [[-60, -170], [75, 170]]);
+document.body.setAttribute("data-geoseg-ready", "1");
+</script>
+</body>
+</html>
+"""
+
+
+def css_class(class_name: str) -> str:
+    """The CSS class of a class's paths in the map: ``geoseg-<class>``, safe characters only."""
+    return "geoseg-" + re.sub(r"[^A-Za-z0-9_-]", "_", class_name)
+
+
+def render_webmap(
+    layers: Mapping[str, gpd.GeoDataFrame], look: QuickLook | None, *, title: str
+) -> str:
+    """The HTML page for ``layers`` (class -> frame with a CRS) over the quick-look."""
+    colours = class_colours(list(layers))
+    data: dict[str, Any] = {
+        "title": title,
+        "image": _image_overlay(look) if look is not None else None,
+        "classes": [
+            {
+                "name": name,
+                "css": css_class(name),
+                "colour": colours[name],
+                "count": len(frame),
+                "geojson": _geojson(frame),
+            }
+            for name, frame in layers.items()
+        ],
+    }
+    # "</" never appears inside a <script> element: it could close it
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    static = resources.files("geoseg") / "static" / "leaflet"
+    page = _PAGE.replace("__TITLE__", _html_escape(title))
+    page = page.replace("__LEAFLET_LICENSE__", (static / "LICENSE").read_text().replace("--", "-"))
+    page = page.replace("__LEAFLET_CSS__", (static / "leaflet.css").read_text())
+    page = page.replace("__DATA__", payload)
+    return page.replace("__LEAFLET_JS__", (static / "leaflet.js").read_text())
+
+
+def write_webmap(
+    path: Path, layers: Mapping[str, gpd.GeoDataFrame], look: QuickLook | None, *, title: str
+) -> None:
+    """Write the web map of ``layers`` to ``path``."""
+    path.write_text(render_webmap(layers, look, title=title), encoding="utf-8")
+
+
+def _html_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _geojson(frame: gpd.GeoDataFrame) -> dict[str, Any]:
+    wgs84 = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
+    wgs84 = wgs84.set_geometry(shapely.transform(wgs84.geometry.values, lambda xy: np.round(xy, 7)))
+    return json.loads(wgs84.to_json(na="null", drop_id=True))
+
+
+def _image_overlay(look: QuickLook) -> dict[str, Any]:
+    """The quick-look warped to Web Mercator, as a PNG data URL and its lat/lon bounds."""
+    height, width = look.valid.shape
+    corners = np.array([(0, 0), (width, 0), (0, height), (width, height)], dtype=float)
+    xs, ys = look.transform @ (corners[:, 0], corners[:, 1])
+    left, bottom, right, top = min(xs), min(ys), max(xs), max(ys)
+    dst_transform, dst_w, dst_h = calculate_default_transform(
+        look.crs, _WEB_MERCATOR, width, height, left=left, bottom=bottom, right=right, top=top
+    )
+    source = np.concatenate(
+        [np.moveaxis(look.rgb, -1, 0), (look.valid * 255).astype(np.uint8)[None]]
+    )
+    warped = np.zeros((4, dst_h, dst_w), dtype=np.uint8)
+    reproject(
+        source,
+        warped,
+        src_transform=look.transform,
+        src_crs=look.crs,
+        dst_transform=dst_transform,
+        dst_crs=_WEB_MERCATOR,
+        resampling=Resampling.bilinear,
+    )
+    buffer = io.BytesIO()
+    Image.fromarray(np.moveaxis(warped, 0, -1), "RGBA").save(buffer, format="PNG", optimize=True)
+    west, north = dst_transform @ (0, 0)
+    east, south = dst_transform @ (dst_w, dst_h)
+    lon0, lat0, lon1, lat1 = transform_bounds(_WEB_MERCATOR, "EPSG:4326", west, south, east, north)
+    return {
+        "url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
+        "bounds": [[lat0, lon0], [lat1, lon1]],
+    }
