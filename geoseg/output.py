@@ -1,7 +1,9 @@
 """Write a scene's objects: a GeoPackage with one layer per class, RFC 7946 GeoJSON per class.
 
-Every file is written under a temporary name in the output folder and renamed into place only
-when complete, so a run that is killed leaves no file that looks finished. Each GeoPackage
+:func:`output_writers` says which files a scene gets and how each is written;
+:func:`geoseg.commit.commit_outputs` writes them under temporary names and puts them in place
+all or none, so a run that fails or is killed leaves no file that looks finished. A new format
+is one more entry in :func:`output_writers`. Each GeoPackage
 layer records the model and its checksum (``geoseg_model``, ``geoseg_model_checksum``) and the
 run's options in its metadata (the ``gpkg_metadata`` table).
 """
@@ -9,14 +11,16 @@ run's options in its metadata (the ``gpkg_metadata`` table).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import geopandas as gpd
 import pyogrio
 
-__all__ = ["COLUMNS", "partial_path", "write_outputs"]
+from geoseg.commit import Writer, commit_outputs
+
+__all__ = ["COLUMNS", "output_writers", "partial_path", "write_outputs"]
 
 COLUMNS = ["id", "class", "score", "area_m2", "perimeter_m"]
 
@@ -37,38 +41,40 @@ def write_outputs(
     """Write ``layers`` (class name -> frame in the scene CRS) and return the final paths.
 
     Classes without objects still get an (empty) GeoPackage layer and GeoJSON file, so the set
-    of outputs does not depend on what a scene contains.
+    of outputs does not depend on what a scene contains. The files are put in place all or
+    none, and those of an earlier run of ``stem`` that this one does not write are removed
+    (see :func:`geoseg.commit.commit_outputs`).
     """
+    return commit_outputs(
+        output_writers(layers, outdir, stem, metadata=metadata, formats=formats),
+        stem=stem,
+        outdir=outdir,
+    )
+
+
+def output_writers(
+    layers: Mapping[str, gpd.GeoDataFrame],
+    outdir: str | Path,
+    stem: str,
+    *,
+    metadata: Mapping[str, str],
+    formats: tuple[str, ...] = ("gpkg", "geojson"),
+) -> dict[Path, Writer]:
+    """``{final path: writer}`` of every output of a scene, for :func:`commit_outputs`."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        if "gpkg" in formats:
-            final = outdir / f"{stem}.gpkg"
-            tmp = partial_path(final)
-            _write_gpkg(tmp, layers, metadata)
-            staged.append((tmp, final))
-        if "geojson" in formats:
-            for class_name, frame in layers.items():
-                final = outdir / f"{stem}_{class_name}.geojson"
-                tmp = partial_path(final)
-                _write_geojson(tmp, frame, final.stem)
-                staged.append((tmp, final))
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        for leftover in outdir.glob(f".{stem}*.partial.*"):
-            leftover.unlink(missing_ok=True)
-        raise
-    for tmp, final in staged:
-        os.replace(tmp, final)
-    return [final for _, final in staged]
+    writers: dict[Path, Writer] = {}
+    if "gpkg" in formats:
+        writers[outdir / f"{stem}.gpkg"] = partial(_write_gpkg, layers=layers, metadata=metadata)
+    if "geojson" in formats:
+        for class_name, frame in layers.items():
+            final = outdir / f"{stem}_{class_name}.geojson"
+            writers[final] = partial(_write_geojson, frame=frame, layer=final.stem)
+    return writers
 
 
 def _write_gpkg(
-    tmp: Path, layers: Mapping[str, gpd.GeoDataFrame], metadata: Mapping[str, str]
+    tmp: Path, *, layers: Mapping[str, gpd.GeoDataFrame], metadata: Mapping[str, str]
 ) -> None:
-    tmp.unlink(missing_ok=True)
     for k, (class_name, frame) in enumerate(layers.items()):
         pyogrio.write_dataframe(
             frame,
@@ -83,8 +89,7 @@ def _write_gpkg(
         )
 
 
-def _write_geojson(tmp: Path, frame: gpd.GeoDataFrame, layer: str) -> None:
-    tmp.unlink(missing_ok=True)
+def _write_geojson(tmp: Path, *, frame: gpd.GeoDataFrame, layer: str) -> None:
     wgs84 = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
     if len(wgs84) == 0:
         # GDAL writes no file for an empty layer in some versions: write the collection here.

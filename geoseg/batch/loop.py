@@ -21,10 +21,12 @@ from typing import Any
 
 from geoseg.batch.inputs import output_stems
 from geoseg.batch.journal import Journal, JournalEntry, batch_lock, fingerprint, params_digest
+from geoseg.commit import remove_orphans, scene_lock
 from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, ModelError, UserInputError
 from geoseg.model.protocol import load_segmenter
 from geoseg.pipeline import BatchResult, ScenePlan, finish_scene, plan_scene, scene_tasks
+from geoseg.scheduler import check_reachable
 
 __all__ = ["MAX_PENDING_BATCHES", "BatchReport", "SceneOutcome", "connect", "run_batch"]
 
@@ -106,6 +108,7 @@ def connect(
             ),
         )
         return Client(cluster), cluster
+    check_reachable(str(scheduler))
     try:
         return Client(scheduler, timeout="20s"), None
     except OSError as exc:
@@ -140,7 +143,7 @@ def run_batch(
     start = time.perf_counter()
     with batch_lock(outdir):
         load_segmenter(options.model, device=options.device)  # a bad --model stops it here
-        _remove_partials(outdir)
+        remove_orphans(outdir)
         journal = Journal(outdir)
         stems = output_stems(list(scenes))
         params = params_digest(options.to_dict())
@@ -181,12 +184,6 @@ def run_batch(
             merged = merge_outputs(done, outdir, merge_iou=options.merge_iou)
     ordered = [outcomes[s] for s in scenes if s in outcomes]
     return BatchReport(ordered, time.perf_counter() - start, merged, dashboard)
-
-
-def _remove_partials(outdir: Path) -> None:
-    """Temporary files of a run that was killed: never outputs, removed before starting."""
-    for leftover in outdir.glob(".*.partial.*"):
-        leftover.unlink(missing_ok=True)
 
 
 def _plan_or_skip(
@@ -325,9 +322,10 @@ def _finish(job: _Pending, outdir: Path, journal: Journal, params: str) -> Scene
         JournalEntry(str(scene), "writing", job.fingerprint, job.plan.model.checksum, params)
     )
     try:
-        result = finish_scene(
-            job.plan, results, outdir, seconds=time.perf_counter() - job.started, stem=job.stem
-        )
+        with scene_lock(outdir, job.stem):
+            result = finish_scene(
+                job.plan, results, outdir, seconds=time.perf_counter() - job.started, stem=job.stem
+            )
     except Exception as exc:  # isolate the scene: record it, go on with the others
         return _fail(job, f"{type(exc).__name__}: {exc}", journal, params)
     journal.record(
