@@ -12,7 +12,7 @@ import socket
 
 from geoseg.errors import UserInputError
 
-__all__ = ["LOCAL_SCHEDULERS", "check_reachable", "check_scheduler"]
+__all__ = ["ACCEPTED", "LOCAL_SCHEDULERS", "check_reachable", "check_scheduler"]
 
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 _ADDRESS = re.compile(r"^(?:(tcp|tls|ws|wss|ucx|inproc)://)?(\[[^\]]+\]|[^:/\s]+)(?::(\d+))?$")

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.batch.inputs import output_stems
-from geoseg.batch.journal import Journal, JournalEntry, batch_lock, fingerprint, params_digest
+from geoseg.batch.journal import (
+    VERIFY_MODES,
+    Journal,
+    JournalEntry,
+    batch_lock,
+    fingerprint,
+    params_digest,
+)
 from geoseg.commit import remove_orphans, scene_lock
 from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, ModelError, UserInputError
@@ -127,6 +134,7 @@ def run_batch(
     predict_resources: dict[str, float] | None = None,
     merge: bool = False,
     on_event: ProgressEvent | None = None,
+    verify: str = "quick",
 ) -> BatchReport:
     """Process ``scenes`` into ``outdir``; see the module docstring.
 
@@ -135,12 +143,16 @@ def run_batch(
     ``on_event(kind, payload)`` reports progress: ``("start", n_scenes)``, ``("scene",
     outcome)`` for each scene failed, skipped or done, ``("planned", n_tiles)`` once the tiles
     still to run are known, ``("dashboard", url)``, and ``("tiles", n)`` per finished batch.
+    ``verify``: how a scene is known unchanged since the journal's line, ``quick`` or
+    ``content`` (see :func:`~geoseg.batch.journal.fingerprint`).
     Raises :class:`~geoseg.errors.UserInputError` if another batch is writing to ``outdir``.
     """
     options = options or RunOptions()
     outdir = Path(outdir).absolute()
     emit = on_event or (lambda kind, payload: None)
     start = time.perf_counter()
+    if verify not in VERIFY_MODES:
+        raise UserInputError(f"verify={verify!r}: use {' or '.join(VERIFY_MODES)}")
     with batch_lock(outdir):
         load_segmenter(options.model, device=options.device)  # a bad --model stops it here
         remove_orphans(outdir)
@@ -152,7 +164,7 @@ def run_batch(
 
         plans: list[tuple[ScenePlan, str, str]] = []
         for scene in scenes:
-            outcome, todo = _plan_or_skip(scene, options, journal, params)
+            outcome, todo = _plan_or_skip(scene, options, journal, params, verify)
             if outcome is not None:
                 outcomes[scene] = outcome
                 emit("scene", outcome)
@@ -187,11 +199,11 @@ def run_batch(
 
 
 def _plan_or_skip(
-    scene: Path, options: RunOptions, journal: Journal, params: str
+    scene: Path, options: RunOptions, journal: Journal, params: str, verify: str = "quick"
 ) -> tuple[SceneOutcome | None, tuple[ScenePlan, str] | None]:
     """Plan a scene: ``(outcome, None)`` if it failed or is done, else ``(None, (plan,
     fingerprint))``."""
-    fprint = fingerprint(scene)
+    fprint = fingerprint(scene, verify)
     try:
         plan = plan_scene(scene, options)
     except ModelError:

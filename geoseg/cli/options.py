@@ -63,12 +63,12 @@ def _bands_callback(ctx: click.Context, param: click.Parameter, value: str | Non
 
 def _scheduler_callback(ctx: click.Context, param: click.Parameter, value: str) -> str:
     from geoseg.errors import UserInputError
-    from geoseg.scheduler import check_scheduler
+    from geoseg.scheduler import ACCEPTED, check_scheduler
 
     try:
         return check_scheduler(value)
-    except UserInputError as exc:
-        raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--scheduler") from None
+    except UserInputError:
+        raise click.BadParameter(f"{value!r}: use {ACCEPTED}", param_hint="--scheduler") from None
 
 
 class FiniteFloatRange(click.FloatRange):
