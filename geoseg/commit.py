@@ -46,6 +46,7 @@ Writer = Callable[[Path], None]
 
 STAGING_PREFIX = ".geoseg-staging-"
 _LOCK = ".lock"
+_FULL_BYTES = 64 << 10  # less free space than this after a failed write: the disk is full
 _ORPHAN_AGE_S = 60.0  # a staging folder without its lock file is taken for dead after this
 
 
@@ -88,8 +89,8 @@ def _run_writer(write: Writer, tmp: Path, final: Path) -> None:
     except OSError as exc:
         raise _output_error(exc, final) from exc
     except Exception as exc:  # GDAL's errors are not OSErrors; a full disk must still say so
-        if _is_disk_full(exc):
-            raise _output_error(exc, final) from exc
+        if _is_disk_full(exc) or _no_space_left(tmp.parent):
+            raise _output_error(OSError(errno.ENOSPC, "No space left"), final) from exc
         raise
     if not tmp.exists():
         raise OutputError(f"{final}: the writer wrote nothing")
@@ -137,6 +138,16 @@ def _previous_names(folder: Path, stem: str) -> list[str]:
     if not isinstance(names, list):
         return []
     return [n for n in names if isinstance(n, str) and n and Path(n).name == n]
+
+
+def _no_space_left(folder: Path) -> bool:
+    """Whether the file system of ``folder`` is full (GDAL reports a full disk as whatever
+    SQL statement failed first)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_BYTES
 
 
 def _is_disk_full(exc: BaseException) -> bool:

@@ -203,9 +203,6 @@ def _check_bounds(src: Any, path: Path, crs: CRS, *, assumed: bool) -> None:
                 f"{where} are not longitudes and latitudes, as {_crs_name(crs)} needs{hint}"
             )
         return
-    area = crs.area_of_use
-    if area is None:
-        return
     from pyproj import Transformer
 
     try:
@@ -213,17 +210,31 @@ def _check_bounds(src: Any, path: Path, crs: CRS, *, assumed: bool) -> None:
         lon0, lat0, lon1, lat1 = to_lonlat.transform_bounds(west, south, east, north)
     except Exception:  # pyproj cannot invert these coordinates
         lon0 = lat0 = lon1 = lat1 = math.inf
-    finite = all(math.isfinite(v) for v in (lon0, lat0, lon1, lat1))
+    if not all(math.isfinite(v) for v in (lon0, lat0, lon1, lat1)):
+        raise UserInputError(f"{where} are not places in {_crs_name(crs)}{hint}")
+    area = _area_of_use(crs)
     margin = _AREA_OF_USE_MARGIN_DEG
-    if not finite or (
+    if area is not None and (
         lon1 < area.west - margin
         or lon0 > area.east + margin
         or lat1 < area.south - margin
         or lat0 > area.north + margin
     ):
         raise UserInputError(
-            f"{where} are outside the area where {_crs_name(crs)} is used ({area.name}){hint}"
+            f"{where} are outside the area where {_crs_name(crs)} is used (longitude "
+            f"{area.west:g} to {area.east:g}, latitude {area.south:g} to {area.north:g}){hint}"
         )
+
+
+def _area_of_use(crs: CRS) -> Any:
+    """The CRS's area of use (from its EPSG code when its WKT carries none)."""
+    if crs.area_of_use is not None:
+        return crs.area_of_use
+    code = crs.to_epsg()
+    try:
+        return CRS.from_epsg(code).area_of_use if code else None
+    except Exception:
+        return None
 
 
 def _crs_name(crs: CRS) -> str:

@@ -139,4 +139,4 @@ def _help_hint(exc: click.ClickException) -> str:
     ctx = getattr(exc, "ctx", None)
     if not isinstance(exc, click.UsageError) or ctx is None:
         return ""
-    return f" (see '{ctx.command_path} {ctx.help_option_names[0]}')"
+    return f" (see '{ctx.command_path} {ctx.help_option_names[-1]}')"
