@@ -444,7 +444,7 @@ def test_case09_checkpoint_errors_say_what_the_file_is(tmp_path: Path, scene: Pa
     legacy.write_bytes(pickle.dumps({"a": 1}, protocol=2))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch's own warnings must not get through
-        with pytest.raises(UserInputError, match=r"notes.pt: not a PyTorch file"):
+        with pytest.raises(UserInputError, match=r"notes.pt: not a readable PyTorch checkpoint \("):
             read_checkpoint(text)
         with pytest.raises(UserInputError) as info:
             read_checkpoint(objects)
@@ -456,7 +456,7 @@ def test_case09_checkpoint_errors_say_what_the_file_is(tmp_path: Path, scene: Pa
     proc = geoseg("run", str(scene), "-o", str(tmp_path / "o"), "--model", str(text))
     assert proc.returncode == 2
     (line,) = error_lines(proc)
-    assert "not a PyTorch file" in line
+    assert "neither a zip archive nor a pickle" in line
 
 
 # -- 11. disk full -----------------------------------------------------------------------------

@@ -109,7 +109,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserInputError(f"{path}: cannot read the model ({exc.strerror}); {hint}") from exc
     if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
         raise UserInputError(
-            f"{path}: not a PyTorch file (neither a zip archive nor a pickle); {hint}"
+            f"{path}: not a readable PyTorch checkpoint (neither a zip archive nor a pickle, "
+            f"as torch.save writes); {hint}"
         )
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols and the like
