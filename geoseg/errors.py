@@ -32,6 +32,10 @@ class ModelError(GeoSegError, RuntimeError):
     """A model cannot be loaded or returned output that breaks the protocol."""
 
 
+class OutputError(GeoSegError, OSError):
+    """An output cannot be written: no space left, a read-only folder, a folder in the way."""
+
+
 class LabelError(GeoSegError, ValueError):
     """Vector labels or reference polygons cannot be read or do not fit the imagery."""
 

@@ -1,7 +1,9 @@
 """Write a scene's objects: a GeoPackage with one layer per class, RFC 7946 GeoJSON per class.
 
-Every file is written under a temporary name in the output folder and renamed into place only
-when complete, so a run that is killed leaves no file that looks finished. Each GeoPackage
+:func:`output_writers` says which files a scene gets and how each is written;
+:func:`geoseg.commit.commit_outputs` writes them under temporary names and puts them in place
+all or none, so a run that fails or is killed leaves no file that looks finished. A new format
+is one more entry in :func:`output_writers`. Each GeoPackage
 layer records the model and its checksum (``geoseg_model``, ``geoseg_model_checksum``) and the
 run's options in its metadata (the ``gpkg_metadata`` table).
 """
@@ -9,17 +11,18 @@ run's options in its metadata (the ``gpkg_metadata`` table).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import geopandas as gpd
 import pyogrio
 
+from geoseg.commit import Writer, commit_outputs
 from geoseg.formats import LAYER_FORMATS, write_fgb, write_parquet
 from geoseg.styles import write_gpkg_styles
 
-__all__ = ["COLUMNS", "partial_path", "write_outputs"]
+__all__ = ["COLUMNS", "output_writers", "partial_path", "write_outputs"]
 
 COLUMNS = ["id", "class", "score", "area_m2", "perimeter_m"]
 
@@ -43,52 +46,50 @@ def write_outputs(
     Classes without objects still get an (empty) GeoPackage layer and GeoJSON file, so the set
     of outputs does not depend on what a scene contains. ``parquet`` and ``fgb`` are one file
     per class (:mod:`geoseg.formats`). ``extras`` are more files, ``(file name, writer)``: the
-    writer writes the file at the temporary path it is given (the preview, the web map).
+    writer writes the file at the temporary path it is given (the preview, the web map). The
+    files are put in place all or none, and those of an earlier run of ``stem`` that this one
+    does not write are removed (see :func:`geoseg.commit.commit_outputs`).
     """
+    return commit_outputs(
+        output_writers(layers, outdir, stem, metadata=metadata, formats=formats, extras=extras),
+        stem=stem,
+        outdir=outdir,
+    )
+
+
+def output_writers(
+    layers: Mapping[str, gpd.GeoDataFrame],
+    outdir: str | Path,
+    stem: str,
+    *,
+    metadata: Mapping[str, str],
+    formats: tuple[str, ...] = ("gpkg", "geojson"),
+    extras: Sequence[tuple[str, Callable[[Path], None]]] = (),
+) -> dict[Path, Writer]:
+    """``{final path: writer}`` of every output of a scene, for :func:`commit_outputs`."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        if "gpkg" in formats:
-            final = outdir / f"{stem}.gpkg"
-            tmp = partial_path(final)
-            _write_gpkg(tmp, layers, metadata)
-            staged.append((tmp, final))
-        if "geojson" in formats:
-            for class_name, frame in layers.items():
-                final = outdir / f"{stem}_{class_name}.geojson"
-                tmp = partial_path(final)
-                _write_geojson(tmp, frame, final.stem)
-                staged.append((tmp, final))
-        for fmt in (f for f in formats if f in LAYER_FORMATS):
-            for class_name, frame in layers.items():
-                final = outdir / f"{stem}_{class_name}{LAYER_FORMATS[fmt]}"
-                tmp = partial_path(final)
-                if fmt == "parquet":
-                    write_parquet(tmp, frame)
-                else:
-                    write_fgb(tmp, frame, class_name)
-                staged.append((tmp, final))
-        for name, writer in extras:
-            final = outdir / name
-            tmp = partial_path(final)
-            writer(tmp)
-            staged.append((tmp, final))
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        for leftover in outdir.glob(f".{stem}*.partial.*"):
-            leftover.unlink(missing_ok=True)
-        raise
-    for tmp, final in staged:
-        os.replace(tmp, final)
-    return [final for _, final in staged]
+    writers: dict[Path, Writer] = {}
+    if "gpkg" in formats:
+        writers[outdir / f"{stem}.gpkg"] = partial(_write_gpkg, layers=layers, metadata=metadata)
+    if "geojson" in formats:
+        for class_name, frame in layers.items():
+            final = outdir / f"{stem}_{class_name}.geojson"
+            writers[final] = partial(_write_geojson, frame=frame, layer=final.stem)
+    for fmt in (f for f in formats if f in LAYER_FORMATS):
+        for class_name, frame in layers.items():
+            final = outdir / f"{stem}_{class_name}{LAYER_FORMATS[fmt]}"
+            if fmt == "parquet":
+                writers[final] = partial(write_parquet, frame=frame)
+            else:
+                writers[final] = partial(write_fgb, frame=frame, layer=class_name)
+    for name, writer in extras:
+        writers[outdir / name] = writer
+    return writers
 
 
 def _write_gpkg(
-    tmp: Path, layers: Mapping[str, gpd.GeoDataFrame], metadata: Mapping[str, str]
+    tmp: Path, *, layers: Mapping[str, gpd.GeoDataFrame], metadata: Mapping[str, str]
 ) -> None:
-    tmp.unlink(missing_ok=True)
     for k, (class_name, frame) in enumerate(layers.items()):
         pyogrio.write_dataframe(
             frame,
@@ -104,8 +105,7 @@ def _write_gpkg(
     write_gpkg_styles(tmp, {name: len(frame) for name, frame in layers.items()}, metadata)
 
 
-def _write_geojson(tmp: Path, frame: gpd.GeoDataFrame, layer: str) -> None:
-    tmp.unlink(missing_ok=True)
+def _write_geojson(tmp: Path, *, frame: gpd.GeoDataFrame, layer: str) -> None:
     wgs84 = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
     if len(wgs84) == 0:
         # GDAL writes no file for an empty layer in some versions: write the collection here.

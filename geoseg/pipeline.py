@@ -25,6 +25,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,7 @@ import numpy as np
 from dask.callbacks import Callback
 from dask.delayed import Delayed
 
+from geoseg.commit import check_writable, scene_lock
 from geoseg.config import DEFAULT_MIN_SCORE, RunOptions, score_thresholds
 from geoseg.errors import UserInputError
 from geoseg.formats import check_formats
@@ -45,7 +47,15 @@ from geoseg.grid import Tile, TileGrid
 from geoseg.measures import SHIP_CLASSES, SHIP_COLUMNS, ship_dimensions
 from geoseg.model.protocol import Instances, ModelInfo, describe_model, load_segmenter
 from geoseg.output import COLUMNS, write_outputs
-from geoseg.scene import SceneInfo, clamp_gsd, fit_gsd, open_scene, read_tiles
+from geoseg.scene import (
+    SceneInfo,
+    check_unchanged,
+    clamp_gsd,
+    fit_gsd,
+    open_scene,
+    read_tiles,
+)
+from geoseg.scheduler import check_reachable
 from geoseg.stitch import Fragment, StitchedObject, stitch
 from geoseg.vectorize import (
     GeoMeasures,
@@ -170,6 +180,7 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     """Open and validate the scene, load the model (once per process), cut the tile grid."""
     options = options or RunOptions()
     options = replace(options, formats=check_formats(tuple(options.formats)))
+    check_numbers(options)
     scene = open_scene(path, bands=options.bands, crs=options.crs, gsd_m=options.gsd_m)
     info = describe_model(load_segmenter(options.model, device=options.device), options.model)
     if options.min_score is None:
@@ -184,6 +195,8 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     if not 0 < options.merge_iou <= 1:
         raise UserInputError(f"merge IoU {options.merge_iou} must be in (0, 1]")
     readings, notes = _readings(scene, info, options)
+    options, clamped = _clamp_tile(options, readings)
+    notes = [*notes, *clamped]
     passes, batches = [], []
     size = options.batch_size
     for index, (working, classes) in enumerate(readings):
@@ -194,6 +207,36 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
         passes.append(ScenePass(working, grid, classes))
         batches.extend((index, tuple(tiles[k : k + size])) for k in range(0, len(tiles), size))
     return ScenePlan(tuple(passes), tuple(batches), options, info, tuple(notes))
+
+
+def check_numbers(options: RunOptions) -> None:
+    """Refuse numbers that are not finite (``nan``, ``inf``) or out of range."""
+    scores = options.min_score.values() if isinstance(options.min_score, dict) else []
+    checks = [
+        ("--gsd", options.gsd_m, lambda v: v > 0),
+        ("--simplify", options.simplify_px, lambda v: v >= 0),
+        *(("--min-score", v, lambda v: 0 <= v <= 1) for v in scores),
+    ]
+    if not isinstance(options.min_score, dict):
+        checks.append(("--min-score", options.min_score, lambda v: 0 <= v <= 1))
+    for name, value, ok in checks:
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserInputError(f"{name} {value}: give a finite number in range")
+
+
+def _clamp_tile(
+    options: RunOptions, readings: Sequence[tuple[SceneInfo, tuple[int, ...]]]
+) -> tuple[RunOptions, list[str]]:
+    """A tile larger than every working grid (and than the default tile) covers it with
+    room to spare: shrink it to fit, so that no huge empty tile is allocated."""
+    longest = max(max(working.shape_yx) for working, _ in readings)
+    limit = max(-(-longest // 32) * 32, RunOptions().tile_px)
+    if options.tile_px <= limit:
+        return options, []
+    note = f"--tile-size {options.tile_px} is larger than the scene: tiles of {limit} px"
+    log.info("%s", note)
+    overlap = min(options.overlap_px, limit // 4)
+    return replace(options, tile_px=limit, overlap_px=overlap), [note]
 
 
 def _readings(
@@ -364,6 +407,8 @@ def _compute_distributed(
     from distributed import Client, as_completed
 
     own = not isinstance(scheduler, Client)
+    if own:
+        check_reachable(str(scheduler))
     try:
         client = Client(scheduler, timeout="20s") if own else scheduler
     except OSError as exc:
@@ -457,6 +502,8 @@ def finish_scene(
     stem: str | None = None,
 ) -> RunResult:
     """Stitch the fragments of all batches, vectorize, and write the outputs atomically."""
+    for reading in plan.passes:
+        check_unchanged(reading.scene)
     objects = [
         stitch(
             [f for r in results if r.pass_index == k for f in r.fragments],
@@ -540,6 +587,8 @@ def run_scene(
     ``progress`` is called with the number of tiles each finished batch covered.
     """
     start = time.perf_counter()
+    check_writable(outdir)
     plan = plan_scene(scene, options or RunOptions())
-    results = compute_tasks(scene_tasks(plan), scheduler, progress)
-    return finish_scene(plan, results, outdir, seconds=time.perf_counter() - start)
+    with scene_lock(outdir, plan.scene.stem):
+        results = compute_tasks(scene_tasks(plan), scheduler, progress)
+        return finish_scene(plan, results, outdir, seconds=time.perf_counter() - start)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -48,9 +49,12 @@ from geoseg.grid import PixelWindow
 from geoseg.remote import REMOTE_ENV, gdal_path, is_remote, scene_stem
 
 __all__ = [
+    "MAX_GSD_UPSAMPLING",
     "STATS_SIZE_PX",
     "SceneInfo",
+    "check_unchanged",
     "clamp_gsd",
+    "file_stamp",
     "fit_gsd",
     "normalize",
     "open_scene",
@@ -60,6 +64,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATS_SIZE_PX = 1024
+MAX_GSD_UPSAMPLING = 8.0
+"""How many times finer than the file ``--gsd`` may read a scene."""
 _STRETCH_PERCENTILES = (2.0, 98.0)
 
 
@@ -83,6 +89,7 @@ class SceneInfo:
     file_gsd_m: float
     gsd_m: float
     assumed_crs: bool = False
+    stamp: tuple[int, int, int] | None = None
 
     @property
     def resampled(self) -> bool:
@@ -154,6 +161,7 @@ def _inspect(
             "(gdalwarp -tps or -rpc) and run on the result"
         )
     scene_crs = _scene_crs(src, path, crs)
+    _check_bounds(src, path, scene_crs, assumed=src.crs is None)
     selected = _select_bands(src, path, bands)
     file_gsd = pixel_size_m(src.transform, scene_crs, src.shape)
     dtype = src.dtypes[selected[0] - 1]
@@ -170,8 +178,85 @@ def _inspect(
         file_gsd_m=file_gsd,
         gsd_m=file_gsd,
         assumed_crs=src.crs is None,
+        stamp=file_stamp(path),
     )
     return fit_gsd(scene, gsd_m=gsd_m)
+
+
+def file_stamp(path: str | Path) -> tuple[int, int, int] | None:
+    """``(size, mtime_ns, inode)`` of a local file, to see that it changed; ``None`` for a
+    path only GDAL opens (``/vsis3/...``)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def check_unchanged(scene: SceneInfo) -> None:
+    """Raise :class:`~geoseg.errors.SceneError` if the scene's file is not the one that was
+    opened (rewritten, truncated or replaced since)."""
+    if scene.stamp is not None and file_stamp(scene.path) != scene.stamp:
+        raise SceneError(
+            f"{scene.path}: changed while it was being read (rewritten, truncated or "
+            "replaced); run again once it is complete"
+        )
+
+
+def _check_bounds(src: Any, path: Path, crs: CRS, *, assumed: bool) -> None:
+    """Refuse a scene whose corners are not places in ``crs`` (a wrong ``--crs``, or a
+    geographic scene past the poles)."""
+    west, south, east, north = rasterio.transform.array_bounds(src.height, src.width, src.transform)
+    hint = "; is --crs right?" if assumed else "; its georeferencing is wrong"
+    where = f"{path}: bounds ({west:.6g}, {south:.6g}, {east:.6g}, {north:.6g})"
+    if crs.is_geographic:
+        if not (-90 <= south <= north <= 90 and -180 <= west <= east <= 360):
+            raise UserInputError(
+                f"{where} are not longitudes and latitudes, as {_crs_name(crs)} needs{hint}"
+            )
+        return
+    from pyproj import Transformer
+
+    try:
+        to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        lon0, lat0, lon1, lat1 = to_lonlat.transform_bounds(west, south, east, north)
+    except Exception:  # pyproj cannot invert these coordinates
+        lon0 = lat0 = lon1 = lat1 = math.inf
+    if not all(math.isfinite(v) for v in (lon0, lat0, lon1, lat1)):
+        raise UserInputError(f"{where} are not places in {_crs_name(crs)}{hint}")
+    area = _area_of_use(crs)
+    margin = _AREA_OF_USE_MARGIN_DEG
+    if area is not None and (
+        lon1 < area.west - margin
+        or lon0 > area.east + margin
+        or lat1 < area.south - margin
+        or lat0 > area.north + margin
+    ):
+        raise UserInputError(
+            f"{where} are outside the area where {_crs_name(crs)} is used (longitude "
+            f"{area.west:g} to {area.east:g}, latitude {area.south:g} to {area.north:g}){hint}"
+        )
+
+
+def _area_of_use(crs: CRS) -> Any:
+    """The CRS's area of use (from its EPSG code when its WKT carries none)."""
+    if crs.area_of_use is not None:
+        return crs.area_of_use
+    code = crs.to_epsg()
+    try:
+        return CRS.from_epsg(code).area_of_use if code else None
+    except Exception:
+        return None
+
+
+def _crs_name(crs: CRS) -> str:
+    code = crs.to_epsg()
+    return f"EPSG:{code}" if code else crs.name
+
+
+_AREA_OF_USE_MARGIN_DEG = 10.0
+"""How far outside a projected CRS's area of use a scene may lie (UTM zones are used well
+beyond their 6 degrees)."""
 
 
 def fit_gsd(
@@ -258,8 +343,15 @@ def _target_gsd(
 ) -> float | None:
     """The GSD to read at, or ``None`` to read the file's own grid."""
     if gsd_m is not None:
-        if gsd_m <= 0:
+        if not (math.isfinite(gsd_m) and gsd_m > 0):
             raise UserInputError(f"--gsd {gsd_m} must be a positive number of metres")
+        if file_gsd / gsd_m > MAX_GSD_UPSAMPLING:
+            raise UserInputError(
+                f"--gsd {gsd_m:g} would read this {file_gsd:.3g} m scene "
+                f"{file_gsd / gsd_m:.3g} times finer; at most {MAX_GSD_UPSAMPLING:g} times "
+                f"(--gsd {file_gsd / MAX_GSD_UPSAMPLING:.3g}), as resampling adds no detail, "
+                "only pixels"
+            )
         return None if math.isclose(gsd_m, file_gsd, rel_tol=1e-3) else gsd_m
     target = clamp_gsd(file_gsd, model_range)
     return None if target == file_gsd else target
@@ -352,6 +444,7 @@ def read_tiles(
     n_bands = len(scene.bands)
     pixels = np.zeros((len(windows), n_bands, tile_px, tile_px), dtype=np.float32)
     valid = np.zeros((len(windows), tile_px, tile_px), dtype=bool)
+    check_unchanged(scene)
     try:
         with open_working_grid(scene) as src:
             for k, win in enumerate(windows):
@@ -368,5 +461,7 @@ def read_tiles(
                 pixels[k, :, : win.height, : win.width] = norm
                 valid[k, : win.height, : win.width] = ok
     except RasterioError as exc:
+        check_unchanged(scene)
         raise SceneError(f"{scene.path}: cannot be read ({first_line(exc)})") from None
+    check_unchanged(scene)
     return pixels, valid

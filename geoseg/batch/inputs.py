@@ -82,9 +82,15 @@ def _stac_assets(path: Path, asset: str | None) -> list[Path]:
     import pystac
 
     try:
-        kind = json.loads(path.read_text()).get("type")
+        document = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise UserInputError(f"{path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(document, dict):
+        raise UserInputError(
+            f"{path}: holds a JSON {type(document).__name__}, not a STAC object (an "
+            "ItemCollection, Item, Catalog or Collection)"
+        )
+    kind = document.get("type")
     try:
         if kind == "FeatureCollection":
             items = list(pystac.ItemCollection.from_file(str(path)))

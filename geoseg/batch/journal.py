@@ -8,9 +8,12 @@ wins. A scene counts as done when its last line says ``done`` with the same inpu
 fingerprint, model checksum and parameters, and its outputs are all there; anything else is
 done again.
 
-The fingerprint of an input is its size, its modification time and the SHA-256 of its first
-and last MiB: cheap for multi-gigabyte scenes, and it changes when a scene is rewritten (an
-edit in the middle of a large file that keeps its size and modification time is not seen).
+The fingerprint of an input is, by default (``quick``), its size, its modification time and
+the SHA-256 of its first and last MiB: cheap for multi-gigabyte scenes, and it changes when a
+scene is rewritten; but an edit in the middle of a file that keeps its size and modification
+time (a tool that restores the mtime, a copy with ``cp -p`` of a patched file) is not seen.
+``content`` hashes the whole file, streamed (a full read of every scene on every rerun), for
+archives where that matters.
 Outputs are recorded relative to the output folder, which can therefore be moved.
 """
 
@@ -31,6 +34,7 @@ from geoseg.errors import UserInputError
 __all__ = [
     "JOURNAL_NAME",
     "LOCK_NAME",
+    "VERIFY_MODES",
     "Journal",
     "JournalEntry",
     "batch_lock",
@@ -41,11 +45,18 @@ __all__ = [
 JOURNAL_NAME = "geoseg-journal.jsonl"
 LOCK_NAME = ".geoseg-batch.lock"
 _EDGE_BYTES = 1 << 20
+_CHUNK_BYTES = 8 << 20
+VERIFY_MODES = ("quick", "content")
 
 
-def fingerprint(path: str | Path) -> str:
-    """``size:mtime_ns:sha256(first and last MiB)`` of a file; ``missing`` if it is not there."""
+def fingerprint(path: str | Path, verify: str = "quick") -> str:
+    """``size:mtime_ns:sha256(first and last MiB)`` of a file (``quick``), or
+    ``size:sha256:<digest of the whole file>`` (``content``); ``missing`` if it is not there."""
     path = Path(path)
+    if verify not in VERIFY_MODES:
+        raise UserInputError(f"--verify {verify!r}: use {' or '.join(VERIFY_MODES)}")
+    if verify == "content":
+        return _content_fingerprint(path)
     try:
         stat = path.stat()
         digest = hashlib.sha256()
@@ -57,6 +68,19 @@ def fingerprint(path: str | Path) -> str:
     except OSError:
         return "missing"
     return f"{stat.st_size}:{stat.st_mtime_ns}:{digest.hexdigest()[:32]}"
+
+
+def _content_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            size = 0
+            while chunk := f.read(_CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError:
+        return "missing"
+    return f"{size}:sha256:{digest.hexdigest()}"
 
 
 def params_digest(params: dict[str, Any]) -> str:

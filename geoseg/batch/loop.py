@@ -20,11 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.batch.inputs import output_stems
-from geoseg.batch.journal import Journal, JournalEntry, batch_lock, fingerprint, params_digest
+from geoseg.batch.journal import (
+    VERIFY_MODES,
+    Journal,
+    JournalEntry,
+    batch_lock,
+    fingerprint,
+    params_digest,
+)
+from geoseg.commit import remove_orphans, scene_lock
 from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, ModelError, UserInputError
 from geoseg.model.protocol import load_segmenter
 from geoseg.pipeline import BatchResult, ScenePlan, finish_scene, plan_scene, scene_tasks
+from geoseg.scheduler import check_reachable
 
 __all__ = ["MAX_PENDING_BATCHES", "BatchReport", "SceneOutcome", "connect", "run_batch"]
 
@@ -106,6 +115,7 @@ def connect(
             ),
         )
         return Client(cluster), cluster
+    check_reachable(str(scheduler))
     try:
         return Client(scheduler, timeout="20s"), None
     except OSError as exc:
@@ -124,6 +134,7 @@ def run_batch(
     predict_resources: dict[str, float] | None = None,
     merge: bool = False,
     on_event: ProgressEvent | None = None,
+    verify: str = "quick",
 ) -> BatchReport:
     """Process ``scenes`` into ``outdir``; see the module docstring.
 
@@ -132,15 +143,19 @@ def run_batch(
     ``on_event(kind, payload)`` reports progress: ``("start", n_scenes)``, ``("scene",
     outcome)`` for each scene failed, skipped or done, ``("planned", n_tiles)`` once the tiles
     still to run are known, ``("dashboard", url)``, and ``("tiles", n)`` per finished batch.
+    ``verify``: how a scene is known unchanged since the journal's line, ``quick`` or
+    ``content`` (see :func:`~geoseg.batch.journal.fingerprint`).
     Raises :class:`~geoseg.errors.UserInputError` if another batch is writing to ``outdir``.
     """
     options = options or RunOptions()
     outdir = Path(outdir).absolute()
     emit = on_event or (lambda kind, payload: None)
     start = time.perf_counter()
+    if verify not in VERIFY_MODES:
+        raise UserInputError(f"verify={verify!r}: use {' or '.join(VERIFY_MODES)}")
     with batch_lock(outdir):
         load_segmenter(options.model, device=options.device)  # a bad --model stops it here
-        _remove_partials(outdir)
+        remove_orphans(outdir)
         journal = Journal(outdir)
         stems = output_stems(list(scenes))
         params = params_digest(options.to_dict())
@@ -149,7 +164,7 @@ def run_batch(
 
         plans: list[tuple[ScenePlan, str, str]] = []
         for scene in scenes:
-            outcome, todo = _plan_or_skip(scene, options, journal, params)
+            outcome, todo = _plan_or_skip(scene, options, journal, params, verify)
             if outcome is not None:
                 outcomes[scene] = outcome
                 emit("scene", outcome)
@@ -183,18 +198,12 @@ def run_batch(
     return BatchReport(ordered, time.perf_counter() - start, merged, dashboard)
 
 
-def _remove_partials(outdir: Path) -> None:
-    """Temporary files of a run that was killed: never outputs, removed before starting."""
-    for leftover in outdir.glob(".*.partial.*"):
-        leftover.unlink(missing_ok=True)
-
-
 def _plan_or_skip(
-    scene: Path, options: RunOptions, journal: Journal, params: str
+    scene: Path, options: RunOptions, journal: Journal, params: str, verify: str = "quick"
 ) -> tuple[SceneOutcome | None, tuple[ScenePlan, str] | None]:
     """Plan a scene: ``(outcome, None)`` if it failed or is done, else ``(None, (plan,
     fingerprint))``."""
-    fprint = fingerprint(scene)
+    fprint = fingerprint(scene, verify)
     try:
         plan = plan_scene(scene, options)
     except ModelError:
@@ -325,9 +334,10 @@ def _finish(job: _Pending, outdir: Path, journal: Journal, params: str) -> Scene
         JournalEntry(str(scene), "writing", job.fingerprint, job.plan.model.checksum, params)
     )
     try:
-        result = finish_scene(
-            job.plan, results, outdir, seconds=time.perf_counter() - job.started, stem=job.stem
-        )
+        with scene_lock(outdir, job.stem):
+            result = finish_scene(
+                job.plan, results, outdir, seconds=time.perf_counter() - job.started, stem=job.stem
+            )
     except Exception as exc:  # isolate the scene: record it, go on with the others
         return _fail(job, f"{type(exc).__name__}: {exc}", journal, params)
     journal.record(

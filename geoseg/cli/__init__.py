@@ -7,8 +7,10 @@ mistake (bad option, unreadable or ungeoreferenced input).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import signal
 import sys
 import warnings
 
@@ -17,6 +19,7 @@ import click
 from geoseg.errors import (
     GeoSegError,
     LabelError,
+    OutputError,
     SceneError,
     UntrainedModelWarning,
     UserInputError,
@@ -33,7 +36,7 @@ _COMMANDS = {
     "synth": ("geoseg.cli.synth", "synth_command", "Make a synthetic labelled aerial scene."),
 }
 
-USER_ERRORS = (UserInputError, SceneError, LabelError)
+USER_ERRORS = (UserInputError, SceneError, LabelError, OutputError)
 
 
 class LazyGroup(click.Group):
@@ -87,15 +90,32 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     ctx.obj = {"verbosity": verbose - quiet}
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that clean-up runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the group and map geoseg errors to one line and an exit code."""
+    """Console entry point: run the group and map geoseg errors to one line and an exit code.
+
+    Ctrl-C exits with 130 and SIGTERM with 143, after the clean-up of temporary files and
+    worker processes that an error gets.
+    """
+    with contextlib.suppress(ValueError):  # not in the main thread: leave SIGTERM alone
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(1)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Terminated:
+        click.echo("Terminated.", err=True)
+        sys.exit(143)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"Error: {exc.format_message()}{_help_hint(exc)}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -105,9 +125,6 @@ def main(argv: list[str] | None = None) -> None:
     except GeoSegError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
     except Exception as exc:  # an internal failure: one line, the traceback with -v
         logging.getLogger("geoseg").debug("internal error", exc_info=True)
         click.echo(
@@ -115,3 +132,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     sys.exit(0)
+
+
+def _help_hint(exc: click.ClickException) -> str:
+    """`` (see 'geoseg run --help')`` for a usage error, on the same line."""
+    ctx = getattr(exc, "ctx", None)
+    if not isinstance(exc, click.UsageError) or ctx is None:
+        return ""
+    return f" (see '{ctx.command_path} {ctx.help_option_names[-1]}')"

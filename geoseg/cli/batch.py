@@ -41,6 +41,7 @@ _SPEC_KEYS = {
     "workers",
     "gpu",
     "cluster",
+    "verify",
 }
 # spec key -> click parameter name, where they differ
 _RENAMES = {
@@ -136,6 +137,14 @@ def _spec_callback(ctx: click.Context, param: click.Parameter, value: Path | Non
     help="Run inference only on Dask workers that have the resource GPU=1 "
     "(dask worker --resources GPU=1), one model per worker.",
 )
+@click.option(
+    "--verify",
+    type=click.Choice(["quick", "content"]),
+    default="quick",
+    show_default=True,
+    help="How a rerun knows a scene is unchanged: quick (size, modification time, first and "
+    "last MiB; misses an edit inside a file that keeps both) or content (hashes every byte).",
+)
 @run_options
 @click.pass_context
 def batch_command(
@@ -146,6 +155,7 @@ def batch_command(
     merge: bool,
     workers: int | None,
     gpu: bool,
+    verify: str,
     scheduler: str,
     **kwargs: Any,
 ) -> None:
@@ -199,6 +209,7 @@ def batch_command(
             predict_resources={"GPU": 1} if gpu else None,
             merge=merge,
             on_event=progress,
+            verify=verify,
         )
     if verbosity >= 0:
         _summary(report)

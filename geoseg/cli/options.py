@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,28 @@ def _bands_callback(ctx: click.Context, param: click.Parameter, value: str | Non
     return parse_bands(value)
 
 
+def _scheduler_callback(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from geoseg.errors import UserInputError
+    from geoseg.scheduler import ACCEPTED, check_scheduler
+
+    try:
+        return check_scheduler(value)
+    except UserInputError:
+        raise click.BadParameter(f"{value!r}: use {ACCEPTED}", param_hint="--scheduler") from None
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A :class:`click.FloatRange` that refuses ``nan`` and ``inf``."""
+
+    name = "float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 def _device_callback(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
@@ -121,7 +144,7 @@ _OPTIONS = [
     ),
     click.option(
         "--min-score",
-        type=click.FloatRange(0, 1),
+        type=FiniteFloatRange(0, 1),
         default=None,
         help="Drop objects the model is less sure of. Default: the threshold the model "
         "was tuned to on its validation data (a geoseg train checkpoint records it), else 0.5.",
@@ -138,13 +161,14 @@ _OPTIONS = [
         "--scheduler",
         default="threads",
         show_default=True,
+        callback=_scheduler_callback,
         help="threads, processes, or the address of a Dask scheduler "
         "(tcp://host:8786) to run on an existing cluster.",
     ),
     click.option(
         "--simplify",
         "simplify_px",
-        type=click.FloatRange(min=0),
+        type=FiniteFloatRange(min=0),
         default=_DEFAULTS.simplify_px,
         show_default=True,
         help="Smooth outlines by this tolerance in pixels; 0 keeps them pixel-exact.",
@@ -158,7 +182,7 @@ _OPTIONS = [
     click.option(
         "--gsd",
         "gsd_m",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteFloatRange(min=0, min_open=True),
         default=None,
         help="Read the scene resampled to this many metres per pixel (default: the "
         "range the model was trained on, if the scene is outside it).",

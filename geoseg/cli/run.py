@@ -45,17 +45,20 @@ def run_command(
     """
     import time
 
+    from geoseg.commit import check_writable, scene_lock
     from geoseg.pipeline import compute_tasks, finish_scene, plan_scene, scene_tasks
     from geoseg.remote import is_remote
 
     verbosity = (ctx.obj or {}).get("verbosity", 0)
     options = options_from_cli(**kwargs)
     start = time.perf_counter()
+    check_writable(outdir)
     plan = plan_scene(scene if is_remote(scene) else Path(scene), options)
     _announce(plan, verbosity)
-    with _progress_bar(plan.n_tiles, verbosity) as bar:
-        results = compute_tasks(scene_tasks(plan), scheduler, bar.update if bar else None)
-    result = finish_scene(plan, results, outdir, seconds=time.perf_counter() - start)
+    with scene_lock(outdir, plan.scene.stem):
+        with _progress_bar(plan.n_tiles, verbosity) as bar:
+            results = compute_tasks(scene_tasks(plan), scheduler, bar.update if bar else None)
+        result = finish_scene(plan, results, outdir, seconds=time.perf_counter() - start)
     if verbosity >= 0:
         _summary(result)
 

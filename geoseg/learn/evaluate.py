@@ -108,8 +108,8 @@ def evaluate(
         raise UserInputError(f"IoU threshold {iou}: use a number in (0, 1]")
     if boundary_width is not None and not (np.isfinite(boundary_width) and boundary_width > 0):
         raise UserInputError(f"boundary width {boundary_width}: use a positive number of metres")
-    pred = _polygons_only(_checked(pred, "predictions"))
-    ref = _polygons_only(_checked(ref, "reference"))
+    pred = _polygons_only(_checked(pred, "predictions"), "predictions")
+    ref = _polygons_only(_checked(ref, "reference"), "reference")
     pred, ref = _common_crs(pred, ref)
     pred, ref = _assign_classes(pred, ref, classes=classes, ref_class=ref_class)
     names = list(classes) if classes else sorted({*pred["class"], *ref["class"]})
@@ -364,12 +364,15 @@ def greedy_match(
 def greedy_assign(
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray], n_pred: int, n_ref: int, threshold: float
 ) -> np.ndarray:
-    """The reference each prediction takes in :func:`greedy_match`, -1 for none."""
+    """The reference each prediction takes in :func:`greedy_match`, -1 for none; of two
+    unmatched references with the same IoU it takes the later one, as pycocotools does."""
     pi, ri, values = pairs
     match = np.full(n_pred, -1, dtype=int)
     ok = values >= threshold - 1e-9  # IoU of exactly the threshold counts
     pi, ri, values = pi[ok], ri[ok], values[ok]
-    order = np.lexsort((-values, pi))  # by prediction, best reference first
+    # by prediction, best reference first; of equal IoUs the last reference, as pycocotools
+    # (its loop keeps the last reference that is not worse)
+    order = np.lexsort((-ri, -values, pi))
     pi, ri = pi[order], ri[order]
     taken = np.zeros(n_ref, dtype=bool)
     starts = np.searchsorted(pi, np.arange(n_pred + 1))
@@ -479,9 +482,26 @@ def _checked(frame: gpd.GeoDataFrame, what: str) -> gpd.GeoDataFrame:
     return out
 
 
-def _polygons_only(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Repair invalid geometries; keep their polygonal parts; drop empty ones."""
-    geoms = shapely.make_valid(frame.geometry.to_numpy())
+def _polygons_only(frame: gpd.GeoDataFrame, what: str = "polygons") -> gpd.GeoDataFrame:
+    """Repair invalid geometries (saying how many, once); keep their polygonal parts; drop
+    empty ones. Geometries none of which is a polygon are a :class:`LabelError`."""
+    raw = frame.geometry.to_numpy()
+    present = raw[~shapely.is_missing(raw) & ~shapely.is_empty(raw)]
+    kinds = set(shapely.get_type_id(present).tolist())
+    if len(present) and not kinds & _POLYGONAL_TYPES:
+        found = ", ".join(sorted({g.geom_type for g in present}))
+        raise LabelError(
+            f"the {what} hold no polygons, only {found} ({len(present)}); geoseg eval scores "
+            "instance outlines"
+        )
+    invalid = int((~shapely.is_valid(present)).sum())
+    if invalid:
+        log.warning(
+            "%d invalid polygon(s) in the %s repaired with shapely.make_valid before scoring",
+            invalid,
+            what,
+        )
+    geoms = shapely.make_valid(raw)
     geoms = np.array([_polygonal(g) for g in geoms], dtype=object)
     keep = ~shapely.is_empty(geoms) & (shapely.area(geoms) > 0)
     if (~keep).any():
@@ -489,6 +509,9 @@ def _polygons_only(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     out = frame[keep].copy()
     out = out.set_geometry(list(geoms[keep]), crs=frame.crs)
     return out
+
+
+_POLYGONAL_TYPES = {3, 6, 7}  # Polygon, MultiPolygon, GeometryCollection (may hold some)
 
 
 def _polygonal(geom: Any) -> Any:
@@ -531,6 +554,12 @@ def _assign_classes(
     pred_missing = pred["class"].isna()
     if pred_missing.any():
         pred.loc[pred_missing, "class"] = _only_class(ref, classes, "predictions")
+    known = {c for c in [*pred["class"], *ref["class"]] if c is not None}
+    unknown = [c for c in classes or () if c not in known]
+    if unknown and known:
+        raise UserInputError(
+            f"--classes {','.join(unknown)}: in neither file, which hold {', '.join(sorted(known))}"
+        )
     if classes:
         pred = pred[pred["class"].isin(list(classes))]
         ref = ref[ref["class"].isin(list(classes))]

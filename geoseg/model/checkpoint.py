@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ __all__ = ["FORMAT", "VERSION", "read_checkpoint", "save_checkpoint"]
 FORMAT = "geoseg-maskrcnn"
 VERSION = 1
 _REQUIRED = ("arch", "classes", "state_dict")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
+_PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle (protocol 2 or later)
 
 
 def save_checkpoint(
@@ -99,12 +101,30 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"{path}: model checkpoint not found")
+    hint = "give a .pt file written by 'geoseg train'"
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as exc:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot read the model ({exc.strerror}); {hint}") from exc
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
         raise UserInputError(
-            f"{path}: not a readable PyTorch checkpoint ({first_line(exc, max_chars=200)}); "
-            "give a .pt file written by 'geoseg train'"
+            f"{path}: not a readable PyTorch checkpoint (neither a zip archive nor a pickle, "
+            f"as torch.save writes); {hint}"
+        )
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols and the like
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # holds objects weights_only does not load
+        raise UserInputError(
+            f"{path}: not a geoseg/torchvision checkpoint (it holds Python objects other than "
+            f"tensors and plain values, which geoseg never loads); {hint}"
+        ) from exc
+    except Exception as exc:  # truncated, damaged, or not torch's format after all
+        raise UserInputError(
+            f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
+            f"{first_line(exc, max_chars=120)}); {hint}"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserInputError(
