@@ -100,6 +100,21 @@ def slow_oracle() -> SlowOracle:
     return SlowOracle()
 
 
+class VerySlowOracle(OracleSegmenter):
+    """An oracle that takes a second per tile: a run lasts long enough to be interrupted
+    after its worker processes have started, even on a busy machine."""
+
+    def predict(self, tiles: np.ndarray) -> list:
+        import time
+
+        time.sleep(1.0 * len(tiles))
+        return super().predict(tiles)
+
+
+def very_slow_oracle() -> VerySlowOracle:
+    return VerySlowOracle()
+
+
 class ScoreFloorOracle(OracleSegmenter):
     """An oracle whose ``predict`` takes ``min_score`` and records what geoseg passed."""
 
