@@ -41,7 +41,7 @@ from geoseg.config import DEFAULT_MIN_SCORE, RunOptions, score_thresholds
 from geoseg.errors import UserInputError
 from geoseg.fragments import MaskCrop, instances_to_crops
 from geoseg.grid import Tile, TileGrid
-from geoseg.model.protocol import Instances, ModelInfo, describe_model, load_segmenter
+from geoseg.model.protocol import Instances, ModelInfo, describe_spec, load_segmenter
 from geoseg.output import COLUMNS, write_outputs
 from geoseg.scene import SceneInfo, fit_gsd, open_scene, read_tiles
 from geoseg.stitch import Fragment, StitchedObject, stitch
@@ -156,10 +156,12 @@ class BatchResult:
 
 
 def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan:
-    """Open and validate the scene, load the model (once per process), cut the tile grid."""
+    """Open and validate the scene, describe the model (read once per process, on the CPU or
+    not built at all: see :func:`~geoseg.model.protocol.describe_spec`), cut the tile grid."""
     options = options or RunOptions()
     scene = open_scene(path, bands=options.bands, crs=options.crs, gsd_m=options.gsd_m)
-    info = describe_model(load_segmenter(options.model, device=options.device), options.model)
+    # only what the model says of itself: never loaded here on the workers' device
+    info = describe_spec(options.model, device=options.device)
     if options.min_score is None:
         tuned = info.min_score if info.min_score is not None else DEFAULT_MIN_SCORE
         options = replace(options, min_score=tuned)

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from geoseg.batch.cluster import keep_workers
 from geoseg.batch.inputs import output_stems
 from geoseg.batch.journal import Journal, JournalEntry, batch_lock, fingerprint, params_digest
 from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, ModelError, UserInputError
-from geoseg.model.protocol import load_segmenter
+from geoseg.model.protocol import describe_spec, load_segmenter
 from geoseg.pipeline import BatchResult, ScenePlan, finish_scene, plan_scene, scene_tasks
 
 __all__ = ["MAX_PENDING_BATCHES", "BatchReport", "SceneOutcome", "connect", "run_batch"]
@@ -139,7 +140,7 @@ def run_batch(
     emit = on_event or (lambda kind, payload: None)
     start = time.perf_counter()
     with batch_lock(outdir):
-        load_segmenter(options.model, device=options.device)  # a bad --model stops it here
+        _check_model(options, scheduler)  # a bad --model stops it here
         _remove_partials(outdir)
         journal = Journal(outdir)
         stems = output_stems(list(scenes))
@@ -163,10 +164,11 @@ def run_batch(
             try:
                 dashboard = getattr(client, "dashboard_link", None)
                 emit("dashboard", dashboard)
-                for outcome in _compute(
-                    client, plans, outdir, journal, params, predict_resources, emit
-                ):
-                    outcomes[outcome.scene] = outcome
+                with keep_workers(getattr(client, "cluster", None)):
+                    for outcome in _compute(
+                        client, plans, outdir, journal, params, predict_resources, emit
+                    ):
+                        outcomes[outcome.scene] = outcome
             finally:
                 if client is not scheduler:  # close only what we opened
                     client.close()
@@ -181,6 +183,17 @@ def run_batch(
             merged = merge_outputs(done, outdir, merge_iou=options.merge_iou)
     ordered = [outcomes[s] for s in scenes if s in outcomes]
     return BatchReport(ordered, time.perf_counter() - start, merged, dashboard)
+
+
+def _check_model(options: RunOptions, scheduler: Any) -> None:
+    """Stop at once on a model that cannot load. Local workers share this machine, so the
+    model is loaded here as they will load it (with threads, the very copy they use);
+    a cluster's workers may have a device this machine lacks (a GPU node, driven from a login
+    node), so only what the model says of itself is read here, never on their device."""
+    if isinstance(scheduler, str) and scheduler in ("threads", "processes", "sync"):
+        load_segmenter(options.model, device=options.device)
+    else:
+        describe_spec(options.model, device=options.device)
 
 
 def _remove_partials(outdir: Path) -> None:
@@ -256,11 +269,12 @@ def _compute(
             continue
         if future.status != "finished":
             outcomes.append(_fail(job, _error_text(future), journal, params))
-            client.cancel([f for f in job.futures if f.key != future.key])
+            client.cancel([f for f in job.futures if f is not None and f.key != future.key])
             del pending[k]
         else:
             result = future.result()
             job.results[j] = result
+            job.futures[j] = None  # released on the cluster: a worker lost later costs nothing
             emit("tiles", result.n_tiles + result.n_skipped)
             if len(job.results) < len(job.futures):
                 continue
