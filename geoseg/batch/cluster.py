@@ -16,8 +16,8 @@ imported only here, when the batch starts.
 While a batch runs, :func:`keep_workers` asks a cluster made of jobs (dask-jobqueue's, or any
 ``distributed.SpecCluster``) again for the workers it lost: a job killed at its walltime or
 retired by ``--lifetime`` is submitted anew, whether the cluster was sized with ``scale`` or
-``adapt`` (neither does it by itself: dask/dask-jobqueue#611, #691). Kubernetes restarts lost
-worker pods itself.
+``adapt`` (neither does it reliably by itself: dask/dask-jobqueue#611, #691). Kubernetes
+restarts lost worker pods itself.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CLUSTER_KEYS = frozenset({"class", "options", "scale", "adapt"})
+
+#: How often :func:`keep_workers` looks for lost jobs, in seconds.
+KEEP_WORKERS_INTERVAL_S = 2.0
 
 
 def reject_unknown_keys(spec: Mapping[str, Any], known: Set[str], *, where: str) -> None:
@@ -105,16 +108,17 @@ def start_cluster(spec: Mapping[str, Any]) -> Any:
 
 
 @contextlib.contextmanager
-def keep_workers(cluster: Any, *, interval_s: float = 2.0) -> Iterator[None]:
+def keep_workers(cluster: Any, *, interval_s: float | None = None) -> Iterator[None]:
     """While the block runs, submit again every job of ``cluster`` whose worker is gone.
 
     For a ``distributed.SpecCluster`` (dask-jobqueue's clusters, ``LocalCluster``): a worker
     that leaves the scheduler (killed, or retired at its ``--lifetime``) is dropped from the
-    cluster's jobs after ``distributed.deploy.lost-worker-timeout`` but stays in its plan, so
-    neither ``scale`` nor ``adapt`` ever replaces it, and a batch whose jobs all reached their
-    walltime waits forever. Every ``interval_s`` this asks the cluster for its plan again,
-    which submits those jobs anew (same names). Other clusters (Kubernetes, an address) are
-    left alone.
+    cluster's jobs after ``distributed.deploy.lost-worker-timeout`` but stays in its plan.
+    ``scale`` never replaces it, nor does ``adapt`` while its target stays at the plan's size
+    (a long batch at ``maximum_jobs``), so a batch whose jobs all reached their walltime
+    would wait forever. Every ``interval_s`` (default :data:`KEEP_WORKERS_INTERVAL_S`) this
+    asks the cluster for its plan again, which submits those jobs anew (same names). Other
+    clusters (Kubernetes restarts its pods itself; an address) are left alone.
     """
     from distributed import SpecCluster
 
@@ -140,7 +144,7 @@ def keep_workers(cluster: Any, *, interval_s: float = 2.0) -> Iterator[None]:
             seen.difference_update(lost)  # until they are back
             SpecCluster.scale(cluster, len(cluster.worker_spec))  # counted in jobs
 
-    callback = PeriodicCallback(check, interval_s * 1000)
+    callback = PeriodicCallback(check, (interval_s or KEEP_WORKERS_INTERVAL_S) * 1000)
     cluster.loop.add_callback(callback.start)
     try:
         yield
