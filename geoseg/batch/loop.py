@@ -267,6 +267,10 @@ def _compute(
         job = pending.get(k)
         if job is None:  # a batch of a scene that failed already (cancelled)
             continue
+        if future.status in ("pending", "lost"):  # its worker left with it: being redone
+            owner[future.key] = (k, j)
+            stream.add(future)
+            continue
         if future.status != "finished":
             outcomes.append(_fail(job, _error_text(future), journal, params))
             client.cancel([f for f in job.futures if f is not None and f.key != future.key])
