@@ -136,11 +136,7 @@ def keep_workers(cluster: Any, *, interval_s: float | None = None) -> Iterator[N
         seen.update(cluster.workers)
         lost = (seen & set(cluster.worker_spec)) - set(cluster.workers)
         if lost:
-            log.warning(
-                "%d Dask worker job(s) ended (walltime, lifetime or killed): submitting "
-                "them again",
-                len(lost),
-            )
+            log.warning("%d Dask worker job(s) ended: submitting them again", len(lost))
             seen.difference_update(lost)  # until they are back
             SpecCluster.scale(cluster, len(cluster.worker_spec))  # counted in jobs
 

@@ -152,7 +152,7 @@ def _spec_checksum(spec: str) -> str:
 
 _CACHE: dict[tuple[str, str], Segmenter] = {}
 _CACHE_LOCK = threading.RLock()  # re-entrant: a factory may load another model
-_INFO: dict[str, ModelInfo] = {}
+_INFO: dict[tuple[str, int, int], ModelInfo] = {}
 
 
 def describe_spec(spec: str = "default", *, device: str = "auto") -> ModelInfo:
@@ -164,14 +164,16 @@ def describe_spec(spec: str = "default", *, device: str = "auto") -> ModelInfo:
     workers load it (the same copy, if they share this process). So a driver without a GPU
     plans a batch whose workers run on CUDA, and a driver with one leaves it to the workers.
     """
-    with _CACHE_LOCK:
-        if spec not in _INFO:
-            _INFO[spec] = _describe_uncached(spec, device)
-        return _INFO[spec]
-
-
-def _describe_uncached(spec: str, device: str) -> ModelInfo:
     path = _checkpoint_path(spec)
+    stat = path.stat() if path is not None else None
+    key = (spec, stat.st_size, stat.st_mtime_ns) if stat else (spec, 0, 0)  # a new file: anew
+    with _CACHE_LOCK:
+        if key not in _INFO:
+            _INFO[key] = _describe_uncached(spec, path, device)
+        return _INFO[key]
+
+
+def _describe_uncached(spec: str, path: Path | None, device: str) -> ModelInfo:
     if path is not None:
         from geoseg.model.checkpoint import read_checkpoint
 
