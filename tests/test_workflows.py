@@ -37,6 +37,16 @@ LOADS: list[tuple[str, bool]] = []  # (device, in a Dask worker) of each model b
 PREDICTED_BY: set[str] = set()  # addresses of the workers that ran predict
 
 
+@pytest.fixture(autouse=True)
+def _keep_sigint() -> Any:
+    """dask_jobqueue sets a SIGINT handler when imported: not in this test process."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
 def _in_worker() -> bool:
     from distributed import get_worker
 
@@ -416,3 +426,25 @@ def test_a_batch_outlives_worker_jobs_killed_midway(tmp_path: Path, quick_loss: 
     assert len(killed) == 2 and len(new_jobs) == 2 and not new_jobs & set(killed)
     assert [o.status for o in report.outcomes] == ["done"] * len(inputs), report.failed
     assert done_lines(tmp_path / "out") == {p.name: 1 for p in inputs}
+
+
+def test_a_cluster_package_does_not_change_what_ctrl_c_does() -> None:
+    import signal
+    import sys
+
+    pytest.importorskip("dask_jobqueue")
+    for name in [m for m in sys.modules if m.split(".")[0] == "dask_jobqueue"]:
+        del sys.modules[name]  # imported afresh: dask_jobqueue.runner sets its handler again
+    before = signal.getsignal(signal.SIGINT)
+    cluster = start_cluster(
+        {
+            "class": "dask_jobqueue.local:LocalCluster",
+            "options": {
+                "cores": 1,
+                "memory": "1GB",
+                "scheduler_options": {"dashboard_address": ":0"},
+            },
+        }
+    )
+    cluster.close()
+    assert signal.getsignal(signal.SIGINT) is before

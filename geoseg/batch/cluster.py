@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import signal
 from collections.abc import Iterator, Mapping, Set
 from typing import Any
 
@@ -83,7 +84,7 @@ def start_cluster(spec: Mapping[str, Any]) -> Any:
     spec = check_cluster_spec(spec)
     module_name, attr = _split(spec["class"])
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
+        cls = getattr(_import_keeping_sigint(module_name), attr)
     except ImportError as exc:
         package = module_name.split(".")[0].replace("_", "-")
         raise UserInputError(
@@ -146,6 +147,18 @@ def keep_workers(cluster: Any, *, interval_s: float | None = None) -> Iterator[N
         yield
     finally:
         cluster.loop.add_callback(callback.stop)
+
+
+def _import_keeping_sigint(module_name: str) -> Any:
+    """Import a cluster package without letting it change what Ctrl-C does here
+    (dask_jobqueue, on import, makes SIGINT exit with status 0)."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if signal.getsignal(signal.SIGINT) is not handler and handler is not None:
+            with contextlib.suppress(ValueError):  # not the main thread: nothing to undo
+                signal.signal(signal.SIGINT, handler)
 
 
 def _split(name: str) -> tuple[str, str]:
