@@ -45,7 +45,7 @@ from geoseg.formats import check_formats
 from geoseg.fragments import MaskCrop, instances_to_crops
 from geoseg.grid import Tile, TileGrid
 from geoseg.measures import SHIP_CLASSES, SHIP_COLUMNS, ship_dimensions
-from geoseg.model.protocol import Instances, ModelInfo, describe_model, load_segmenter
+from geoseg.model.protocol import Instances, ModelInfo, describe_spec, load_segmenter
 from geoseg.output import COLUMNS, write_outputs
 from geoseg.scene import (
     SceneInfo,
@@ -177,12 +177,14 @@ class BatchResult:
 
 
 def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan:
-    """Open and validate the scene, load the model (once per process), cut the tile grid."""
+    """Open and validate the scene, describe the model (read once per process, on the CPU or
+    not built at all: see :func:`~geoseg.model.protocol.describe_spec`), cut the tile grid."""
     options = options or RunOptions()
     options = replace(options, formats=check_formats(tuple(options.formats)))
     check_numbers(options)
     scene = open_scene(path, bands=options.bands, crs=options.crs, gsd_m=options.gsd_m)
-    info = describe_model(load_segmenter(options.model, device=options.device), options.model)
+    # only what the model says of itself: never loaded here on the workers' device
+    info = describe_spec(options.model, device=options.device)
     if options.min_score is None:
         tuned = info.min_score if info.min_score is not None else DEFAULT_MIN_SCORE
         options = replace(options, min_score=tuned)

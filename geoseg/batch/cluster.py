@@ -12,19 +12,39 @@ says what to run and where::
 Any class that builds a ``distributed`` cluster works (``distributed.LocalCluster``,
 ``dask_jobqueue.SLURMCluster``, ``dask_kubernetes.operator.KubeCluster``); its package is
 imported only here, when the batch starts.
+
+While a batch runs, :func:`keep_workers` asks a cluster made of jobs (dask-jobqueue's, or any
+``distributed.SpecCluster``) again for the workers it lost: a job killed at its walltime or
+retired by ``--lifetime`` is submitted anew, whether the cluster was sized with ``scale`` or
+``adapt`` (neither does it reliably by itself: dask/dask-jobqueue#611, #691). Kubernetes
+restarts lost worker pods itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Mapping, Set
+import logging
+import signal
+from collections.abc import Iterator, Mapping, Set
 from typing import Any
 
 from geoseg.errors import UserInputError
 
-__all__ = ["CLUSTER_KEYS", "check_cluster_spec", "reject_unknown_keys", "start_cluster"]
+__all__ = [
+    "CLUSTER_KEYS",
+    "check_cluster_spec",
+    "keep_workers",
+    "reject_unknown_keys",
+    "start_cluster",
+]
+
+log = logging.getLogger(__name__)
 
 CLUSTER_KEYS = frozenset({"class", "options", "scale", "adapt"})
+
+#: How often :func:`keep_workers` looks for lost jobs, in seconds.
+KEEP_WORKERS_INTERVAL_S = 2.0
 
 
 def reject_unknown_keys(spec: Mapping[str, Any], known: Set[str], *, where: str) -> None:
@@ -64,7 +84,7 @@ def start_cluster(spec: Mapping[str, Any]) -> Any:
     spec = check_cluster_spec(spec)
     module_name, attr = _split(spec["class"])
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
+        cls = getattr(_import_keeping_sigint(module_name), attr)
     except ImportError as exc:
         package = module_name.split(".")[0].replace("_", "-")
         raise UserInputError(
@@ -86,6 +106,59 @@ def start_cluster(spec: Mapping[str, Any]) -> Any:
         cluster.close()
         raise
     return cluster
+
+
+@contextlib.contextmanager
+def keep_workers(cluster: Any, *, interval_s: float | None = None) -> Iterator[None]:
+    """While the block runs, submit again every job of ``cluster`` whose worker is gone.
+
+    For a ``distributed.SpecCluster`` (dask-jobqueue's clusters, ``LocalCluster``): a worker
+    that leaves the scheduler (killed, or retired at its ``--lifetime``) is dropped from the
+    cluster's jobs after ``distributed.deploy.lost-worker-timeout`` but stays in its plan.
+    ``scale`` never replaces it, nor does ``adapt`` while its target stays at the plan's size
+    (a long batch at ``maximum_jobs``), so a batch whose jobs all reached their walltime
+    would wait forever. Every ``interval_s`` (default :data:`KEEP_WORKERS_INTERVAL_S`) this
+    asks the cluster for its plan again, which submits those jobs anew (same names). Other
+    clusters (Kubernetes restarts its pods itself; an address) are left alone.
+    """
+    from distributed import SpecCluster
+
+    if not isinstance(cluster, SpecCluster):
+        yield
+        return
+    from distributed.core import Status
+    from tornado.ioloop import PeriodicCallback
+
+    seen: set[Any] = set()
+
+    def check() -> None:
+        if cluster.status != Status.running:
+            return
+        seen.update(cluster.workers)
+        lost = (seen & set(cluster.worker_spec)) - set(cluster.workers)
+        if lost:
+            log.warning("%d Dask worker job(s) ended: submitting them again", len(lost))
+            seen.difference_update(lost)  # until they are back
+            SpecCluster.scale(cluster, len(cluster.worker_spec))  # counted in jobs
+
+    callback = PeriodicCallback(check, (interval_s or KEEP_WORKERS_INTERVAL_S) * 1000)
+    cluster.loop.add_callback(callback.start)
+    try:
+        yield
+    finally:
+        cluster.loop.add_callback(callback.stop)
+
+
+def _import_keeping_sigint(module_name: str) -> Any:
+    """Import a cluster package without letting it change what Ctrl-C does here
+    (dask_jobqueue, on import, makes SIGINT exit with status 0)."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if signal.getsignal(signal.SIGINT) is not handler and handler is not None:
+            with contextlib.suppress(ValueError):  # not the main thread: nothing to undo
+                signal.signal(signal.SIGINT, handler)
 
 
 def _split(name: str) -> tuple[str, str]:

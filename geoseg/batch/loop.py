@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from geoseg.batch.cluster import keep_workers
 from geoseg.batch.inputs import output_stems
 from geoseg.batch.journal import (
     VERIFY_MODES,
@@ -31,7 +32,7 @@ from geoseg.batch.journal import (
 from geoseg.commit import remove_orphans, scene_lock
 from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, ModelError, UserInputError
-from geoseg.model.protocol import load_segmenter
+from geoseg.model.protocol import describe_spec, load_segmenter
 from geoseg.pipeline import BatchResult, ScenePlan, finish_scene, plan_scene, scene_tasks
 from geoseg.scheduler import check_reachable
 
@@ -154,7 +155,7 @@ def run_batch(
     if verify not in VERIFY_MODES:
         raise UserInputError(f"verify={verify!r}: use {' or '.join(VERIFY_MODES)}")
     with batch_lock(outdir):
-        load_segmenter(options.model, device=options.device)  # a bad --model stops it here
+        _check_model(options, scheduler)  # a bad --model stops it here
         remove_orphans(outdir)
         journal = Journal(outdir)
         stems = output_stems(list(scenes))
@@ -178,10 +179,11 @@ def run_batch(
             try:
                 dashboard = getattr(client, "dashboard_link", None)
                 emit("dashboard", dashboard)
-                for outcome in _compute(
-                    client, plans, outdir, journal, params, predict_resources, emit
-                ):
-                    outcomes[outcome.scene] = outcome
+                with keep_workers(getattr(client, "cluster", None)):
+                    for outcome in _compute(
+                        client, plans, outdir, journal, params, predict_resources, emit
+                    ):
+                        outcomes[outcome.scene] = outcome
             finally:
                 if client is not scheduler:  # close only what we opened
                     client.close()
@@ -196,6 +198,17 @@ def run_batch(
             merged = merge_outputs(done, outdir, merge_iou=options.merge_iou)
     ordered = [outcomes[s] for s in scenes if s in outcomes]
     return BatchReport(ordered, time.perf_counter() - start, merged, dashboard)
+
+
+def _check_model(options: RunOptions, scheduler: Any) -> None:
+    """Stop at once on a model that cannot load. Local workers share this machine, so the
+    model is loaded here as they will load it (with threads, the very copy they use);
+    a cluster's workers may have a device this machine lacks (a GPU node, driven from a login
+    node), so only what the model says of itself is read here, never on their device."""
+    if isinstance(scheduler, str) and scheduler in ("threads", "processes", "sync"):
+        load_segmenter(options.model, device=options.device)
+    else:
+        describe_spec(options.model, device=options.device)
 
 
 def _plan_or_skip(
@@ -263,13 +276,18 @@ def _compute(
         job = pending.get(k)
         if job is None:  # a batch of a scene that failed already (cancelled)
             continue
+        if future.status in ("pending", "lost"):  # its worker left with it: being redone
+            owner[future.key] = (k, j)
+            stream.add(future)
+            continue
         if future.status != "finished":
             outcomes.append(_fail(job, _error_text(future), journal, params))
-            client.cancel([f for f in job.futures if f.key != future.key])
+            client.cancel([f for f in job.futures if f is not None and f.key != future.key])
             del pending[k]
         else:
             result = future.result()
             job.results[j] = result
+            job.futures[j] = None  # released on the cluster: a worker lost later costs nothing
             emit("tiles", result.n_tiles + result.n_skipped)
             if len(job.results) < len(job.futures):
                 continue

@@ -41,7 +41,14 @@ from geoseg.config import as_min_score
 from geoseg.errors import ModelError, UserInputError
 from geoseg.model.checksum import file_sha256
 
-__all__ = ["Instances", "ModelInfo", "Segmenter", "describe_model", "load_segmenter"]
+__all__ = [
+    "Instances",
+    "ModelInfo",
+    "Segmenter",
+    "describe_model",
+    "describe_spec",
+    "load_segmenter",
+]
 
 
 @runtime_checkable
@@ -145,6 +152,65 @@ def _spec_checksum(spec: str) -> str:
 
 _CACHE: dict[tuple[str, str], Segmenter] = {}
 _CACHE_LOCK = threading.RLock()  # re-entrant: a factory may load another model
+_INFO: dict[tuple[str, int, int], ModelInfo] = {}
+
+
+def describe_spec(spec: str = "default", *, device: str = "auto") -> ModelInfo:
+    """What planning needs of the model ``spec`` names (classes, checksum, GSD ranges, score
+    thresholds), without putting it on ``device``, the workers' device (cached per process).
+
+    A checkpoint (``default`` or a ``.pt``) is read without building the network; a factory
+    that takes ``device`` is called with ``device="cpu"``, one that does not is loaded as the
+    workers load it (the same copy, if they share this process). So a driver without a GPU
+    plans a batch whose workers run on CUDA, and a driver with one leaves it to the workers.
+    """
+    path = _checkpoint_path(spec)
+    stat = path.stat() if path is not None else None
+    key = (spec, stat.st_size, stat.st_mtime_ns) if stat else (spec, 0, 0)  # a new file: anew
+    with _CACHE_LOCK:
+        if key not in _INFO:
+            _INFO[key] = _describe_uncached(spec, path, device)
+        return _INFO[key]
+
+
+def _describe_uncached(spec: str, path: Path | None, device: str) -> ModelInfo:
+    if path is not None:
+        from geoseg.model.checkpoint import read_checkpoint
+
+        payload = read_checkpoint(path)
+        gsd = payload.get("gsd_range_m")
+        return ModelInfo(
+            spec=spec,
+            name="default" if spec == "default" else path.stem,
+            checksum=file_sha256(path),
+            classes=tuple(str(c) for c in payload["classes"]),
+            untrained=bool(payload.get("train", {}).get("untrained", False)),
+            gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
+            min_score=as_min_score(payload.get("min_score")),
+            class_gsd_range_m=_class_ranges(payload.get("class_gsd_m")),
+        )
+    if ":" in spec and spec != "default" and not _factory_takes_device(spec):
+        return describe_model(load_segmenter(spec, device=device), spec)
+    return describe_model(load_segmenter(spec, device="cpu"), spec)
+
+
+def _checkpoint_path(spec: str) -> Path | None:
+    """The checkpoint file ``spec`` names, if it names one that exists."""
+    if spec == "default":
+        from geoseg.model.maskrcnn import DEFAULT_WEIGHTS
+
+        return DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None
+    path = Path(spec)
+    return path if path.is_file() else None  # as load_segmenter: an existing file is one
+
+
+def _factory_takes_device(spec: str) -> bool:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr, None)
+        return "device" in inspect.signature(factory).parameters  # type: ignore[arg-type]
+    except (ImportError, TypeError, ValueError):
+        return True  # load_segmenter reports it, on the CPU
 
 
 def load_segmenter(spec: str = "default", *, device: str = "auto") -> Segmenter:
