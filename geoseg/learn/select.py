@@ -57,7 +57,17 @@ from geoseg.pipeline import compute_tasks, objects_to_layers, plan_scene, scene_
 from geoseg.scene import SceneInfo, read_tiles
 from geoseg.stitch import stitch
 
-__all__ = ["SelectOptions", "SelectResult", "candidate_windows", "score_windows", "select"]
+__all__ = [
+    "Archive",
+    "SceneRef",
+    "SelectOptions",
+    "SelectResult",
+    "candidate_windows",
+    "score_archive",
+    "score_windows",
+    "select",
+    "write_picks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +157,25 @@ def score_windows(
     ]
 
 
+@dataclass(slots=True)
+class Archive:
+    """The scenes of an archive and the small summaries of their candidate tiles."""
+
+    scenes: list[SceneRef]
+    candidates: list[Candidate]
+    scored: bool
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SceneRef:
+    """A scene of the archive: its path, the stem of its chips, and how it is read."""
+
+    path: Path
+    stem: str
+    info: SceneInfo
+
+
 def select(
     inputs: Sequence[str | Path],
     outdir: str | Path,
@@ -155,36 +184,77 @@ def select(
     run: RunOptions | None = None,
     scheduler: Any = "threads",
 ) -> SelectResult:
-    """Pick, cut and pre-label the tiles most worth labelling (see the module docstring)."""
+    """Pick, cut and pre-label the tiles most worth labelling (see the module docstring):
+    :func:`score_archive`, then :func:`write_picks`."""
     options = options or SelectOptions()
     options.validate()
     run = run or RunOptions()
     start = time.perf_counter()
-    outdir = Path(outdir)
+    _check_outdir(Path(outdir))
+    archive = score_archive(inputs, run, scheduler, asset=options.asset, score=not options.random)
+    result = write_picks(archive, outdir, options=options, run=run, scheduler=scheduler)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_outdir(outdir: Path) -> None:
     chip_dir = outdir / "chips"
     if chip_dir.is_dir() and any(chip_dir.glob("*.tif")):
         raise UserInputError(
             f"{chip_dir}: already holds chips of an earlier selection; choose another -o or "
             "delete it"
         )
-    scenes, skipped = _open_scenes(inputs, options, run)
-    candidates = _score_all(scenes, run, scheduler, score=not options.random)
-    usable = [c for c in candidates if c.valid_fraction >= options.min_valid]
+
+
+def score_archive(
+    inputs: Sequence[str | Path],
+    run: RunOptions,
+    scheduler: Any = "threads",
+    *,
+    asset: str | None = None,
+    score: bool = True,
+) -> Archive:
+    """Open every scene and summarize its candidate tiles, one Dask task per batch (with the
+    model's uncertainty and embeddings when ``score``)."""
+    scenes, skipped = _open_scenes(inputs, asset, run)
+    return Archive(scenes, _score_all(scenes, run, scheduler, score=score), score, skipped)
+
+
+def write_picks(
+    archive: Archive,
+    outdir: str | Path,
+    *,
+    options: SelectOptions,
+    run: RunOptions,
+    scheduler: Any = "threads",
+) -> SelectResult:
+    """Pick from a scored archive and write the chips, pre-labels, selection and README."""
+    options.validate()
+    start = time.perf_counter()
+    outdir = Path(outdir)
+    _check_outdir(outdir)
+    usable = [c for c in archive.candidates if c.valid_fraction >= options.min_valid]
     if not usable:
         raise UserInputError(
-            f"no tile of {len(scenes)} scene(s) has at least {options.min_valid:.0%} valid "
-            "pixels (lower --min-valid?)"
+            f"no tile of {len(archive.scenes)} scene(s) has at least {options.min_valid:.0%} "
+            "valid pixels (lower --min-valid?)"
         )
     if options.random:
         picked = [usable[k] for k in pick_random(usable, options.n, seed=options.seed)]
-        picked = _rescore(picked, scenes, run)
+        if not archive.scored:
+            picked = _rescore(picked, archive.scenes, run)
     else:
+        if not archive.scored:
+            raise ValueError("an uncertain+diverse pick needs an archive scored by the model")
         order = pick_uncertain_diverse(usable, options.n, pool_factor=options.pool_factor)
         picked = [usable[k] for k in order]
     if len(picked) < options.n:
         log.warning("only %d tile(s) could be picked, not %d", len(picked), options.n)
+    chip_dir = outdir / "chips"
     chip_dir.mkdir(parents=True, exist_ok=True)
-    rows = [_write_chip(c, rank, scenes[c.scene], chip_dir) for rank, c in enumerate(picked, 1)]
+    rows = [
+        _write_chip(c, rank, archive.scenes[c.scene], chip_dir) for rank, c in enumerate(picked, 1)
+    ]
     method = "random" if options.random else "uncertain+diverse"
     meta = {
         "geoseg_select_method": method,
@@ -192,7 +262,7 @@ def select(
         "geoseg_model": run.model,
     }
     prelabels = _write_prelabels(rows, outdir / "prelabels.gpkg", run, scheduler, meta)
-    selection = _write_selection(rows, outdir / "selection.gpkg", method, options.seed, meta)
+    selection = _write_selection(rows, outdir / "selection.gpkg", method, meta)
     readme = _write_readme(outdir, rows, run, method)
     return SelectResult(
         outdir=outdir,
@@ -201,25 +271,18 @@ def select(
         selection=selection,
         readme=readme,
         picks=rows,
-        n_scenes=len(scenes),
+        n_scenes=len(archive.scenes),
         n_candidates=len(usable),
         method=method,
         seconds=time.perf_counter() - start,
-        skipped=skipped,
+        skipped=list(archive.skipped),
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Scene:
-    path: Path
-    stem: str
-    info: SceneInfo
-
-
 def _open_scenes(
-    inputs: Sequence[str | Path], options: SelectOptions, run: RunOptions
-) -> tuple[list[_Scene], list[str]]:
-    paths = resolve_inputs(inputs, asset=options.asset)
+    inputs: Sequence[str | Path], asset: str | None, run: RunOptions
+) -> tuple[list[SceneRef], list[str]]:
+    paths = resolve_inputs(inputs, asset=asset)
     stems = output_stems(paths)
     scenes, skipped = [], []
     for path in paths:
@@ -231,14 +294,14 @@ def _open_scenes(
             log.warning("skipped %s", exc)
             skipped.append(str(exc))
             continue
-        scenes.append(_Scene(path, stems[path], plan.scene))
+        scenes.append(SceneRef(path, stems[path], plan.scene))
     if not scenes:
         raise UserInputError(f"no readable scene in {', '.join(map(str, inputs))}")
     return scenes, skipped
 
 
 def _score_all(
-    scenes: Sequence[_Scene], run: RunOptions, scheduler: Any, *, score: bool
+    scenes: Sequence[SceneRef], run: RunOptions, scheduler: Any, *, score: bool
 ) -> list[Candidate]:
     tasks = []
     for index, scene in enumerate(scenes):
@@ -259,7 +322,7 @@ def _score_all(
 
 
 def _rescore(
-    picked: Sequence[Candidate], scenes: Sequence[_Scene], run: RunOptions
+    picked: Sequence[Candidate], scenes: Sequence[SceneRef], run: RunOptions
 ) -> list[Candidate]:
     """The random picks with their uncertainty (for the record), in the same order."""
     out = []
@@ -285,7 +348,7 @@ def _file_window(scene: SceneInfo, window: PixelWindow, src: Any) -> Window:
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-def _write_chip(c: Candidate, rank: int, scene: _Scene, chip_dir: Path) -> dict[str, Any]:
+def _write_chip(c: Candidate, rank: int, scene: SceneRef, chip_dir: Path) -> dict[str, Any]:
     """Write one chip (the file's own pixels) and return its row of the selection."""
     with rasterio.open(scene.path) as src:
         win = _file_window(scene.info, c.window, src)
@@ -392,7 +455,7 @@ def _layer_name(name: str, crs_wkt: str, n_crs: int) -> str:
 
 
 def _write_selection(
-    rows: Sequence[dict[str, Any]], path: Path, method: str, seed: int, meta: dict[str, str]
+    rows: Sequence[dict[str, Any]], path: Path, method: str, meta: dict[str, str]
 ) -> Path:
     """Chip footprints with their rank and uncertainty (one layer per CRS)."""
     crs_of = sorted({r["crs_wkt"] for r in rows})
