@@ -126,8 +126,8 @@ def tile_uncertainty(plain: Instances, mirrored: Instances) -> float:
 
 def _mask_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     s = _IOU_STRIDE
-    fa = a[:, ::s, ::s].reshape(len(a), -1).astype(np.float32)
-    fb = b[:, ::s, ::s].reshape(len(b), -1).astype(np.float32)
+    fa, fb = (m[:, ::s, ::s] for m in (a, b))
+    fa, fb = (m.reshape(m.shape[0], m.shape[1] * m.shape[2]).astype(np.float32) for m in (fa, fb))
     inter = fa @ fb.T
     union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
     return (inter / np.maximum(union, 1.0)).astype(np.float64)
