@@ -14,7 +14,8 @@ chips (``geoseg train --images 'picks/chips/*.tif' --labels picks/prelabels.gpkg
    without calling the model, and returns per window only a small summary
    (:class:`~geoseg.learn.coreset.Candidate`): valid share, uncertainty (model on the tile and
    its mirror image, :mod:`geoseg.learn.uncertainty`) and an embedding of a few hundred
-   bytes. No scene is ever held whole.
+   bytes. No scene is ever held whole. (A model that reads its classes at several GSDs is
+   scored on the finest of its working grids; the pre-labels use every pass.)
 3. **Picking** (:mod:`geoseg.learn.coreset`): among candidates with at least ``min_valid`` of
    valid pixels, the ``pool_factor * n`` most uncertain, then greedy k-center on their
    embeddings seeded by the most uncertain; ``random=True`` draws ``n`` at random instead
