@@ -32,10 +32,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/al_bench"))
     parser.add_argument("--sizes", default="4,8", help="values of N")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--tile", type=int, default=256, help="tile and chip side, pixels")
     parser.add_argument("--min-score", type=float, default=0.5)
-    parser.add_argument("--limit", type=int, default=0, help="first K pool and test chips")
+    parser.add_argument("--pool", type=int, default=0, help="only the first K pool chips")
+    parser.add_argument("--test", type=int, default=0, help="only the first K test chips")
+    parser.add_argument("--batch", type=int, default=2, help="chips per training step")
+    parser.add_argument(
+        "--eval-tile", type=int, default=1024, help="tile side of the test runs (1024: whole)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -47,8 +52,7 @@ def main() -> None:
     split = json.loads((args.data / "split.json").read_text())
     pool = [args.data / f"{name}.tif" for name in split["train"]]
     test = [args.data / f"{name}.tif" for name in split["test"]]
-    if args.limit:
-        pool, test = pool[: args.limit], test[: args.limit]
+    pool, test = pool[: args.pool or None], test[: args.test or None]
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.jsonl"
     done = _done(results_path)
@@ -114,7 +118,7 @@ def _fine_tune(picks: Path, output: Path, seed: int, args: argparse.Namespace) -
     options = TrainOptions(
         epochs=1,
         steps_per_epoch=args.steps,
-        batch_size=4,
+        batch_size=args.batch,
         init="default",
         chip_px=args.tile,
         val_fraction=0.0,
@@ -139,7 +143,14 @@ def _evaluate(model: str, test: list[Path], args: argparse.Namespace) -> dict[st
     tp = fp = fn = 0
     biou_sum = 0.0
     for scene in test:
-        options = RunOptions(model=model, device="cpu", min_score=args.min_score, formats=("gpkg",))
+        options = RunOptions(
+            model=model,
+            tile_px=args.eval_tile,
+            overlap_px=128,
+            device="cpu",
+            min_score=args.min_score,
+            formats=("gpkg",),
+        )
         pred = outdir / f"{scene.stem}.gpkg"
         if not pred.is_file():
             run_scene(scene, outdir, options=options, scheduler="sync")
