@@ -1,6 +1,6 @@
 """Does ``geoseg select`` pick better chips to label than chance? Fine-tune and measure.
 
-The pool is the 30 training chips of ``fields-naip`` (real NAIP, 1 m, hand-drawn fields),
+The pool is the training chips of ``fields-naip`` (``--pool K``: the first K of the 30) (real NAIP, 1 m, hand-drawn fields),
 the test set its 10 test chips (``split.json``). The pool is scored once by the default
 model (as ``geoseg select`` does: :func:`geoseg.learn.select.score_archive`); then, for each
 N and seed, N tiles are picked by uncertainty and diversity and N at random
@@ -12,13 +12,14 @@ the test chips (``geoseg run``) and is scored (``geoseg eval``: F1 at IoU 0.5 an
 IoU, pooled over the test chips). The uncertain+diverse pick does not depend on the seed;
 its fine-tuning does.
 
-    nice -n 10 python benchmarks/active_learning.py --out /tmp/al_bench
+    nice -n 10 python benchmarks/active_learning.py --out /tmp/al_bench --pool 10 --steps 30
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,16 @@ def main() -> None:
 
     if "baseline" not in done:
         _record(results_path, {"arm": "baseline", **_evaluate("default", test, args)})
-    started = time.perf_counter()
-    archive = score_archive(pool, run, "sync")
-    print(f"scored {len(archive.candidates)} tiles in {time.perf_counter() - started:.0f} s")
-    for n in [int(v) for v in args.sizes.split(",")]:
-        for seed in [int(v) for v in args.seeds.split(",")]:
+    cache = args.out / "archive.pkl"  # the pool scored once; a rerun resumes after it
+    if cache.is_file():
+        archive = pickle.loads(cache.read_bytes())
+    else:
+        started = time.perf_counter()
+        archive = score_archive(pool, run, "sync")
+        cache.write_bytes(pickle.dumps(archive))
+        print(f"scored {len(archive.candidates)} tiles in {time.perf_counter() - started:.0f} s")
+    for seed in [int(v) for v in args.seeds.split(",")]:  # seeds outermost: early rows span N
+        for n in [int(v) for v in args.sizes.split(",")]:
             for method in ("select", "random"):
                 key = f"{method}-n{n}-s{seed}"
                 if key in done:
