@@ -1,7 +1,7 @@
 """Does ``geoseg select`` pick better chips to label than chance? Fine-tune and measure.
 
-The pool is the training chips of ``fields-naip`` (``--pool K``: the first K of the 30) (real NAIP, 1 m, hand-drawn fields),
-the test set its 10 test chips (``split.json``). The pool is scored once by the default
+The pool is the training chips of ``fields-naip`` (real NAIP, 1 m, hand-drawn fields;
+``--pool K``: the first K of the 30), the test set its 10 test chips (``split.json``). The pool is scored once by the default
 model (as ``geoseg select`` does: :func:`geoseg.learn.select.score_archive`); then, for each
 N and seed, N tiles are picked by uncertainty and diversity and N at random
 (:func:`~geoseg.learn.select.write_picks`, as ``geoseg select`` and ``geoseg select

@@ -4,6 +4,7 @@ pre-labels, and geoseg train on them with labels on only some chips."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -173,10 +174,7 @@ def test_train_on_picks_with_labels_on_some_chips(archive: Path, tmp_path: Path)
     images = sorted((out / "chips").glob("*.tif"))
     some = train(images, [LabelSource(str(corrected))], tmp_path / "some.pt", options=base)
     assert some.n_train_chips == 2
-    every = TrainOptions(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}})
-    every = TrainOptions(
-        **{**{f: getattr(every, f) for f in every.__dataclass_fields__}, "all_labelled": True}
-    )
+    every = replace(base, all_labelled=True)
     everything = train(images, [LabelSource(str(corrected))], tmp_path / "all.pt", options=every)
     assert everything.n_train_chips == 4
 

@@ -30,6 +30,7 @@ chips (``geoseg train --images 'picks/chips/*.tif' --labels picks/prelabels.gpkg
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -452,7 +453,7 @@ def _layer_name(name: str, crs_wkt: str, n_crs: int) -> str:
     from pyproj import CRS
 
     epsg = CRS.from_wkt(crs_wkt).to_epsg()
-    return f"{name}_{epsg}" if epsg else f"{name}_{abs(hash(crs_wkt)) % 10_000}"
+    return f"{name}_{epsg or hashlib.sha1(crs_wkt.encode()).hexdigest()[:6]}"
 
 
 def _write_selection(
