@@ -1,16 +1,16 @@
 """Does ``geoseg select`` pick better chips to label than chance? Fine-tune and measure.
 
 The pool is the training chips of ``fields-naip`` (real NAIP, 1 m, hand-drawn fields;
-``--pool K``: the first K of the 30), the test set its 10 test chips (``split.json``). The pool is scored once by the default
-model (as ``geoseg select`` does: :func:`geoseg.learn.select.score_archive`); then, for each
-N and seed, N tiles are picked by uncertainty and diversity and N at random
-(:func:`~geoseg.learn.select.write_picks`, as ``geoseg select`` and ``geoseg select
---random`` write them), each pick is labelled with the pool's reference polygons (standing
-in for a person's corrections), the default model is fine-tuned on the chips with the same
-steps (``geoseg train --images 'chips/*.tif' --all-labelled ...``), and every model runs on
-the test chips (``geoseg run``) and is scored (``geoseg eval``: F1 at IoU 0.5 and Boundary
-IoU, pooled over the test chips). The uncertain+diverse pick does not depend on the seed;
-its fine-tuning does.
+``--pool K``: the first K of the 30), the test set its 10 test chips (``split.json``). The
+pool is scored once by the default model (as ``geoseg select`` does:
+:func:`geoseg.learn.select.score_archive`); then, for each N and seed, N tiles are picked by
+uncertainty and diversity and N at random (:func:`~geoseg.learn.select.write_picks`, as
+``geoseg select`` and ``geoseg select --random`` write them), each pick is labelled with the
+pool's reference polygons (standing in for a person's corrections), the default model is
+fine-tuned on the chips with the same steps (``geoseg train --images 'chips/*.tif'
+--all-labelled ...``), and every model runs on the test chips (``geoseg run``) and is scored
+(``geoseg eval``: F1 at IoU 0.5 and Boundary IoU, pooled over the test chips). The
+uncertain+diverse pick does not depend on the seed; its fine-tuning does.
 
     nice -n 10 python benchmarks/active_learning.py --out /tmp/al_bench --pool 10 --steps 30
 """
