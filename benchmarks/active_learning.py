@@ -98,10 +98,19 @@ def _record(path: Path, row: dict[str, Any]) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _picks_summary(picks: Path) -> dict[str, Any]:
+def _selection(picks: Path) -> Any:
+    """Every layer of ``selection.gpkg`` (one per CRS when the picks span several)."""
+    import pandas as pd
     import pyogrio
 
-    sel = pyogrio.read_dataframe(picks / "selection.gpkg")
+    path = picks / "selection.gpkg"
+    layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+    frames = [pyogrio.read_dataframe(path, layer=name, read_geometry=False) for name in layers]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _picks_summary(picks: Path) -> dict[str, Any]:
+    sel = _selection(picks)
     return {
         "chips": sorted(sel["chip"]),
         "mean_uncertainty": round(float(sel["uncertainty"].mean()), 4),
@@ -114,11 +123,9 @@ def _fine_tune(picks: Path, output: Path, seed: int, args: argparse.Namespace) -
     scenes> --init default --all-labelled``, the same steps for every arm."""
     if output.is_file():
         return output
-    import pyogrio
-
     from geoseg.learn.train import LabelSource, TrainOptions, train
 
-    sel = pyogrio.read_dataframe(picks / "selection.gpkg")
+    sel = _selection(picks)
     labels = sorted({str(Path(s).with_suffix(".gpkg")) for s in sel["scene"]})
     images = sorted((picks / "chips").glob("*.tif"))
     options = TrainOptions(
