@@ -279,3 +279,19 @@ def test_embeddings_of_the_mask_rcnn_and_the_fallback() -> None:
         classes = ("building",)
 
     assert embed_tiles(NoEmbed(), tiles[:, :1], valid).shape == (3, 66)
+
+
+def test_labels_take_their_class_from_the_layer_when_it_is_empty(tmp_path: Path) -> None:
+    from geoseg.learn.chips import read_labels
+
+    path = tmp_path / "corrected.gpkg"
+    for k, (layer, crs) in enumerate((("field_32633", UTM), ("ship_32634", "EPSG:32634"))):
+        frame = gpd.GeoDataFrame(
+            {"class": [None, layer.split("_")[0]]},
+            geometry=[shapely.box(500_000, 0, 500_100, 100), shapely.box(0, 0, 10, 10)],
+            crs=crs,
+        )
+        pyogrio.write_dataframe(frame, path, layer=layer, append=k > 0)
+    labels = read_labels(path, classes=("building", "field", "ship"))
+    assert list(labels["class"]) == ["field", "field", "ship", "ship"]
+    assert labels.crs == UTM

@@ -87,8 +87,8 @@ def read_labels(
     Every layer of the file is read (a GeoPackage of one layer per class, as ``geoseg run``
     and ``geoseg select`` write, is one label file). The class of a polygon comes from the
     ``class`` column; where that is empty or missing, from its layer's name when the layer
-    is named after a class (a polygon drawn in QGIS in the ``building`` layer is a
-    building), else ``label_class``.
+    is named after a class (a polygon drawn in QGIS in the ``building`` or
+    ``building_32633`` layer is a building), else ``label_class``.
     Polygons of other classes are dropped (with a log message); invalid geometries are
     repaired, non-polygons dropped. Raises :class:`~geoseg.errors.LabelError` when the file
     cannot be read, has no CRS, has no class, or holds no polygon of ``classes``.
@@ -139,7 +139,8 @@ def _layer_classes(
     label_class: str | None,
 ) -> np.ndarray:
     """The class name of each polygon of one layer (see :func:`read_labels`)."""
-    fallback = layer if layer in classes else label_class
+    stem = layer.rsplit("_", 1)[0]  # geoseg select names layers <class>_<EPSG> across CRSs
+    fallback = layer if layer in classes else stem if stem in classes else label_class
     if "class" in gdf.columns:
         given = gdf["class"].to_numpy(dtype=object)
         missing = np.array([c is None or c != c or str(c) == "" for c in given], dtype=bool)
