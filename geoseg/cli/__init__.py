@@ -34,6 +34,7 @@ _COMMANDS = {
     "train": ("geoseg.cli.train", "train_command", "Fine-tune a Mask R-CNN on labelled GeoTIFFs."),
     "eval": ("geoseg.cli.eval", "eval_command", "Score predicted polygons against references."),
     "synth": ("geoseg.cli.synth", "synth_command", "Make a synthetic labelled aerial scene."),
+    "select": ("geoseg.cli.select", "select_command", "Pick the tiles most worth labelling."),
 }
 
 USER_ERRORS = (UserInputError, SceneError, LabelError, OutputError)

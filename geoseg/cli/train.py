@@ -29,8 +29,8 @@ def _comma_lists(kind: type) -> Any:
 @click.option(
     "--images",
     multiple=True,
-    type=FILE,
-    help="A labelled GeoTIFF (repeat for more).",
+    help="Labelled GeoTIFFs: a file, a folder, a quoted glob ('picks/chips/*.tif') or a "
+    "manifest, as for 'geoseg batch' (repeat for more).",
 )
 @click.option(
     "--labels",
@@ -146,6 +146,13 @@ def _comma_lists(kind: type) -> Any:
     help="Validation chips that set each class's score threshold: all, or only those of "
     "--images (not synthetic scenes), for classes with 20 or more objects there.",
 )
+@click.option(
+    "--all-labelled",
+    is_flag=True,
+    help="Every image was labelled completely: an image with no polygon over it is learnt as "
+    "background. Without it such images are skipped as unlabelled (e.g. chips of "
+    "'geoseg select' that were not corrected). Polygons outside every image are ignored.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option(
@@ -157,7 +164,7 @@ def _comma_lists(kind: type) -> Any:
 @click.pass_context
 def train_command(
     ctx: click.Context,
-    images: tuple[Path, ...],
+    images: tuple[str, ...],
     labels: tuple[Path, ...],
     label_class: tuple[str, ...],
     output: Path,
@@ -184,10 +191,11 @@ def train_command(
     if not images and not kwargs["synthetic"]:
         raise click.UsageError("give --images with --labels, or --synthetic N")
     sources = _label_sources(labels, label_class)
+    paths = _image_paths(images)
     scales = kwargs.pop("scales") or ((1.0,),)
-    if len(scales) > 1 and len(scales) != len(images):
+    if len(scales) > 1 and len(scales) != len(paths):
         raise click.BadParameter(
-            f"given {len(scales)} times for {len(images)} --images: give it once, or once "
+            f"given {len(scales)} times for {len(paths)} --images: give it once, or once "
             "per --images in the same order",
             param_hint="--scales",
         )
@@ -198,9 +206,31 @@ def train_command(
 
         torch.set_num_threads(threads)
     with _Reporter(verbosity) as report:
-        result = train(images, sources, output, options=options, progress=report)
+        result = train(paths, sources, output, options=options, progress=report)
     if verbosity >= 0:
         _summary(result)
+
+
+def _image_paths(images: tuple[str, ...]) -> list[Path]:
+    """``--images`` values as files: a quoted glob or a folder gives its GeoTIFFs, sorted."""
+    import glob
+
+    from geoseg.batch.inputs import GEOTIFF_SUFFIXES
+    from geoseg.errors import UserInputError
+
+    paths: list[Path] = []
+    for item in images:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in GEOTIFF_SUFFIXES)
+        elif not path.exists() and set("*?[") & set(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+        else:
+            found = [path]
+        if not found:
+            raise UserInputError(f"--images {item}: matches no GeoTIFF")
+        paths.extend(found)
+    return paths
 
 
 def _label_sources(labels: tuple[Path, ...], label_class: tuple[str, ...]) -> list[Any]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import shapely
 from affine import Affine
 from rasterio import features
@@ -83,8 +84,11 @@ def read_labels(
 ) -> gpd.GeoDataFrame:
     """Polygons of a label file with a ``class`` column holding names from ``classes``.
 
-    The class comes from the file's ``class`` column, or, in a file without one, is
-    ``label_class``.
+    Every layer of the file is read (a GeoPackage of one layer per class, as ``geoseg run``
+    and ``geoseg select`` write, is one label file). The class of a polygon comes from the
+    ``class`` column; where that is empty or missing, from its layer's name when the layer
+    is named after a class (a polygon drawn in QGIS in the ``building`` or
+    ``building_32633`` layer is a building), else ``label_class``.
     Polygons of other classes are dropped (with a log message); invalid geometries are
     repaired, non-polygons dropped. Raises :class:`~geoseg.errors.LabelError` when the file
     cannot be read, has no CRS, has no class, or holds no polygon of ``classes``.
@@ -92,40 +96,67 @@ def read_labels(
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"{path}: no such label file")
+    if label_class is not None and label_class not in classes:
+        raise LabelError(
+            f"--label-class {label_class!r} is not one of the classes {', '.join(classes)}"
+        )
     try:
-        gdf = gpd.read_file(path)
+        layers = [str(n) for n, kind in pyogrio.list_layers(path) if kind is not None]
+        frames = [(name, gpd.read_file(path, layer=name)) for name in layers]
     except Exception as exc:
         raise LabelError(
             f"{path}: not a readable vector file ({first_line(exc, max_chars=200)})"
         ) from exc
-    if gdf.crs is None:
+    if not frames:
+        raise LabelError(f"{path}: holds no layer with geometries")
+    crs = frames[0][1].crs
+    if any(gdf.crs is None for _, gdf in frames):
         raise LabelError(
             f"{path}: labels have no CRS; set the CRS they are in "
             "(e.g. ogr2ogr -a_srs EPSG:32633 fixed.gpkg labels.geojson)"
         )
-    if "class" in gdf.columns:
-        names = gdf["class"].astype(str).to_numpy()
-    elif label_class is not None:
-        if label_class not in classes:
-            raise LabelError(
-                f"--label-class {label_class!r} is not one of the classes {', '.join(classes)}"
-            )
-        names = np.full(len(gdf), label_class, dtype=object)
-    else:
-        raise LabelError(
-            f"{path}: has no 'class' column; name the class of its polygons with --label-class"
-        )
+    named = [_layer_classes(path, layer, gdf, classes, label_class) for layer, gdf in frames]
+    names = np.concatenate([n for n in named]) if named else np.array([], dtype=object)
+    geoms = np.concatenate([gdf.to_crs(crs).geometry.to_numpy() for _, gdf in frames])
     keep = np.isin(names, list(classes))
     if not keep.all():
-        others = sorted(set(names[~keep]))
+        others = sorted(set(names[~keep].astype(str)))
         log.warning("%s: %d polygon(s) of class %s skipped", path, (~keep).sum(), others)
-    geoms = shapely.make_valid(gdf.geometry.to_numpy()[keep])
+    geoms = shapely.make_valid(geoms[keep])
     geoms = np.array([_polygonal(g) for g in geoms], dtype=object)
-    out = gpd.GeoDataFrame({"class": names[keep]}, geometry=list(geoms), crs=gdf.crs)
+    out = gpd.GeoDataFrame({"class": names[keep]}, geometry=list(geoms), crs=crs)
     out = out[~out.geometry.is_empty & out.geometry.notna()].reset_index(drop=True)
     if out.empty:
         raise LabelError(f"{path}: holds no polygon of the classes {', '.join(classes)}")
     return out
+
+
+def _layer_classes(
+    path: Path,
+    layer: str,
+    gdf: gpd.GeoDataFrame,
+    classes: Sequence[str],
+    label_class: str | None,
+) -> np.ndarray:
+    """The class name of each polygon of one layer (see :func:`read_labels`)."""
+    stem = layer.rsplit("_", 1)[0]  # geoseg select names layers <class>_<EPSG> across CRSs
+    fallback = layer if layer in classes else stem if stem in classes else label_class
+    if "class" in gdf.columns:
+        given = gdf["class"].to_numpy(dtype=object)
+        missing = np.array([c is None or c != c or str(c) == "" for c in given], dtype=bool)
+        if missing.any() and fallback is None:
+            raise LabelError(
+                f"{path}: {missing.sum()} polygon(s) of layer {layer!r} have no class; fill "
+                "in their 'class' or name it with --label-class"
+            )
+        return np.array(
+            [fallback if m else str(c) for c, m in zip(given, missing, strict=True)], dtype=object
+        )
+    if fallback is None:
+        raise LabelError(
+            f"{path}: has no 'class' column; name the class of its polygons with --label-class"
+        )
+    return np.full(len(gdf), fallback, dtype=object)
 
 
 def _polygonal(geom: shapely.Geometry | None) -> shapely.Geometry:
@@ -188,14 +219,20 @@ def cut_chips(
     chip_px: int = 256,
     val_fraction: float = 0.2,
     gsd_m: float | None = None,
+    skip_unlabelled: bool = False,
 ) -> list[Chip]:
     """Chips of one scene (at its own GSD, or resampled to ``gsd_m``) with their instances.
 
     ``labels`` are GeoDataFrames from :func:`read_labels`, in any CRS: each is reprojected to
-    the scene's CRS and only polygons over the scene are kept.
+    the scene's CRS and only polygons over the scene are kept; polygons elsewhere are
+    ignored. A scene with no polygon over it gives background chips, or none when
+    ``skip_unlabelled`` (its absence of labels then means "not labelled", not "empty").
     """
     scene = open_scene(image, gsd_m=gsd_m)
-    polys = _scene_labels(scene, labels, classes)
+    polys = _scene_labels(scene, labels, classes, quiet=skip_unlabelled)
+    if polys.empty and skip_unlabelled:
+        log.info("%s: no label polygon lies over it; skipped as unlabelled", scene.path)
+        return []
     windows = list(chip_windows(scene.shape_yx, chip_px=chip_px, val_fraction=val_fraction))
     chips: list[Chip] = []
     tree = shapely.STRtree(polys.geometry.to_numpy())
@@ -231,7 +268,11 @@ def cut_chips(
 
 
 def _scene_labels(
-    scene: SceneInfo, labels: Sequence[gpd.GeoDataFrame], classes: Sequence[str]
+    scene: SceneInfo,
+    labels: Sequence[gpd.GeoDataFrame],
+    classes: Sequence[str],
+    *,
+    quiet: bool = False,
 ) -> gpd.GeoDataFrame:
     height, width = scene.shape_yx
     corners = [
@@ -250,7 +291,7 @@ def _scene_labels(
         )
     else:
         merged = gpd.GeoDataFrame({"class": []}, geometry=[], crs=scene.crs)
-    if merged.empty:
+    if merged.empty and not quiet:
         log.warning("%s: no label polygon lies over it; all its chips are background", scene.path)
     else:
         counts = merged["class"].value_counts().to_dict()

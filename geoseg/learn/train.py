@@ -83,16 +83,22 @@ class TrainOptions:
 
     ``epochs``: how many epochs in all (a resumed run trains only the missing ones).
     ``steps_per_epoch``: optimizer steps per epoch (``None``: one pass over the training
-    chips). ``init``: ``"default"`` (the shipped weights, when installed), ``"none"`` (random)
-    or a checkpoint path; layers whose shape differs (other classes) start random.
-    ``scales``: factors by which each scene is also read coarser (``(1.0, 2.0)``: at its own
-    GSD and at twice it). ``synthetic``: how many synthetic scenes of ``synthetic_size_px``
-    pixels to add, seeds from ``synthetic_seed`` on. ``val_every``: score the validation
-    chips every that many epochs (0: only at the end). ``tune_on``: the validation chips
-    whose F1 sets each class's score threshold: ``"all"``, or ``"real"`` (those of the given
-    images, not the synthetic scenes, for each class with at least :data:`MIN_TUNING_REFS`
-    objects there; a model meant for real imagery should not take its thresholds from
-    synthetic scenes, where it is surer).
+    chips). ``init``: ``"default"`` (the shipped weights, when installed), ``"imagenet"`` (a
+    MobileNetV2 backbone pretrained on ImageNet, shipped with geoseg, and the rest random),
+    ``"none"`` (random), a checkpoint path (layers whose shape differs, such as other classes,
+    start random) or the path of a torchvision ``mobilenet_v2`` state dict (as ``imagenet``
+    with those backbone weights). ``scales``: factors by which each scene is also read
+    coarser (``(1.0, 2.0)``: at its own GSD and at twice it); ``image_scales``, when given,
+    holds one such tuple per image instead. ``synthetic``: how many synthetic scenes of
+    ``synthetic_size_px`` pixels to add, seeds from ``synthetic_seed`` on. ``val_every``: score
+    the validation chips every that many epochs (0: only at the end). ``tune_on``: the
+    validation chips whose F1 sets each class's score threshold: ``"all"``, or ``"real"``
+    (those of the given images, not the synthetic scenes, for each class with at least
+    :data:`MIN_TUNING_REFS` objects there; a model meant for real imagery should not take its
+    thresholds from synthetic scenes, where it is surer). ``all_labelled``: every given image
+    was labelled completely, so one with no polygon over it is trained on as background
+    (``False``: such an image is skipped as unlabelled, e.g. a chip of ``geoseg select``
+    that was not corrected; polygons outside every image are ignored either way).
     """
 
     classes: tuple[str, ...] = DEFAULT_CLASSES
@@ -114,6 +120,7 @@ class TrainOptions:
     seed: int = 0
     val_every: int = 0
     tune_on: str = "all"
+    all_labelled: bool = False
     arch: MaskRCNNArch = field(default_factory=MaskRCNNArch)
 
     def validate(self) -> None:
@@ -212,7 +219,10 @@ def train(
     train_chips = [c for c in chips if c.split == "train"]
     val_chips = [c for c in chips if c.split == "val"]
     if not train_chips:
-        raise UserInputError("no training chips: the images hold no valid pixel west of the split")
+        raise UserInputError(
+            "no training chips: the images hold no labelled valid pixel west of the split "
+            "(images with no label polygon over them are skipped unless --all-labelled)"
+        )
     gsds = [c.gsd_m for c in chips]
     gsd_range = (float(min(gsds)), float(max(gsds)))
     class_gsd = class_gsd_ranges(train_chips, options.classes)
@@ -362,6 +372,7 @@ def _all_chips(
                     chip_px=options.chip_px,
                     val_fraction=options.val_fraction,
                     gsd_m=gsd,
+                    skip_unlabelled=source["labels"] is None and not options.all_labelled,
                 )
             )
     return chips
@@ -443,6 +454,8 @@ def _setup(
 
 def _setup_options(options: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in options.items() if k not in _NOT_SETUP}
+    if not out.get("all_labelled"):  # runs from before the option resume as they were
+        out.pop("all_labelled", None)
     out["arch"] = {k: v for k, v in dict(out.get("arch", {})).items() if k not in _TEST_TIME}
     return out
 

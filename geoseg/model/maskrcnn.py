@@ -389,6 +389,27 @@ class MaskRCNNSegmenter:
                     out.append(_to_instances(det))
         return out
 
+    def embed(self, tiles: np.ndarray) -> np.ndarray:
+        """One float32 vector per tile ``(N, D)``: each feature-pyramid level of the backbone,
+        average-pooled over the tile and concatenated (``D`` = pyramid width x levels).
+
+        What :mod:`geoseg.learn.select` compares tiles by: tiles that look alike to the
+        network lie close together.
+        """
+        tiles = _three_bands(np.asarray(tiles, dtype=np.float32))
+        out = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(tiles), self.batch_size):
+                batch = torch.from_numpy(
+                    np.ascontiguousarray(tiles[start : start + self.batch_size])
+                )
+                images, _ = self.network.transform(list(batch.to(self._device)))
+                levels = self.network.backbone(images.tensors).values()
+                out.append(torch.cat([f.float().mean(dim=(2, 3)) for f in levels], dim=1).cpu())
+        if not out:
+            return np.zeros((0, 0), dtype=np.float32)
+        return torch.cat(out).numpy().astype(np.float32)
+
 
 def _three_bands(tiles: np.ndarray) -> np.ndarray:
     bands = tiles.shape[1]

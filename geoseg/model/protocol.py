@@ -19,6 +19,12 @@ the scene once per working GSD, each class clamped to its own range) and ``input
 (how many bands ``predict`` wants; geoseg repeats a single band or keeps the first bands to
 match). ``predict`` gets the lowest of the run's thresholds as ``min_score``.
 
+``geoseg select`` also uses, when present, ``embed(tiles)``: the same float32 tiles, one
+feature vector per tile, float32 ``(N, D)`` (the built-in Mask R-CNN average-pools its
+feature pyramid); tiles that look alike to the model should lie close. Without it, select
+describes a tile by its per-band means and standard deviations and an 8 x 8 thumbnail
+(:func:`geoseg.learn.uncertainty.pixel_embedding`).
+
 ``--model`` accepts ``default`` (the weights shipped in the package), a path to a ``.pt``
 checkpoint written by ``geoseg train``, or ``package.module:factory`` (``factory()`` is
 called once per worker process, with ``device=...`` if it accepts that keyword).
