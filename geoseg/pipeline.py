@@ -75,6 +75,7 @@ __all__ = [
     "plan_scene",
     "run_scene",
     "scene_tasks",
+    "stitch_passes",
 ]
 
 log = logging.getLogger(__name__)
@@ -432,19 +433,26 @@ def _compute_distributed(
             client.close()
 
 
-def objects_to_layers(
-    objects: Sequence[StitchedObject] | Sequence[Sequence[StitchedObject]], plan: ScenePlan
-) -> dict[str, gpd.GeoDataFrame]:
-    """Stitched pixel-space objects to one GeoDataFrame per class, in the scene's CRS.
+def stitch_passes(plan: ScenePlan, results: Sequence[BatchResult]) -> list[list[StitchedObject]]:
+    """Each pass's fragments stitched on its own grid: one list of objects per pass."""
+    return [
+        stitch(
+            [f for r in results if r.pass_index == k for f in r.fragments],
+            merge_iou=plan.options.merge_iou,
+        )
+        for k in range(len(plan.passes))
+    ]
 
-    ``objects`` holds one sequence per pass of ``plan`` (or, for a one-pass plan, the
-    objects themselves): each pass's pixel coordinates are on its own working grid.
-    """
+
+def objects_to_layers(
+    per_pass: Sequence[Sequence[StitchedObject]], plan: ScenePlan
+) -> dict[str, gpd.GeoDataFrame]:
+    """Stitched pixel-space objects, one sequence per pass of ``plan`` (each on its own
+    working grid, :func:`stitch_passes`), to one GeoDataFrame per class in the scene's CRS."""
     classes = plan.model.classes
-    per_pass = objects if objects and not isinstance(objects[0], StitchedObject) else [objects]
     measures = GeoMeasures(plan.scene.crs)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in classes}
-    for reading, found in zip(plan.passes, per_pass, strict=False):
+    for reading, found in zip(plan.passes, per_pass, strict=True):
         _add_rows(rows, found, reading.scene, classes, measures, plan.options)
     layers = {}
     for name in classes:
@@ -506,14 +514,7 @@ def finish_scene(
     """Stitch the fragments of all batches, vectorize, and write the outputs atomically."""
     for reading in plan.passes:
         check_unchanged(reading.scene)
-    objects = [
-        stitch(
-            [f for r in results if r.pass_index == k for f in r.fragments],
-            merge_iou=plan.options.merge_iou,
-        )
-        for k in range(len(plan.passes))
-    ]
-    layers = objects_to_layers(objects, plan)
+    layers = objects_to_layers(stitch_passes(plan, results), plan)
     class_gsd = plan.class_gsd_m()
     metadata = {
         "geoseg_version": _version(),

@@ -55,9 +55,14 @@ from geoseg.grid import PixelWindow, axis_offsets
 from geoseg.learn.coreset import Candidate, pick_random, pick_uncertain_diverse
 from geoseg.learn.uncertainty import embed_tiles, tile_uncertainty, two_views
 from geoseg.model.protocol import load_segmenter
-from geoseg.pipeline import compute_tasks, objects_to_layers, plan_scene, scene_tasks
+from geoseg.pipeline import (
+    compute_tasks,
+    objects_to_layers,
+    plan_scene,
+    scene_tasks,
+    stitch_passes,
+)
 from geoseg.scene import SceneInfo, read_tiles
-from geoseg.stitch import stitch
 
 __all__ = [
     "Archive",
@@ -413,15 +418,8 @@ def _write_prelabels(
     at = 0
     for row, plan, tasks in zip(rows, plans, per_plan, strict=True):
         results, at = flat[at : at + len(tasks)], at + len(tasks)
-        objects = [
-            stitch(
-                [f for r in results if r.pass_index == k for f in r.fragments],
-                merge_iou=plan.options.merge_iou,
-            )
-            for k in range(len(plan.passes))
-        ]
         classes = plan.model.classes
-        for name, frame in objects_to_layers(objects, plan).items():
+        for name, frame in objects_to_layers(stitch_passes(plan, results), plan).items():
             frame = frame.assign(chip=row["chip"])
             frames.setdefault(name, []).append(frame)
     crs_of = {r["crs_wkt"] for r in rows}

@@ -231,8 +231,8 @@ def train(
 
     device = resolve_device(options.device)
     resume = _resume_state(side / "last.pt", setup)
-    arch, network, init_note, start_gsd = _initial_network(options, resume)
-    start_class_gsd = _start_class_gsd(options, resume)
+    arch, network, init_note, start = _initial_network(options, resume)
+    start_gsd, start_class_gsd = _gsd_range(start), _class_gsd(start)
     if start_gsd:  # the GSDs learned include the starting checkpoint's (a resumed run's hold it)
         gsd_range = (min(gsd_range[0], start_gsd[0]), max(gsd_range[1], start_gsd[1]))
     options = replace(options, arch=arch)
@@ -390,16 +390,9 @@ def class_gsd_ranges(
     return {c: (float(min(g)), float(max(g))) for c, g in seen.items()}
 
 
-def _start_class_gsd(
-    options: TrainOptions, resume: Mapping[str, Any] | None
-) -> dict[str, tuple[float, float]]:
-    """The per-class GSD ranges of the checkpoint a run starts from (none from scratch)."""
-    source: Mapping[str, Any] | None = resume
-    if source is None and options.init not in ("none", "imagenet"):
-        path = DEFAULT_WEIGHTS if options.init == "default" else Path(options.init)
-        if path.is_file() and not _is_backbone_state_dict(str(path)):
-            source = read_checkpoint(path)
-    ranges = (source or {}).get("class_gsd_m") or {}
+def _class_gsd(start: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """The per-class GSD ranges a run starts from (none from scratch)."""
+    ranges = start.get("class_gsd_m") or {}
     return {c: (float(r[0]), float(r[1])) for c, r in ranges.items()}
 
 
@@ -493,9 +486,10 @@ def _resume_state(path: Path, setup: Mapping[str, Any]) -> dict[str, Any] | None
 
 def _initial_network(
     options: TrainOptions, resume: Mapping[str, Any] | None
-) -> tuple[MaskRCNNArch, torch.nn.Module, str, tuple[float, float] | None]:
-    """The network to train, its arch, a note on where it started, and the GSD range of the
-    checkpoint it started from (``None`` from random weights): fine-tuning the default on
+) -> tuple[MaskRCNNArch, torch.nn.Module, str, dict[str, Any]]:
+    """The network to train, its arch, a note on where it started, and the GSDs of the
+    checkpoint it started from (``gsd_range_m`` and ``class_gsd_m``, read from the payload
+    loaded here; empty from random or backbone-only weights): fine-tuning the default on
     0.3 m imagery keeps the 0.5-10 m it learned as well."""
     n_classes = len(options.classes)
     if resume is not None:
@@ -504,15 +498,15 @@ def _initial_network(
         network = build_network(arch, n_classes)
         network.load_state_dict(resume["state_dict"])
         note = str(resume.get("train", {}).get("init", "resumed"))
-        return arch, network, note, _gsd_range(resume)
+        return arch, network, note, _start_gsds(resume)
     torch.manual_seed(options.seed)
     init = options.init
     if init == "none":
-        return options.arch, build_network(options.arch, n_classes), "none", None
+        return options.arch, build_network(options.arch, n_classes), "none", {}
     if init == "default":
         if not DEFAULT_WEIGHTS.is_file():
             log.warning("--init default: no default weights are installed; starting from random")
-            return options.arch, build_network(options.arch, n_classes), "none", None
+            return options.arch, build_network(options.arch, n_classes), "none", {}
         init = str(DEFAULT_WEIGHTS)
     if init == "imagenet" or _is_backbone_state_dict(init):
         source = IMAGENET_BACKBONE if init == "imagenet" else Path(init)
@@ -520,7 +514,7 @@ def _initial_network(
         network = build_network(arch, n_classes)
         loaded = load_backbone_weights(network, source)
         log.info("initialised the backbone from %s (%d tensors)", source, loaded)
-        return arch, network, init if init == "imagenet" else source.name, None
+        return arch, network, init if init == "imagenet" else source.name, {}
     payload = read_checkpoint(init)
     arch = MaskRCNNArch.from_dict(payload["arch"])
     network = build_network(arch, n_classes)
@@ -529,7 +523,7 @@ def _initial_network(
     network.load_state_dict(fits, strict=False)
     skipped = len(own) - len(fits)
     log.info("initialised from %s (%d tensors; %d left random)", init, len(fits), skipped)
-    return arch, network, Path(init).name, _gsd_range(payload)
+    return arch, network, Path(init).name, _start_gsds(payload)
 
 
 def _is_backbone_state_dict(init: str) -> bool:
@@ -546,6 +540,10 @@ def _is_backbone_state_dict(init: str) -> bool:
         and "format" not in state
         and any(str(k).startswith("features.") for k in state)
     )
+
+
+def _start_gsds(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: payload[k] for k in ("gsd_range_m", "class_gsd_m") if payload.get(k)}
 
 
 def _gsd_range(payload: Mapping[str, Any]) -> tuple[float, float] | None:
