@@ -15,7 +15,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from geoseg.commit import remove_orphans, scene_lock
 from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, ModelError, UserInputError
 from geoseg.model.protocol import describe_spec, load_segmenter
-from geoseg.pipeline import BatchResult, ScenePlan, finish_scene, plan_scene, scene_tasks
+from geoseg.pipeline import BatchResult, SceneAssembler, ScenePlan, plan_scene, scene_tasks
 from geoseg.scheduler import check_reachable
 
 __all__ = ["MAX_PENDING_BATCHES", "BatchReport", "SceneOutcome", "connect", "run_batch"]
@@ -78,7 +78,19 @@ class _Pending:
     fingerprint: str
     futures: list[Any]
     started: float
-    results: dict[int, BatchResult] = field(default_factory=dict)
+    done: set[int] = field(default_factory=set)
+    assembler: SceneAssembler | None = None
+
+    def add(self, batch: int, result: BatchResult, outdir: Path) -> None:
+        """Stitch and write (staged) what one batch makes final."""
+        if self.assembler is None:  # opened at the first result: few staged scenes at once
+            self.assembler = SceneAssembler(self.plan, outdir, stem=self.stem)
+        self.done.add(batch)
+        self.assembler.add(result)
+
+    def abort(self) -> None:
+        if self.assembler is not None:
+            self.assembler.__exit__(None, None, None)
 
 
 ProgressEvent = Callable[[str, Any], None]
@@ -259,7 +271,7 @@ def _compute(
     stream = as_completed()
 
     def submit_more() -> None:
-        in_flight = sum(len(job.futures) - len(job.results) for job in pending.values())
+        in_flight = sum(len(job.futures) - len(job.done) for job in pending.values())
         while waiting and (in_flight < MAX_PENDING_BATCHES or not pending):
             k, (plan, stem, fprint) = waiting.popleft()
             futures = client.compute(_tasks(plan, predict_resources))
@@ -271,46 +283,48 @@ def _compute(
 
     submit_more()
     outcomes = []
-    for future in stream:
-        k, j = owner.pop(future.key)
-        job = pending.get(k)
-        if job is None:  # a batch of a scene that failed already (cancelled)
-            continue
-        if future.status in ("pending", "lost"):  # its worker left with it: being redone
-            owner[future.key] = (k, j)
-            stream.add(future)
-            continue
-        if future.status != "finished":
-            outcomes.append(_fail(job, _error_text(future), journal, params))
-            client.cancel([f for f in job.futures if f is not None and f.key != future.key])
-            del pending[k]
-        else:
-            result = future.result()
-            job.results[j] = result
-            job.futures[j] = None  # released on the cluster: a worker lost later costs nothing
-            emit("tiles", result.n_tiles + result.n_skipped)
-            if len(job.results) < len(job.futures):
+    try:
+        for future in stream:
+            k, j = owner.pop(future.key)
+            job = pending.get(k)
+            if job is None:  # a batch of a scene that failed already (cancelled)
                 continue
-            outcomes.append(_finish(job, outdir, journal, params))
-            del pending[k]
-        emit("scene", outcomes[-1])
-        submit_more()
+            if future.status in ("pending", "lost"):  # its worker left with it: being redone
+                owner[future.key] = (k, j)
+                stream.add(future)
+                continue
+            if future.status != "finished":
+                outcomes.append(_fail(job, _error_text(future), journal, params))
+                client.cancel([f for f in job.futures if f is not None and f.key != future.key])
+                del pending[k]
+            else:
+                result = future.result()
+                job.futures[j] = None  # released on the cluster: a worker lost later costs nothing
+                emit("tiles", result.n_tiles + result.n_skipped)
+                try:
+                    job.add(j, result, outdir)
+                except Exception as exc:  # isolate the scene: record it, go on with the others
+                    outcomes.append(_fail(job, f"{type(exc).__name__}: {exc}", journal, params))
+                    client.cancel([f for f in job.futures if f is not None])
+                    del pending[k]
+                    emit("scene", outcomes[-1])
+                    submit_more()
+                    continue
+                if len(job.done) < len(job.futures):
+                    continue
+                outcomes.append(_finish(job, outdir, journal, params))
+                del pending[k]
+            emit("scene", outcomes[-1])
+            submit_more()
+    finally:  # an interrupted batch leaves nothing staged behind
+        for job in pending.values():
+            job.abort()
     return outcomes
 
 
 def _tasks(plan: ScenePlan, predict_resources: dict[str, float] | None) -> list[Any]:
-    """The scene's batch tasks; with resources, built one batch at a time, because
-    :func:`~geoseg.pipeline.scene_tasks` enters one ``dask.annotate`` context per call and a
-    context manager made from a generator cannot be entered twice."""
-    if not predict_resources:
-        return scene_tasks(plan)
-    return [
-        task
-        for batch in plan.batches
-        for task in scene_tasks(
-            replace(plan, batches=(batch,)), predict_resources=predict_resources
-        )
-    ]
+    """The scene's batch tasks, in the order of ``plan.batches``."""
+    return scene_tasks(plan, predict_resources=predict_resources)
 
 
 _REPR = re.compile(r"^(\w+)\((['\"])(.*)\2,?\)$", re.DOTALL)
@@ -336,6 +350,7 @@ def _error_text(future: Any) -> str:
 
 def _fail(job: _Pending, error: str, journal: Journal, params: str) -> SceneOutcome:
     scene = job.plan.path
+    job.abort()
     journal.record(
         JournalEntry(
             str(scene), "failed", job.fingerprint, job.plan.model.checksum, params, error=error
@@ -346,16 +361,15 @@ def _fail(job: _Pending, error: str, journal: Journal, params: str) -> SceneOutc
 
 def _finish(job: _Pending, outdir: Path, journal: Journal, params: str) -> SceneOutcome:
     scene = job.plan.path
-    results = [job.results[j] for j in range(len(job.futures))]
     # from here until the "done" line, the scene's files may be a mix of two runs
     journal.record(
         JournalEntry(str(scene), "writing", job.fingerprint, job.plan.model.checksum, params)
     )
     try:
         with scene_lock(outdir, job.stem):
-            result = finish_scene(
-                job.plan, results, outdir, seconds=time.perf_counter() - job.started, stem=job.stem
-            )
+            if job.assembler is None:  # a scene without batches
+                job.assembler = SceneAssembler(job.plan, outdir, stem=job.stem)
+            result = job.assembler.finish(seconds=time.perf_counter() - job.started)
     except Exception as exc:  # isolate the scene: record it, go on with the others
         return _fail(job, f"{type(exc).__name__}: {exc}", journal, params)
     journal.record(

@@ -46,7 +46,7 @@ def run_command(
     import time
 
     from geoseg.commit import check_writable, scene_lock
-    from geoseg.pipeline import compute_tasks, finish_scene, plan_scene, scene_tasks
+    from geoseg.pipeline import assemble_scene, iter_results, plan_scene, scene_tasks
     from geoseg.remote import is_remote
 
     verbosity = (ctx.obj or {}).get("verbosity", 0)
@@ -55,10 +55,9 @@ def run_command(
     check_writable(outdir)
     plan = plan_scene(scene if is_remote(scene) else Path(scene), options)
     _announce(plan, verbosity)
-    with scene_lock(outdir, plan.scene.stem):
-        with _progress_bar(plan.n_tiles, verbosity) as bar:
-            results = compute_tasks(scene_tasks(plan), scheduler, bar.update if bar else None)
-        result = finish_scene(plan, results, outdir, seconds=time.perf_counter() - start)
+    with scene_lock(outdir, plan.scene.stem), _progress_bar(plan.n_tiles, verbosity) as bar:
+        results = iter_results(scene_tasks(plan), scheduler, bar.update if bar else None)
+        result = assemble_scene(plan, results, outdir, started=start)
     if verbosity >= 0:
         _summary(result)
 

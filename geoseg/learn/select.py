@@ -325,7 +325,7 @@ def _score_all(
                     score,
                 )
             )
-    return [c for batch in compute_tasks(tasks, scheduler, None) for c in batch]
+    return [c for batch in compute_tasks(tasks, scheduler) for c in batch]
 
 
 def _rescore(
@@ -412,7 +412,7 @@ def _write_prelabels(
     class (and CRS), each with the chip it lies on."""
     plans = [plan_scene(r["path"], run) for r in rows]
     per_plan = [scene_tasks(p) for p in plans]
-    flat = compute_tasks([t for tasks in per_plan for t in tasks], scheduler, None)
+    flat = compute_tasks([t for tasks in per_plan for t in tasks], scheduler)
     frames: dict[str, list[gpd.GeoDataFrame]] = {}
     classes: tuple[str, ...] = ()
     at = 0

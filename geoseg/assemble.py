@@ -1,0 +1,294 @@
+"""Assemble a scene from its batch results as they come: stitch, measure, write, commit.
+
+A :class:`SceneAssembler` takes the :class:`~geoseg.plan.BatchResult` of each batch in the
+order the batches finish. Each pass of the scene has its own streaming stitcher
+(:class:`~geoseg.stitch.StreamingStitcher`) on its own working grid: an object is final, and
+leaves memory, as soon as no unfinished tile can change it. Final objects are turned into rows
+in the scene's CRS (pixel-exact outline, simplified or squared, geodesic area and perimeter,
+ship dimensions, a stable id) and appended to the scene's outputs through an
+:class:`~geoseg.output.OutputStream`, which writes them under temporary names. Only
+:meth:`SceneAssembler.finish` puts the files in place, all or none, after checking that the
+scene did not change while it was read. Memory then depends on the frontier of unfinished
+tiles, not on the number of objects in the scene.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+
+from geoseg.config import RunOptions
+from geoseg.measures import SHIP_CLASSES, SHIP_COLUMNS, ship_dimensions
+from geoseg.model.protocol import ModelInfo
+from geoseg.output import COLUMNS, OutputStream
+from geoseg.plan import BatchResult, ScenePlan
+from geoseg.scene import SceneInfo, check_unchanged
+from geoseg.stitch import StitchedObject, StreamingStitcher, stitch
+from geoseg.vectorize import GeoMeasures, geodesic_measures, stable_id, to_crs_polygon
+
+__all__ = [
+    "REGULAR_CLASSES",
+    "RunResult",
+    "SceneAssembler",
+    "objects_to_layers",
+    "run_metadata",
+    "stitch_passes",
+]
+
+REGULAR_CLASSES = frozenset({"building"})
+"""Classes whose outlines ``--regularize`` squares."""
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a run did: the files it wrote, objects per class, tiles, seconds, and the model."""
+
+    scene: Path
+    outputs: list[Path]
+    counts: dict[str, int]
+    n_tiles: int
+    n_skipped: int
+    seconds: float
+    model: ModelInfo
+    notes: list[str] = field(default_factory=list)
+    class_gsd_m: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tiles_per_second(self) -> float:
+        return self.n_tiles / self.seconds if self.seconds > 0 else float("inf")
+
+
+class SceneAssembler:
+    """Stitches and writes one scene while its batches finish (see the module doc).
+
+    Use it as a context manager: leaving it without :meth:`finish` (an error, Ctrl-C) removes
+    whatever was staged and leaves the output folder as it was.
+    """
+
+    def __init__(self, plan: ScenePlan, outdir: str | Path, *, stem: str | None = None) -> None:
+        self.plan = plan
+        self.stem = stem or plan.scene.stem
+        merge_iou = plan.options.merge_iou
+        self._stitchers = [StreamingStitcher(p.grid, merge_iou=merge_iou) for p in plan.passes]
+        self._measures = GeoMeasures(plan.scene.crs)
+        self._n_tiles = 0
+        self._n_skipped = 0
+        self._output = OutputStream(
+            outdir,
+            self.stem,
+            classes=plan.model.classes,
+            crs=plan.scene.crs,
+            metadata=run_metadata(plan),
+            formats=plan.options.formats,
+            extras_factory=lambda layers: visual_outputs(plan, layers, self.stem),
+        )
+
+    def __enter__(self) -> SceneAssembler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._output.abort()  # a no-op once committed
+
+    def add(self, result: BatchResult) -> None:
+        """Take one batch's fragments; write the objects they make final."""
+        tiles = [t.index_yx for t in self.plan.batch_tiles(result.batch_index)]
+        final = self._stitchers[result.pass_index].add(tiles, result.fragments)
+        self._n_tiles += result.n_tiles
+        self._n_skipped += result.n_skipped
+        self._write(result.pass_index, final)
+
+    def finish(self, *, seconds: float) -> RunResult:
+        """Write what is left, check the scene is unchanged, and commit the outputs."""
+        for k, stitcher in enumerate(self._stitchers):
+            self._write(k, stitcher.finish())
+        for reading in self.plan.passes:
+            check_unchanged(reading.scene)
+        outputs = self._output.commit()
+        return RunResult(
+            scene=self.plan.path,
+            outputs=outputs,
+            counts=dict(self._output.counts),
+            n_tiles=self._n_tiles,
+            n_skipped=self._n_skipped,
+            seconds=seconds,
+            model=self.plan.model,
+            notes=list(self.plan.notes),
+            class_gsd_m=self.plan.class_gsd_m(),
+        )
+
+    @property
+    def n_held(self) -> int:
+        """Fragments and objects the stitchers hold (the frontier)."""
+        return sum(s.n_held for s in self._stitchers)
+
+    def _write(self, pass_index: int, objects: Sequence[StitchedObject]) -> None:
+        if objects:
+            reading = self.plan.passes[pass_index]
+            rows = object_rows(objects, reading.scene, self.plan, self._measures)
+            self._output.write(rows_to_layers(rows, self.plan))
+
+
+def run_metadata(plan: ScenePlan) -> dict[str, str]:
+    """What every output layer records about the run (GeoPackage layer metadata)."""
+    class_gsd = plan.class_gsd_m()
+    return {
+        "geoseg_version": _version(),
+        "geoseg_model": plan.model.name,
+        "geoseg_model_checksum": plan.model.checksum,
+        "geoseg_scene": plan.scene.path,
+        "geoseg_gsd_m": f"{plan.scene.gsd_m:.6g}",
+        "geoseg_class_gsd_m": json.dumps({c: round(g, 6) for c, g in class_gsd.items()}),
+        "geoseg_options": json.dumps(plan.options.to_dict(), sort_keys=True),
+    }
+
+
+def stitch_passes(plan: ScenePlan, results: Sequence[BatchResult]) -> list[list[StitchedObject]]:
+    """Each pass's fragments stitched on its own grid, all at once: one list per pass."""
+    return [
+        stitch(
+            [f for r in results if r.pass_index == k for f in r.fragments],
+            merge_iou=plan.options.merge_iou,
+        )
+        for k in range(len(plan.passes))
+    ]
+
+
+def objects_to_layers(
+    per_pass: Sequence[Sequence[StitchedObject]], plan: ScenePlan
+) -> dict[str, gpd.GeoDataFrame]:
+    """Stitched pixel-space objects, one sequence per pass of ``plan`` (each on its own
+    working grid, :func:`stitch_passes`), to one GeoDataFrame per class in the scene's CRS."""
+    measures = GeoMeasures(plan.scene.crs)
+    rows: list[dict[str, Any]] = []
+    for reading, found in zip(plan.passes, per_pass, strict=True):
+        rows.extend(object_rows(found, reading.scene, plan, measures))
+    return rows_to_layers(rows, plan)
+
+
+def rows_to_layers(rows: Sequence[dict[str, Any]], plan: ScenePlan) -> dict[str, gpd.GeoDataFrame]:
+    """Rows of :func:`object_rows` as one GeoDataFrame per class of the model (empty ones
+    included), with the columns every output has."""
+    by_class: dict[str, list[dict[str, Any]]] = {name: [] for name in plan.model.classes}
+    for row in rows:
+        by_class[row["class"]].append(row)
+    layers = {}
+    for name, found in by_class.items():
+        columns = [*COLUMNS, *(SHIP_COLUMNS if name in SHIP_CLASSES else ())]
+        floats = {c: "float64" for c in columns[2:]}
+        layers[name] = gpd.GeoDataFrame(
+            found or {c: [] for c in columns} | {"geometry": []},
+            columns=[*columns, "geometry"],
+            geometry="geometry",
+            crs=plan.scene.crs,
+        ).astype(floats)
+    return layers
+
+
+def object_rows(
+    objects: Sequence[StitchedObject],
+    scene: SceneInfo,
+    plan: ScenePlan,
+    measures: GeoMeasures,
+) -> list[dict[str, Any]]:
+    """One output row per object: its outline in the scene's CRS and its measures.
+
+    The outlines of a chunk are simplified, mapped and taken to lon/lat in bulk (one call
+    each); only outlines that mapping made invalid are repaired one by one.
+    """
+    classes, options = plan.model.classes, plan.options
+    outlines = _outlines(objects, classes, options)
+    squared = np.array([o is not obj.polygon_px for o, obj in zip(outlines, objects, strict=True)])
+    geometries = _to_crs(np.array(outlines, dtype=object), squared, scene, options)
+    lonlat = measures.to_lonlat(geometries)  # shapely.transform takes arrays: one call
+    rows = []
+    for obj, geometry, ll in zip(objects, geometries, lonlat, strict=True):
+        if geometry.is_empty:
+            continue
+        class_name = classes[obj.label]
+        area, perimeter = geodesic_measures(ll)
+        row = {
+            "id": stable_id(scene.stem, class_name, obj.polygon_px),
+            "class": class_name,
+            "score": round(obj.score, 4),
+            "area_m2": area,
+            "perimeter_m": perimeter,
+        }
+        if class_name in SHIP_CLASSES:
+            row.update(zip(SHIP_COLUMNS, ship_dimensions(ll), strict=True))
+        rows.append({**row, "geometry": geometry})
+    return rows
+
+
+def _outlines(
+    objects: Sequence[StitchedObject], classes: Sequence[str], options: RunOptions
+) -> list[Any]:
+    outlines = [obj.polygon_px for obj in objects]
+    squared = [k for k, obj in enumerate(objects) if classes[obj.label] in REGULAR_CLASSES]
+    if options.regularize and squared:
+        from geoseg.regularize import regularize_outlines
+
+        squares = regularize_outlines([outlines[k] for k in squared])
+        for k, outline in zip(squared, squares, strict=True):
+            outlines[k] = outline
+    return outlines
+
+
+def _to_crs(
+    outlines: np.ndarray, squared: np.ndarray, scene: SceneInfo, options: RunOptions
+) -> np.ndarray:
+    """As :func:`~geoseg.vectorize.to_crs_polygon` on each outline (squared ones are not
+    simplified), in bulk: valid single polygons take the fast path, the rest the careful one."""
+    if options.simplify_px > 0 and (~squared).any():
+        outlines = outlines.copy()
+        outlines[~squared] = shapely.simplify(
+            outlines[~squared], options.simplify_px, preserve_topology=True
+        )
+    t = scene.transform
+
+    def affine(xy: np.ndarray) -> np.ndarray:  # as shapely.affinity.affine_transform computes it
+        x, y = xy.T
+        return np.stack([t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f]).T
+
+    mapped = shapely.transform(outlines, affine)
+    fast = shapely.is_valid(mapped) & (shapely.get_type_id(mapped) == 3)  # Polygon
+    out = np.empty(len(outlines), dtype=object)
+    if fast.any():
+        out[fast] = shapely.normalize(shapely.multipolygons(mapped[fast][:, None]))
+    for k in np.flatnonzero(~fast):
+        out[k] = to_crs_polygon(outlines[k], t, simplify_px=0.0)
+    return out
+
+
+def visual_outputs(
+    plan: ScenePlan, layers: Mapping[str, gpd.GeoDataFrame], stem: str
+) -> list[tuple[str, Callable[[Path], None]]]:
+    """The preview PNG and the web map, as ``(file name, writer)`` for the outputs."""
+    opts = plan.options
+    if not (opts.preview or opts.webmap):
+        return []
+    from geoseg.preview import read_quicklook, write_preview
+    from geoseg.webmap import write_webmap
+
+    look = read_quicklook(plan.scene)
+    extras: list[tuple[str, Callable[[Path], None]]] = []
+    if opts.preview:
+        extras.append(
+            (f"{stem}_preview.png", lambda tmp: write_preview(tmp, plan.scene, layers, look))
+        )
+    if opts.webmap:
+        title = f"geoseg: {stem} ({plan.model.name})"
+        extras.append((f"{stem}.html", lambda tmp: write_webmap(tmp, layers, look, title=title)))
+    return extras
+
+
+def _version() -> str:
+    from geoseg._version import __version__
+
+    return __version__

@@ -1,0 +1,154 @@
+"""Run batch tasks on a Dask scheduler and hand their results over as they complete.
+
+:func:`iter_results` yields each :class:`~geoseg.plan.BatchResult` as soon as its batch is
+done, so that the caller stitches and writes while the workers go on, and so that no batch's
+fragments stay in memory once they are consumed:
+
+- on ``threads``, ``processes`` and ``sync``, ``dask.compute`` runs in a helper thread with a
+  Dask callback that passes each finished result to the caller through a queue, and empties
+  the scheduler's own copy (which Dask would otherwise hold until every task is done);
+- on a ``distributed`` scheduler (an address or a ``Client``), ``as_completed`` over the
+  futures, each released once it is read.
+
+If the caller stops early (an error while writing, Ctrl-C), no new task is started and the
+helper thread is joined before the exception goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import dask
+from dask.callbacks import Callback
+from dask.delayed import Delayed
+
+from geoseg.errors import UserInputError
+from geoseg.plan import BatchResult
+from geoseg.scheduler import check_reachable
+
+__all__ = ["compute_tasks", "iter_results"]
+
+Progress = Callable[[int], None]
+
+_POLL_S = 0.2  # how often a waiting caller wakes up (so that Ctrl-C is seen at once)
+
+
+class _Cancelled(Exception):
+    """Raised inside the scheduler to stop it when the consumer has gone."""
+
+
+class _Forward(Callback):
+    """Puts each finished batch result on a queue and lets the scheduler's copy go."""
+
+    def __init__(self, sink: queue.Queue, stop: threading.Event) -> None:
+        super().__init__()
+        self._sink = sink
+        self._stop = stop
+
+    def _pretask(self, key: Any, dsk: Any, state: Any) -> None:
+        if self._stop.is_set():
+            raise _Cancelled
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if isinstance(result, BatchResult):
+            self._sink.put(replace(result))
+            result.fragments = []  # Dask keeps the result object until compute returns
+
+
+_DONE = object()
+
+
+def iter_results(
+    tasks: Sequence[Delayed], scheduler: Any = "threads", progress: Progress | None = None
+) -> Iterator[BatchResult]:
+    """Each task's :class:`BatchResult`, in the order they complete (see the module doc).
+
+    ``scheduler`` is ``threads``, ``processes``, ``sync``, an address or a ``Client``;
+    ``progress`` is called with the number of tiles of each result.
+    """
+    if isinstance(scheduler, str) and scheduler in ("threads", "processes", "sync"):
+        results = _iter_local(tasks, scheduler)
+    else:
+        results = _iter_distributed(tasks, scheduler)
+    for result in results:
+        if progress:
+            progress(result.n_tiles + result.n_skipped)
+        yield result
+
+
+def compute_tasks(tasks: Sequence[Delayed], scheduler: Any = "threads") -> list[Any]:
+    """Every task's result, in task order, all at once (for small jobs such as
+    ``geoseg select``'s; a scene goes through :func:`iter_results`)."""
+    if isinstance(scheduler, str) and scheduler in ("threads", "processes", "sync"):
+        return list(dask.compute(*tasks, scheduler=scheduler))
+    with _client(scheduler) as client:
+        return list(client.gather(client.compute(list(tasks))))
+
+
+def _iter_local(tasks: Sequence[Delayed], scheduler: str) -> Iterator[BatchResult]:
+    if not tasks:
+        return
+    sink: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def compute() -> None:
+        try:
+            dask.compute(*tasks, scheduler=scheduler, callbacks=[_Forward(sink, stop)])
+            sink.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            sink.put(exc)
+
+    worker = threading.Thread(target=compute, name="geoseg-compute", daemon=True)
+    worker.start()
+    try:
+        while True:
+            try:
+                item = sink.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _iter_distributed(tasks: Sequence[Delayed], scheduler: Any) -> Iterator[BatchResult]:
+    from distributed import as_completed
+
+    with _client(scheduler) as client:
+        done = as_completed(client.compute(list(tasks)))
+        for future in done:  # as_completed lets go of each future once it is yielded
+            result = future.result()
+            future.release()
+            yield result
+
+
+@contextlib.contextmanager
+def _client(scheduler: Any) -> Iterator[Any]:
+    """A ``distributed.Client`` for an address (closed after) or the ``Client`` given."""
+    from distributed import Client
+
+    if isinstance(scheduler, Client):
+        yield scheduler
+        return
+    check_reachable(str(scheduler))
+    try:
+        client = Client(scheduler, timeout="20s")
+    except OSError as exc:
+        raise UserInputError(
+            f"--scheduler {scheduler}: cannot reach a Dask scheduler ({exc})"
+        ) from exc
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()

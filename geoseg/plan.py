@@ -1,0 +1,204 @@
+"""Planning a scene: validate it, describe the model, choose the working GSD of each class
+(*passes*), cut each pass's tile grid and the batches of tiles that the Dask graph runs.
+
+Each class at its own scale: a model may record the GSD range each class works at
+(``class_gsd_range_m``). The scene is then read once per working GSD it needs (for example
+native for buildings and ships, 4 m for fields on a 0.5 m scene); each pass keeps its own
+classes and is stitched on its own grid. A class whose range ends far finer than the scene
+(more than :data:`MAX_UPSAMPLING`) is not searched, and a scene too coarse for every class is
+refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from geoseg.config import DEFAULT_MIN_SCORE, RunOptions
+from geoseg.errors import UserInputError
+from geoseg.formats import check_formats
+from geoseg.grid import Tile, TileGrid
+from geoseg.model.protocol import ModelInfo, describe_spec
+from geoseg.scene import SceneInfo, clamp_gsd, fit_gsd, open_scene
+from geoseg.stitch import Fragment
+
+__all__ = [
+    "MAX_UPSAMPLING",
+    "BatchResult",
+    "ScenePass",
+    "ScenePlan",
+    "check_numbers",
+    "plan_scene",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_UPSAMPLING = 3.0
+"""How many times finer than the scene a class's coarsest GSD may be: beyond it the objects are
+too small in the scene to be found, and upsampling would only multiply the tiles."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScenePass:
+    """One reading of the scene: its working grid (at one GSD), the tile grid on it, and the
+    indexes of the classes this pass keeps."""
+
+    scene: SceneInfo
+    grid: TileGrid
+    classes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScenePlan:
+    """A validated scene, read in one or more passes, their tiles cut into batches (each batch
+    is ``(pass index, tiles)``), and the model that will run."""
+
+    passes: tuple[ScenePass, ...]
+    batches: tuple[tuple[int, tuple[Tile, ...]], ...]
+    options: RunOptions
+    model: ModelInfo
+    notes: tuple[str, ...] = ()
+
+    @property
+    def scene(self) -> SceneInfo:
+        """The scene as the first (finest) pass reads it."""
+        return self.passes[0].scene
+
+    @property
+    def grid(self) -> TileGrid:
+        return self.passes[0].grid
+
+    @property
+    def path(self) -> Path:
+        return Path(self.scene.path)
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(len(p.grid) for p in self.passes)
+
+    def class_gsd_m(self) -> dict[str, float]:
+        """The GSD each class is read at (classes not searched are left out)."""
+        return {self.model.classes[k]: p.scene.gsd_m for p in self.passes for k in p.classes}
+
+    def batch_tiles(self, batch_index: int) -> tuple[Tile, ...]:
+        """The tiles of one batch (all of them, the skipped ones too)."""
+        return self.batches[batch_index][1]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """The fragments of one batch, how many of its tiles were run or skipped (all nodata),
+    its pass and its index in :attr:`ScenePlan.batches`."""
+
+    fragments: list[Fragment]
+    n_tiles: int
+    n_skipped: int
+    pass_index: int = 0
+    batch_index: int = 0
+
+
+def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan:
+    """Open and validate the scene, describe the model (read once per process, on the CPU or
+    not built at all: see :func:`~geoseg.model.protocol.describe_spec`), cut the tile grid."""
+    options = options or RunOptions()
+    options = replace(options, formats=check_formats(tuple(options.formats)))
+    check_numbers(options)
+    scene = open_scene(path, bands=options.bands, crs=options.crs, gsd_m=options.gsd_m)
+    # only what the model says of itself: never loaded here on the workers' device
+    info = describe_spec(options.model, device=options.device)
+    if options.min_score is None:
+        tuned = info.min_score if info.min_score is not None else DEFAULT_MIN_SCORE
+        options = replace(options, min_score=tuned)
+    if isinstance(options.min_score, dict):
+        unknown = ", ".join(sorted(set(options.min_score) - set(info.classes)))
+        if unknown:
+            raise UserInputError(f"min_score names {unknown}, which the model does not know")
+    if options.batch_size < 1:
+        raise UserInputError(f"--batch-size {options.batch_size} must be at least 1")
+    if not 0 < options.merge_iou <= 1:
+        raise UserInputError(f"merge IoU {options.merge_iou} must be in (0, 1]")
+    readings, notes = _readings(scene, info, options)
+    options, clamped = _clamp_tile(options, readings)
+    notes = [*notes, *clamped]
+    passes, batches = [], []
+    size = options.batch_size
+    for index, (working, classes) in enumerate(readings):
+        grid = TileGrid.from_shape(
+            working.shape_yx, tile_px=options.tile_px, overlap_px=options.overlap_px
+        )
+        tiles = list(grid)
+        passes.append(ScenePass(working, grid, classes))
+        batches.extend((index, tuple(tiles[k : k + size])) for k in range(0, len(tiles), size))
+    return ScenePlan(tuple(passes), tuple(batches), options, info, tuple(notes))
+
+
+def check_numbers(options: RunOptions) -> None:
+    """Refuse numbers that are not finite (``nan``, ``inf``) or out of range."""
+    scores = options.min_score.values() if isinstance(options.min_score, dict) else []
+    checks = [
+        ("--gsd", options.gsd_m, lambda v: v > 0),
+        ("--simplify", options.simplify_px, lambda v: v >= 0),
+        *(("--min-score", v, lambda v: 0 <= v <= 1) for v in scores),
+    ]
+    if not isinstance(options.min_score, dict):
+        checks.append(("--min-score", options.min_score, lambda v: 0 <= v <= 1))
+    for name, value, ok in checks:
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserInputError(f"{name} {value}: give a finite number in range")
+
+
+def _clamp_tile(
+    options: RunOptions, readings: Sequence[tuple[SceneInfo, tuple[int, ...]]]
+) -> tuple[RunOptions, list[str]]:
+    """A tile larger than every working grid (and than the default tile) covers it with
+    room to spare: shrink it to fit, so that no huge empty tile is allocated."""
+    longest = max(max(working.shape_yx) for working, _ in readings)
+    limit = max(-(-longest // 32) * 32, RunOptions().tile_px)
+    if options.tile_px <= limit:
+        return options, []
+    note = f"--tile-size {options.tile_px} is larger than the scene: tiles of {limit} px"
+    log.info("%s", note)
+    overlap = min(options.overlap_px, limit // 4)
+    return replace(options, tile_px=limit, overlap_px=overlap), [note]
+
+
+def _readings(
+    scene: SceneInfo, info: ModelInfo, options: RunOptions
+) -> tuple[list[tuple[SceneInfo, tuple[int, ...]]], list[str]]:
+    """The scene's working grids, finest first, each with the class indexes read on it."""
+    everything = tuple(range(len(info.classes)))
+    if options.gsd_m is not None:  # --gsd: one reading of every class at that GSD
+        return [(scene, everything)], []
+    ranges = [(info.class_gsd_range_m or {}).get(name, info.gsd_range_m) for name in info.classes]
+    if all(r is None for r in ranges):
+        return [(scene, everything)], []
+    native = scene.file_gsd_m
+    notes, targets = [], {}
+    for k, gsd_range in enumerate(ranges):
+        if gsd_range is not None and native > gsd_range[1] * MAX_UPSAMPLING:
+            notes.append(
+                f"{info.classes[k]} not searched: the scene's GSD ({native:.3g} m) is more than "
+                f"{MAX_UPSAMPLING:g} times the coarsest the model finds it at "
+                f"({gsd_range[1]:.3g} m)"
+            )
+            continue
+        target = clamp_gsd(native, gsd_range)
+        key = next((t for t in targets if abs(t - target) <= 1e-3 * target), target)
+        targets.setdefault(key, []).append(k)
+    if not targets:
+        coarsest = max(r[1] for r in ranges if r is not None)
+        raise UserInputError(
+            f"{scene.path}: GSD {native:.3g} m is too coarse for this model, which finds "
+            f"{', '.join(info.classes)} at {coarsest:.3g} m or finer; objects would be under "
+            "a pixel. Give --gsd to read it anyway"
+        )
+    readings = [
+        (fit_gsd(scene, model_gsd_range_m=(gsd, gsd)), tuple(classes))
+        for gsd, classes in sorted(targets.items())
+    ]
+    for name in notes:
+        log.warning("%s", name)
+    return readings, notes
