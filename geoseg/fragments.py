@@ -13,7 +13,7 @@ import numpy as np
 from geoseg.grid import Tile
 from geoseg.model.protocol import Instances
 
-__all__ = ["MaskCrop", "instances_to_crops", "touches_seam"]
+__all__ = ["MaskCrop", "instances_to_crops", "tile_nms", "touches_seam"]
 
 TILE_NMS_IOU = 0.5
 SEAM_MARGIN_PX = 2
@@ -60,55 +60,81 @@ def instances_to_crops(
 
     ``valid`` is the tile's validity ``(tile_px, tile_px)``; masks are cut to the tile's window
     (padding dropped) and to valid pixels. Of two instances of one tile whose masks overlap with
-    IoU >= 0.5, the lower-scored is dropped.
+    IoU >= 0.5, the lower-scored is dropped (ties: the one the model listed first is kept).
     """
     height, width = tile.window.height, tile.window.width
     keep_valid = valid[:height, :width]
-    order = np.argsort(-instances.scores, kind="stable")
     thresholds = np.asarray(min_score, dtype=np.float64)
-    kept: list[tuple[tuple[int, int, int, int], np.ndarray, int, float]] = []
-    for k in order:
-        score = float(instances.scores[k])
-        if score < (thresholds if thresholds.ndim == 0 else thresholds[instances.labels[k]]):
+    floor = thresholds if thresholds.ndim == 0 else thresholds[instances.labels]
+    order = np.argsort(-instances.scores, kind="stable")
+    boxes: list[tuple[int, int, int, int]] = []
+    crops: list[np.ndarray] = []
+    picked: list[int] = []
+    for k in order[(instances.scores >= floor)[order]]:
+        row0, col0, mask = instances.crop(int(k))
+        row1, col1 = min(row0 + mask.shape[0], height), min(col0 + mask.shape[1], width)
+        if row1 <= row0 or col1 <= col0:
             continue
-        mask = instances.masks[k, :height, :width] & keep_valid
-        box = _bbox(mask)
+        cut = mask[: row1 - row0, : col1 - col0] & keep_valid[row0:row1, col0:col1]
+        box = _bbox(cut)
         if box is None:
             continue
-        if any(
-            _box_iou(mask, box, other_mask, other_box) >= TILE_NMS_IOU
-            for other_box, other_mask, _, _ in kept
-        ):
-            continue
-        crop = mask[box[0] : box[2], box[1] : box[3]]
-        kept.append((box, crop, int(instances.labels[k]), score))
+        r0, c0, r1, c1 = box
+        boxes.append((row0 + r0, col0 + c0, row0 + r1, col0 + c1))
+        crops.append(cut[r0:r1, c0:c1])
+        picked.append(int(k))
+    kept = tile_nms(np.array(boxes, dtype=np.int64).reshape(-1, 4), crops)
     return [
         MaskCrop(
-            row_off=tile.window.row_off + r0,
-            col_off=tile.window.col_off + c0,
-            mask=crop,
-            label=label,
-            score=score,
-            touches_seam=touches_seam(tile, r0, c0, r1, c1),
+            row_off=tile.window.row_off + boxes[i][0],
+            col_off=tile.window.col_off + boxes[i][1],
+            mask=crops[i],
+            label=int(instances.labels[picked[i]]),
+            score=float(instances.scores[picked[i]]),
+            touches_seam=touches_seam(tile, *boxes[i]),
         )
-        for (r0, c0, r1, c1), crop, label, score in kept
+        for i in kept
     ]
 
 
-def _box_iou(
-    mask: np.ndarray,
-    box: tuple[int, int, int, int],
-    other_crop: np.ndarray,
-    other_box: tuple[int, int, int, int],
-) -> float:
-    r0, c0 = max(box[0], other_box[0]), max(box[1], other_box[1])
-    r1, c1 = min(box[2], other_box[2]), min(box[3], other_box[3])
-    if r1 <= r0 or c1 <= c0:
-        return 0.0
-    a = mask[r0:r1, c0:c1]
-    b = other_crop[r0 - other_box[0] : r1 - other_box[0], c0 - other_box[1] : c1 - other_box[1]]
-    inter = np.count_nonzero(a & b)
-    if inter == 0:
-        return 0.0
-    union = np.count_nonzero(mask) + np.count_nonzero(other_crop) - inter
-    return inter / union
+def tile_nms(
+    boxes: np.ndarray, crops: list[np.ndarray], *, iou: float = TILE_NMS_IOU, chunk: int = 1024
+) -> list[int]:
+    """Greedy mask NMS over instances already in priority order: which to keep, in order.
+
+    ``boxes`` ``(N, 4)`` are tight ``row0, col0, row1, col1`` (exclusive stops) of the bool
+    ``crops``. Instance ``i`` is dropped when its mask IoU with a kept earlier one is >= ``iou``.
+    Box overlaps and an upper bound of the IoU are computed with array operations (``chunk``
+    rows at a time); masks are compared only for pairs whose bound reaches ``iou``.
+    """
+    count = len(crops)
+    if count == 0:
+        return []
+    areas = np.array([np.count_nonzero(c) for c in crops], dtype=np.int64)
+    kept = np.zeros(count, dtype=bool)
+    for start in range(0, count, chunk):
+        rows = slice(start, min(start + chunk, count))
+        r0, c0, r1, c1 = (boxes[rows, i : i + 1] for i in range(4))
+        inter_h = np.minimum(r1, boxes[None, :, 2]) - np.maximum(r0, boxes[None, :, 0])
+        inter_w = np.minimum(c1, boxes[None, :, 3]) - np.maximum(c0, boxes[None, :, 1])
+        overlap = np.clip(inter_h, 0, None) * np.clip(inter_w, 0, None)
+        most = np.minimum(overlap, np.minimum(areas[rows, None], areas[None, :]))
+        # IoU <= most / (a + b - most); it reaches iou only if most >= iou (a + b) / (1 + iou)
+        bound = most * (1 + iou) + 1e-6  # a hair generous: the exact test follows
+        maybe = (most > 0) & (bound >= iou * (areas[rows, None] + areas[None, :]))
+        for i in range(rows.start, rows.stop):
+            rivals = np.flatnonzero(maybe[i - start, :i] & kept[:i])
+            kept[i] = not any(_iou_at_least(boxes, crops, areas, i, j, iou) for j in rivals)
+    return np.flatnonzero(kept).tolist()
+
+
+def _iou_at_least(
+    boxes: np.ndarray, crops: list[np.ndarray], areas: np.ndarray, i: int, j: int, iou: float
+) -> bool:
+    (ar0, ac0, _, _), (br0, bc0, _, _) = boxes[i], boxes[j]
+    r0, c0 = max(ar0, br0), max(ac0, bc0)
+    r1, c1 = min(boxes[i, 2], boxes[j, 2]), min(boxes[i, 3], boxes[j, 3])
+    a = crops[i][r0 - ar0 : r1 - ar0, c0 - ac0 : c1 - ac0]
+    b = crops[j][r0 - br0 : r1 - br0, c0 - bc0 : c1 - bc0]
+    inter = int(np.count_nonzero(a & b))
+    return inter > 0 and inter / (int(areas[i]) + int(areas[j]) - inter) >= iou

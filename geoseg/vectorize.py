@@ -11,8 +11,10 @@ non-north-up grids.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
+import rasterio
 import shapely
 from affine import Affine
 from pyproj import CRS, Geod, Transformer
@@ -22,7 +24,14 @@ from shapely.geometry.base import BaseGeometry
 
 from geoseg.fragments import MaskCrop
 
-__all__ = ["GeoMeasures", "crop_to_polygon", "geodesic_measures", "stable_id", "to_crs_polygon"]
+__all__ = [
+    "GeoMeasures",
+    "crop_to_polygon",
+    "crops_to_polygons",
+    "geodesic_measures",
+    "stable_id",
+    "to_crs_polygon",
+]
 
 _GEOD = Geod(ellps="WGS84")
 
@@ -39,6 +48,54 @@ def crop_to_polygon(crop: MaskCrop) -> BaseGeometry:
     ]
     outline = shapely.union_all(parts) if len(parts) > 1 else parts[0]
     return shapely.transform(outline, lambda xy: xy - 1.0)
+
+
+def crops_to_polygons(
+    crops: Sequence[MaskCrop], *, canvas_width_px: int = 2048
+) -> list[BaseGeometry]:
+    """:func:`crop_to_polygon` of each crop (the same outlines), with one polygonize call.
+
+    The crops are packed into one raster of crop numbers, one pixel apart (tallest first,
+    in rows ``canvas_width_px`` wide or as wide as the widest crop), traced by a single
+    ``rasterio.features.shapes`` and moved back to their scene pixels.
+    """
+    if not crops:
+        return []
+    places, canvas = _pack(crops, canvas_width_px)
+    parts: list[list[BaseGeometry]] = [[] for _ in crops]
+    with rasterio.Env():
+        traced = features.shapes(canvas, mask=canvas > 0, transform=Affine.translation(1, 1))
+        for geom, value in traced:
+            parts[int(value) - 1].append(shape(geom))
+    outlines = np.array([shapely.union_all(p) if len(p) > 1 else p[0] for p in parts], dtype=object)
+    shift = np.array(
+        [
+            (c.col_off - col - 1, c.row_off - row - 1)
+            for c, (row, col) in zip(crops, places, strict=True)
+        ],
+        dtype=np.float64,
+    )
+    coords, which = shapely.get_coordinates(outlines, return_index=True)
+    shapely.set_coordinates(outlines, coords + shift[which])  # in place, on fresh geometries
+    return list(outlines)
+
+
+def _pack(crops: Sequence[MaskCrop], width_px: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Shelf-pack crop masks: each crop's ``(row, col)`` in a canvas of crop numbers (int32)."""
+    width_px = max(width_px, max(c.mask.shape[1] for c in crops))
+    places: list[tuple[int, int]] = [(0, 0)] * len(crops)
+    row = col = shelf = 0
+    for i in sorted(range(len(crops)), key=lambda i: -crops[i].mask.shape[0]):
+        height, width = crops[i].mask.shape
+        if col + width > width_px and col > 0:
+            row, col, shelf = row + shelf + 1, 0, 0
+        places[i] = (row, col)
+        col, shelf = col + width + 1, max(shelf, height)
+    canvas = np.zeros((row + shelf, width_px), dtype=np.int32)
+    for i, (crop, (r, c)) in enumerate(zip(crops, places, strict=True)):
+        height, width = crop.mask.shape
+        canvas[r : r + height, c : c + width][crop.mask] = i + 1
+    return places, canvas
 
 
 def to_crs_polygon(

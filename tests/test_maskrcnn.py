@@ -52,13 +52,15 @@ def test_predict_follows_the_protocol(model: MaskRCNNSegmenter, tiles: np.ndarra
     out = model.predict(tiles)
     assert len(out) == 2
     for inst in out:
-        assert inst["masks"].dtype == bool and inst["masks"].shape[1:] == (64, 64)
+        assert inst["masks"].dtype == np.float32 and inst["masks"].shape[1:] == (28, 28)
+        assert inst["boxes"].shape == (len(inst["labels"]), 4)
         assert inst["labels"].dtype == np.int64 and inst["scores"].dtype == np.float32
         assert len(inst["labels"]) == len(inst["scores"]) == len(inst["masks"])
         assert np.all(inst["scores"] >= maskrcnn.SCORE_FLOOR)
         if len(inst["labels"]):
             assert inst["labels"].min() >= 0 and inst["labels"].max() < len(CLASSES)
-        Instances.from_any(inst, shape_hw=(64, 64), n_classes=len(CLASSES))
+        found = Instances.from_any(inst, shape_hw=(64, 64), n_classes=len(CLASSES))
+        assert found.masks.shape == (len(inst["labels"]), 64, 64)
 
 
 def test_min_score_drops_instances_inside_the_network(
@@ -72,7 +74,7 @@ def test_min_score_drops_instances_inside_the_network(
     for a, b in zip(low, high, strict=True):
         keep = a["scores"] >= cut
         np.testing.assert_array_equal(np.sort(b["scores"]), np.sort(a["scores"][keep]))
-        assert b["masks"].shape == (int(keep.sum()), 64, 64)
+        assert b["masks"].shape == (int(keep.sum()), 28, 28)
     again = model.predict(tiles)  # the threshold is per call, not left behind
     np.testing.assert_array_equal(again[0]["scores"], low[0]["scores"])
 

@@ -93,7 +93,7 @@ def test_init_imagenet_starts_from_the_pretrained_backbone(
     model = load_segmenter(str(output), device="cpu")
     assert model.normalization["image_std"] == [0.5, 0.5, 0.5]
     (out,) = model.predict(np.zeros((1, 3, 64, 64), dtype=np.float32))
-    assert set(out) == {"masks", "labels", "scores"}
+    assert set(out) == {"boxes", "masks", "labels", "scores"}
 
 
 def test_init_takes_a_torchvision_state_dict(scene: tuple[Path, Path], tmp_path: Path) -> None:

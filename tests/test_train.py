@@ -179,7 +179,7 @@ def test_smoke_training_learns_and_resumes(labelled: tuple[Path, Path], tmp_path
     assert set(result.min_score) == {"building", "ship"} and model.min_score == result.min_score
     assert set(result.min_score.values()) <= {*SCORE_GRID, DEFAULT_MIN_SCORE}
     (out,) = model.predict(np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32))
-    assert out["masks"].shape[1:] == (64, 64)
+    assert out["masks"].shape[1:] == (28, 28) and out["boxes"].shape == (len(out["scores"]), 4)
 
     side = sidecar_dir(output)
     assert (side / "last.pt").is_file() and len(

@@ -46,6 +46,7 @@ from geoseg.model.maskrcnn import (
     network_normalization,
     resolve_device,
 )
+from geoseg.model.protocol import Instances
 from geoseg.scene import open_scene
 
 __all__ = [
@@ -690,7 +691,8 @@ def _validate(
         batch = chips[start : start + options.batch_size]
         pixels = np.stack([c.pixels.astype(np.float32) / 255.0 for c in batch])
         for chip, pred in zip(batch, segmenter.predict(pixels), strict=True):
-            masks = pred["masks"] & chip.valid
+            found = Instances.from_any(pred, shape_hw=chip.valid.shape, n_classes=n_classes)
+            masks = found.masks & chip.valid
             ref_masks, _, ref_cls = targets_from_ids(chip.ids, chip.classes)
             for k in range(n_classes):
                 mine = pred["labels"] == k

@@ -41,7 +41,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.models.mobilenetv2 import mobilenet_v2
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
@@ -320,9 +320,12 @@ class MaskRCNNSegmenter:
     """A Mask R-CNN that follows the :class:`geoseg.model.Segmenter` protocol.
 
     ``predict`` takes float32 tiles ``(N, bands, H, W)`` in 0..1 (one band is repeated to
-    three, more than three are cut to the first three) and returns, per tile, ``masks`` (bool
-    ``(K, H, W)``, mask probability >= 0.5), ``labels`` (int64 indices into ``classes``) and
-    ``scores`` (float32), for instances scored at least :data:`SCORE_FLOOR`.
+    three, more than three are cut to the first three) and returns, per tile, the protocol's
+    box form: ``boxes`` (float32 ``(K, 4)``, ``x0, y0, x1, y1`` in tile pixels), ``masks``
+    (float32 ``(K, 28, 28)`` mask probabilities in those boxes, not pasted into the tile),
+    ``labels`` (int64 indices into ``classes``) and ``scores`` (float32), for instances
+    scored at least :data:`SCORE_FLOOR`. ``Instances.from_any(...).masks`` gives the same
+    full-tile masks as torchvision's own (pasted) output.
     """
 
     input_bands = 3
@@ -373,21 +376,44 @@ class MaskRCNNSegmenter:
             raise ModelError(f"predict wants tiles (N, bands, H, W); got shape {tiles.shape}")
         tiles = _three_bands(tiles)
         out: list[dict[str, np.ndarray]] = []
-        cuda = self._device.type == "cuda"
-        with (
-            self._lock,
-            torch.inference_mode(),
-            torch.autocast("cuda", enabled=cuda),
-        ):
+        with self._lock, torch.inference_mode():
             self.network.roi_heads.score_thresh = max(SCORE_FLOOR, float(min_score))
             for start in range(0, len(tiles), self.batch_size):
-                batch = torch.from_numpy(
-                    np.ascontiguousarray(tiles[start : start + self.batch_size])
-                )
-                images = list(batch.to(self._device))
-                for det in self.network(images):
-                    out.append(_to_instances(det))
+                batch = self._to_device(tiles[start : start + self.batch_size])
+                out.extend(_to_instances(det) for det in self._detect(batch))
         return out
+
+    def _to_device(self, tiles: np.ndarray) -> torch.Tensor:
+        """A batch on the network's device: through pinned memory, asynchronously, on CUDA."""
+        batch = torch.from_numpy(np.ascontiguousarray(tiles))
+        if self._device.type == "cuda":
+            return batch.pin_memory().to(self._device, non_blocking=True)
+        return batch.to(self._device)
+
+    def _detect(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """torchvision's ``MaskRCNN.forward`` in eval mode, up to the 28 x 28 mask
+        probabilities: boxes are scaled to the input size as ``transform.postprocess`` does,
+        masks are never pasted into tiles.
+
+        On CUDA the backbone runs in float16 (autocast) on channels-last images; the RPN and
+        the heads run in float32, so box coordinates keep their precision. On the CPU this is
+        exactly torchvision's computation.
+        """
+        net = self.network
+        original = [(int(t.shape[-2]), int(t.shape[-1])) for t in batch]
+        images, _ = net.transform(list(batch))
+        cuda = batch.device.type == "cuda"
+        pixels = images.tensors
+        if cuda:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+            features = net.backbone(pixels)
+        features = OrderedDict((name, level.float()) for name, level in features.items())
+        proposals, _ = net.rpn(images, features)
+        detections, _ = net.roi_heads(features, proposals, images.image_sizes)
+        for det, size, size_in in zip(detections, images.image_sizes, original, strict=True):
+            det["boxes"] = resize_boxes(det["boxes"], size, size_in)
+        return detections
 
     def embed(self, tiles: np.ndarray) -> np.ndarray:
         """One float32 vector per tile ``(N, D)``: each feature-pyramid level of the backbone,
@@ -400,10 +426,8 @@ class MaskRCNNSegmenter:
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(tiles), self.batch_size):
-                batch = torch.from_numpy(
-                    np.ascontiguousarray(tiles[start : start + self.batch_size])
-                )
-                images, _ = self.network.transform(list(batch.to(self._device)))
+                batch = self._to_device(tiles[start : start + self.batch_size])
+                images, _ = self.network.transform(list(batch))
                 levels = self.network.backbone(images.tensors).values()
                 out.append(torch.cat([f.float().mean(dim=(2, 3)) for f in levels], dim=1).cpu())
         if not out:
@@ -423,10 +447,11 @@ def _three_bands(tiles: np.ndarray) -> np.ndarray:
 
 
 def _to_instances(det: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The protocol's box form: boxes, 28 x 28 mask probabilities, labels, scores."""
     keep = det["scores"] >= SCORE_FLOOR
-    masks = det["masks"][keep][:, 0] >= 0.5
     return {
-        "masks": masks.cpu().numpy(),
+        "boxes": det["boxes"][keep].float().cpu().numpy(),
+        "masks": det["masks"][keep][:, 0].float().cpu().numpy(),
         "labels": (det["labels"][keep] - 1).to(torch.int64).cpu().numpy(),
         "scores": det["scores"][keep].float().cpu().numpy(),
     }

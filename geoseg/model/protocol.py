@@ -5,10 +5,30 @@ A segmenter is any object with
 - ``classes``: a tuple of class names, e.g. ``("building", "field", "ship")``;
 - ``predict(tiles)``: ``tiles`` is a float32 array ``(N, bands, H, W)`` (uint8 imagery arrives
   as value / 255, other types through the per-scene stretch of :mod:`geoseg.scene`); it returns
-  a sequence of N instance sets, each with ``masks`` (bool ``(K, H, W)``), ``labels`` (int
-  ``(K,)``, indices into ``classes``) and ``scores`` (float ``(K,)``), as attributes or as
-  mapping keys. ``predict`` may also accept a keyword ``min_score``: geoseg then passes
-  ``--min-score``, so the model can drop lower-scored instances before building their masks.
+  a sequence of N instance sets, one per tile, as attributes or as mapping keys, each with
+  ``labels`` (int ``(K,)``, indices into ``classes``), ``scores`` (float ``(K,)``) and the
+  masks in one of three forms:
+
+  - full-tile ``masks``: ``(K, H, W)`` (or torchvision's ``(K, 1, H, W)``), bool, or floats
+    where a pixel is in when > 0.5;
+  - box-local ``boxes`` + ``masks``: ``boxes`` ``(K, 4)`` float ``x0, y0, x1, y1`` in tile
+    pixels and ``masks`` ``(K, h, w)`` (or ``(K, 1, h, w)``), any ``h, w``, bool or
+    probabilities, e.g. torchvision's 28 x 28 mask probabilities before pasting. geoseg
+    resizes each into its box as torchvision's ``paste_masks_in_image`` does: the mask is
+    padded by one pixel of zeros and the box grown about its centre by ``(w + 2) / w`` in x
+    and ``(h + 2) / h`` in y (float32), the grown corners are cut to integers toward zero,
+    the padded mask is resized bilinearly (``align_corners=False``) to the integer box
+    inclusive of both corners (at least 1 x 1), cut to the tile, and a pixel is in where the
+    value is >= 0.5 (bool masks count as 0 and 1). A Mask R-CNN thus gives the same pixels
+    in this form as torchvision's pasted masks, without a ``(K, H, W)`` array. Masks of
+    exactly the tile's ``(H, W)`` are always read as full-tile, so torchvision's own output
+    (which carries ``boxes`` too) keeps working;
+  - ``label_image``: ``(H, W)`` int, 0 background, ``i`` instance ``i - 1`` of ``labels`` and
+    ``scores`` (for models whose instances never overlap).
+
+  ``predict`` may also accept a keyword ``min_score``: geoseg then passes ``--min-score``, so
+  the model can drop lower-scored instances before building their masks. Wrong shapes or
+  types are reported as a one-line :class:`~geoseg.errors.ModelError`.
 
 Optional attributes that geoseg reads when present: ``name`` (str), ``checksum`` (str),
 ``untrained`` (bool), ``min_score`` (the score threshold the model recommends, a float or
@@ -45,6 +65,7 @@ import numpy as np
 
 from geoseg.config import as_min_score
 from geoseg.errors import ModelError, UserInputError
+from geoseg.model.box_masks import Crop, box_mask_crops, label_image_crops
 from geoseg.model.checksum import file_sha256
 
 __all__ = [
@@ -66,46 +87,146 @@ class Segmenter(Protocol):
     def predict(self, tiles: np.ndarray) -> Sequence[Any]: ...
 
 
-@dataclass(frozen=True, slots=True)
 class Instances:
-    """The instances found in one tile, validated: masks ``(K, H, W)`` bool, labels, scores."""
+    """The instances found in one tile, validated: ``labels`` (int ``(K,)``), ``scores``
+    (float32 ``(K,)``) and one bool mask each, held as a full-tile stack or as box-local crops.
 
-    masks: np.ndarray
-    labels: np.ndarray
-    scores: np.ndarray
+    ``Instances(masks, labels, scores)`` holds full-tile masks ``(K, H, W)``;
+    :meth:`from_crops` holds crops (what the box and label-image forms give);
+    :meth:`crop` reads either without copying a tile, and :attr:`masks` always gives the
+    full-tile stack (built on demand from crops).
+    """
+
+    __slots__ = ("_crops", "_full", "labels", "scores", "shape_hw")
+
+    def __init__(self, masks: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> None:
+        self._full = np.asarray(masks, dtype=bool)
+        self._crops: list[Crop] | None = None
+        self.labels = np.asarray(labels)
+        self.scores = np.asarray(scores)
+        self.shape_hw: tuple[int, int] = (int(self._full.shape[1]), int(self._full.shape[2]))
+
+    @classmethod
+    def from_crops(
+        cls,
+        crops: Sequence[Crop],
+        labels: np.ndarray,
+        scores: np.ndarray,
+        *,
+        shape_hw: tuple[int, int],
+    ) -> Instances:
+        """Instances from box-local crops ``(row0, col0, mask)`` that lie inside the tile."""
+        self = cls.__new__(cls)
+        self._full = None
+        self._crops = list(crops)
+        self.labels, self.scores = np.asarray(labels), np.asarray(scores)
+        self.shape_hw = (int(shape_hw[0]), int(shape_hw[1]))
+        return self
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def crop(self, k: int) -> Crop:
+        """Instance ``k``'s mask as ``(row0, col0, mask)``, a view (the whole tile for the
+        full-tile form)."""
+        if self._crops is None:
+            return 0, 0, self._full[k]
+        return self._crops[k]
+
+    @property
+    def masks(self) -> np.ndarray:
+        """The full-tile bool masks ``(K, H, W)`` (built anew for crops: K x H x W bytes)."""
+        if self._full is not None:
+            return self._full
+        out = np.zeros((len(self), *self.shape_hw), dtype=bool)
+        for k, (row0, col0, mask) in enumerate(self._crops or ()):
+            out[k, row0 : row0 + mask.shape[0], col0 : col0 + mask.shape[1]] = mask
+        return out
 
     @classmethod
     def from_any(cls, obj: Any, *, shape_hw: tuple[int, int], n_classes: int) -> Instances:
-        """Accept an object with attributes or a mapping, convert to NumPy and check shapes."""
-
-        def field(name: str) -> Any:
-            if isinstance(obj, Mapping):
-                if name not in obj:
-                    raise ModelError(f"model output lacks {name!r}")
-                return obj[name]
-            if not hasattr(obj, name):
-                raise ModelError(f"model output lacks {name!r}")
-            return getattr(obj, name)
-
-        masks = _to_numpy(field("masks"))
-        labels = _to_numpy(field("labels")).astype(np.int64).reshape(-1)
-        scores = _to_numpy(field("scores")).astype(np.float32).reshape(-1)
+        """Accept an object with attributes or a mapping in any of the module doc's three
+        forms, convert to NumPy and check shapes (a one-line :class:`ModelError` if wrong)."""
+        labels, scores = _labels_scores(obj, n_classes)
         count = len(labels)
-        if count == 0:
-            masks = np.zeros((0, *shape_hw), dtype=bool)
-        if masks.ndim == 4 and masks.shape[1] == 1:  # torchvision's (K, 1, H, W)
-            masks = masks[:, 0]
-        if masks.shape != (count, *shape_hw) or len(scores) != count:
-            raise ModelError(
-                f"model returned masks {masks.shape}, labels ({count},), scores ({len(scores)},)"
-                f" for a tile of {shape_hw}: expected masks ({count}, {shape_hw[0]}, "
-                f"{shape_hw[1]})"
+        shape_hw = (int(shape_hw[0]), int(shape_hw[1]))
+        if _has(obj, "label_image"):
+            crops = label_image_crops(
+                _label_image(_field(obj, "label_image"), count, shape_hw), count
             )
-        if count and (labels.min() < 0 or labels.max() >= n_classes):
-            raise ModelError(f"model returned label {labels.max()} outside its {n_classes} classes")
+            return cls.from_crops(crops, labels, scores, shape_hw=shape_hw)
+        masks = _to_numpy(_field(obj, "masks"))
+        if masks.ndim == 4 and masks.shape[1] == 1:  # torchvision's (K, 1, H, W) or (K, 1, h, w)
+            masks = masks[:, 0]
+        if count == 0:
+            return cls(np.zeros((0, *shape_hw), dtype=bool), labels, scores)
+        if _has(obj, "boxes") and masks.shape[1:] != shape_hw:
+            boxes = _boxes(_field(obj, "boxes"), masks, count)
+            crops = box_mask_crops(boxes, masks, shape_hw)
+            return cls.from_crops(crops, labels, scores, shape_hw=shape_hw)
+        if masks.shape != (count, *shape_hw):
+            raise ModelError(
+                f"model returned masks {masks.shape}, labels ({count},), scores ({count},)"
+                f" for a tile of {shape_hw}: expected masks ({count}, {shape_hw[0]}, "
+                f"{shape_hw[1]}), or box-local masks with 'boxes' ({count}, 4)"
+            )
         if masks.dtype != bool:
             masks = masks > 0.5
         return cls(masks, labels, scores)
+
+
+def _field(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        if name not in obj:
+            raise ModelError(f"model output lacks {name!r}")
+        return obj[name]
+    if not hasattr(obj, name):
+        raise ModelError(f"model output lacks {name!r}")
+    return getattr(obj, name)
+
+
+def _has(obj: Any, name: str) -> bool:
+    return name in obj if isinstance(obj, Mapping) else hasattr(obj, name)
+
+
+def _labels_scores(obj: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    labels = _to_numpy(_field(obj, "labels")).astype(np.int64).reshape(-1)
+    scores = _to_numpy(_field(obj, "scores")).astype(np.float32).reshape(-1)
+    if len(scores) != len(labels):
+        raise ModelError(f"model returned {len(labels)} labels but {len(scores)} scores")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ModelError(f"model returned label {labels.max()} outside its {n_classes} classes")
+    return labels, scores
+
+
+def _label_image(value: Any, count: int, shape_hw: tuple[int, int]) -> np.ndarray:
+    image = _to_numpy(value)
+    if image.shape != shape_hw or not (
+        np.issubdtype(image.dtype, np.integer) or image.dtype == bool
+    ):
+        raise ModelError(
+            f"model returned label_image {image.shape} {image.dtype} for a tile of {shape_hw}: "
+            f"expected integers ({shape_hw[0]}, {shape_hw[1]})"
+        )
+    image = image.astype(np.int64, copy=False)
+    if image.size and (image.min() < 0 or image.max() > count):
+        raise ModelError(
+            f"model returned label_image values {image.min()}..{image.max()} for {count} "
+            f"instances: expected 0 (background) to {count}"
+        )
+    return image
+
+
+def _boxes(value: Any, masks: np.ndarray, count: int) -> np.ndarray:
+    boxes = _to_numpy(value).astype(np.float32)
+    if boxes.shape != (count, 4) or masks.ndim != 3 or len(masks) != count or 0 in masks.shape:
+        raise ModelError(
+            f"model returned boxes {boxes.shape} and masks {masks.shape} for {count} instances: "
+            f"expected boxes ({count}, 4) and box-local masks ({count}, h, w)"
+        )
+    if not np.isfinite(boxes).all():
+        raise ModelError("model returned boxes that are not finite")
+    return boxes
 
 
 def _to_numpy(value: Any) -> np.ndarray:
