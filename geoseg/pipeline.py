@@ -52,7 +52,7 @@ from geoseg.plan import (
 )
 from geoseg.scene import SceneInfo, read_tiles
 from geoseg.stitch import Fragment
-from geoseg.vectorize import crop_to_polygon
+from geoseg.vectorize import crops_to_polygons
 
 __all__ = [
     "MAX_UPSAMPLING",
@@ -147,11 +147,12 @@ def _accepts_min_score(model: Any) -> bool:
 def vectorize_stage(
     batch: PredictedBatch, pass_index: int = 0, batch_index: int = 0
 ) -> BatchResult:
-    """Each mask crop to a pixel-exact polygon fragment."""
+    """Each mask crop to a pixel-exact polygon fragment (the batch polygonized at once)."""
+    pairs = [(tile, crop) for tile, crops in batch.crops for crop in crops]
+    polygons = crops_to_polygons([crop for _, crop in pairs])
     fragments = [
-        Fragment(tile, crop_to_polygon(crop), crop.label, crop.score, crop.touches_seam)
-        for tile, crops in batch.crops
-        for crop in crops
+        Fragment(tile, polygon, crop.label, crop.score, crop.touches_seam)
+        for (tile, crop), polygon in zip(pairs, polygons, strict=True)
     ]
     return BatchResult(fragments, batch.n_tiles, batch.n_skipped, pass_index, batch_index)
 
