@@ -9,6 +9,11 @@ this one does not, such as the GeoJSON of a class the new model lacks) moved asi
 removed at the end. A failure at any step puts the previous files back and removes the new
 ones: the folder holds either the old outputs or the new, never a mix, and nothing temporary.
 
+:class:`Staging` is the same commit opened early: a run that writes its objects as it finds
+them (:class:`geoseg.output.OutputStream`) opens the staging folder before the first tile and
+commits it after the last; :func:`commit_outputs` is a staging opened, filled and committed at
+once. Both share the swap, the rollback, the manifest and the removal of stale files.
+
 Each commit records the file names it wrote in ``.STEM.outputs.json``, which is how the next
 commit knows its stale files. A ``kill -9`` can only leave a staging folder (removed by the
 next commit in that folder, as no process holds its lock any more), or, during the final
@@ -27,14 +32,17 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 from geoseg.errors import OutputError, UserInputError
 
 __all__ = [
     "STAGING_PREFIX",
+    "Staging",
     "Writer",
+    "check_targets",
     "check_writable",
     "commit_outputs",
     "remove_orphans",
@@ -67,40 +75,131 @@ def commit_outputs(
     """
     finals = [Path(p) for p in writers]
     folder = Path(outdir) if outdir is not None else finals[0].parent
-    if any(p.parent != folder for p in finals):
+    check_targets(folder, finals)
+    with Staging.open(folder, stem) as staging:
+        for final, write in writers.items():
+            staging.write(Path(final), write)
+        return staging.commit(finals)
+
+
+def check_targets(folder: Path, finals: Sequence[Path]) -> None:
+    """Raise if a final path is not in ``folder`` (:class:`ValueError`) or if something that
+    is not a file is in its way (:class:`~geoseg.errors.OutputError`)."""
+    if any(Path(p).parent != folder for p in finals):
         raise ValueError(f"outputs must all be in {folder}")
-    folder.mkdir(parents=True, exist_ok=True)
     for final in finals:
         if final.is_dir() or (final.exists() and not final.is_file()):
             raise OutputError(f"{final}: something that is not a file is in the way; move it")
-    manifest = manifest_path(folder, stem)
-    stale = [folder / n for n in _previous_names(folder, stem) if folder / n not in writers]
-    with _staging(folder) as staging:
-        for final, write in writers.items():
-            _run_writer(write, staging / final.name, final)
-        _write_json(staging / manifest.name, sorted(p.name for p in finals), manifest)
-        _swap(staging, [*finals, manifest], stale)
-    return finals
 
 
-def _run_writer(write: Writer, tmp: Path, final: Path) -> None:
+class Staging:
+    """The private staging folder of one commit, open from the first file to the last.
+
+    :meth:`open` creates it (and the output folder); files are written at :meth:`tmp` paths,
+    directly or through :meth:`write` or :meth:`writing` (which turn a full disk or an
+    unwritable file into :class:`~geoseg.errors.OutputError`); :meth:`commit` puts them in
+    place all or none and removes the folder; :meth:`close` without a commit discards it all.
+    A streamed output keeps its staging open for the whole run, under its lock, so that
+    another process's :func:`remove_orphans` leaves it alone.
+    """
+
+    def __init__(self, folder: Path, stem: str) -> None:
+        self.folder = folder
+        self.stem = stem
+        self._stack = contextlib.ExitStack()
+        self.path = self._stack.enter_context(_staging(folder))
+
+    @classmethod
+    def open(cls, outdir: str | Path, stem: str) -> Staging:
+        """A new staging folder in ``outdir`` (created if need be)."""
+        folder = Path(outdir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _output_error(exc, None) from exc
+        return cls(folder, stem)
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return not self.path.exists()
+
+    def tmp(self, final: Path) -> Path:
+        """Where ``final`` is written until the commit."""
+        return self.path / Path(final).name
+
+    @contextlib.contextmanager
+    def writing(self, final: Path) -> Iterator[Path]:
+        """Write (part of) ``final`` at the path yielded; errors as :func:`commit_outputs`."""
+        tmp = self.tmp(final)
+        try:
+            yield tmp
+        except OSError as exc:
+            raise _output_error(exc, final) from exc
+        except Exception as exc:  # GDAL's errors are not OSErrors; a full disk must still say so
+            if _is_disk_full(exc) or _no_space_left(tmp.parent):
+                raise _output_error(OSError(errno.ENOSPC, "No space left"), final) from exc
+            raise
+
+    def write(self, final: Path, write: Writer) -> None:
+        """Run ``write`` on the temporary path of ``final``; it must create the file."""
+        with self.writing(final) as tmp:
+            write(tmp)
+        if not tmp.exists():
+            raise OutputError(f"{final}: the writer wrote nothing")
+
+    def commit(self, finals: Sequence[Path]) -> list[Path]:
+        """Put the staged ``finals`` in place and remove the stale files of the previous
+        commit, all or none; then remove the staging folder."""
+        finals = [Path(p) for p in finals]
+        try:
+            check_targets(self.folder, finals)
+            manifest = manifest_path(self.folder, self.stem)
+            names = set(p.name for p in finals)
+            stale = [
+                self.folder / n for n in _previous_names(self.folder, self.stem) if n not in names
+            ]
+            for final in finals:
+                if not self.tmp(final).exists():
+                    raise OutputError(f"{final}: the writer wrote nothing")
+            self.write(manifest, partial(_write_json, value=sorted(names)))
+            for final in [*finals, manifest]:
+                _sync(self.tmp(final))
+            _swap(self.path, [*finals, manifest], stale)
+            with contextlib.suppress(OutputError):  # in place already; the renames may lag
+                _sync(self.folder)
+        finally:
+            self.close()
+        return finals
+
+    def close(self) -> None:
+        """Remove the staging folder and everything in it (idempotent)."""
+        self._stack.close()
+
+
+def _sync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk, so that a file renamed into
+    place after it is complete even after a power cut."""
     try:
-        write(tmp)
+        fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise _output_error(exc, final) from exc
-    except Exception as exc:  # GDAL's errors are not OSErrors; a full disk must still say so
-        if _is_disk_full(exc) or _no_space_left(tmp.parent):
-            raise _output_error(OSError(errno.ENOSPC, "No space left"), final) from exc
-        raise
-    if not tmp.exists():
-        raise OutputError(f"{final}: the writer wrote nothing")
+        raise _output_error(exc, None) from exc
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF):  # no fsync for a folder here
+            raise _output_error(exc, None) from exc
+    finally:
+        os.close(fd)
 
 
-def _write_json(tmp: Path, value: object, final: Path) -> None:
-    def write(path: Path) -> None:
-        path.write_text(json.dumps(value) + "\n")
-
-    _run_writer(write, tmp, final)
+def _write_json(path: Path, *, value: object) -> None:
+    path.write_text(json.dumps(value) + "\n")
 
 
 def _swap(staging: Path, finals: list[Path], stale: list[Path]) -> None:
