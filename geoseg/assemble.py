@@ -27,7 +27,7 @@ import shapely
 from geoseg.config import RunOptions
 from geoseg.measures import SHIP_CLASSES, SHIP_COLUMNS, ship_dimensions
 from geoseg.model.protocol import ModelInfo
-from geoseg.output import COLUMNS, OutputStream
+from geoseg.output import OutputStream, empty_layer
 from geoseg.plan import BatchResult, ScenePlan
 from geoseg.scene import SceneInfo, check_unchanged
 from geoseg.stitch import StitchedObject, StreamingStitcher, stitch
@@ -126,13 +126,14 @@ class SceneAssembler:
     @property
     def n_held(self) -> int:
         """Fragments and objects the stitchers hold (the frontier)."""
-        return sum(s.n_held for s in self._stitchers)
+        return sum(s.n_fragments_held + s.n_objects_held for s in self._stitchers)
 
     def _write(self, pass_index: int, objects: Sequence[StitchedObject]) -> None:
         if objects:
             reading = self.plan.passes[pass_index]
             rows = object_rows(objects, reading.scene, self.plan, self._measures)
-            self._output.write(rows_to_layers(rows, self.plan))
+            layers = rows_to_layers(rows, self.plan)
+            self._output.write({name: frame for name, frame in layers.items() if len(frame)})
 
 
 def run_metadata(plan: ScenePlan) -> dict[str, str]:
@@ -180,14 +181,14 @@ def rows_to_layers(rows: Sequence[dict[str, Any]], plan: ScenePlan) -> dict[str,
         by_class[row["class"]].append(row)
     layers = {}
     for name, found in by_class.items():
-        columns = [*COLUMNS, *(SHIP_COLUMNS if name in SHIP_CLASSES else ())]
-        floats = {c: "float64" for c in columns[2:]}
-        layers[name] = gpd.GeoDataFrame(
-            found or {c: [] for c in columns} | {"geometry": []},
-            columns=[*columns, "geometry"],
-            geometry="geometry",
-            crs=plan.scene.crs,
-        ).astype(floats)
+        empty = empty_layer(name, plan.scene.crs)
+        if not found:
+            layers[name] = empty
+            continue
+        frame = gpd.GeoDataFrame(
+            found, columns=list(empty.columns), geometry="geometry", crs=plan.scene.crs
+        )
+        layers[name] = frame.astype(empty.dtypes.to_dict())
     return layers
 
 
