@@ -98,7 +98,8 @@ def _iter_local(tasks: Sequence[Delayed], scheduler: str) -> Iterator[BatchResul
 
     def compute() -> None:
         try:
-            dask.compute(*tasks, scheduler=scheduler, callbacks=[_Forward(sink, stop)])
+            callbacks = [*Callback.active, _Forward(sink, stop)._callback]  # and the user's own
+            dask.compute(*tasks, scheduler=scheduler, callbacks=callbacks)
             sink.put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
             sink.put(exc)
