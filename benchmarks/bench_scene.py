@@ -449,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
         "all_wall_s": [round(r.wall_s, 1) for r in runs],
         "peak_rss_tree_mib": max(r.peak_rss_tree_mib for r in runs),
         "peak_rss_kernel_mib": max(r.peak_rss_kernel_mib for r in runs),
+        # throughput, and the share of the tiles phase during which the model (the GPU, on
+        # --device cuda) was busy with at least one batch
+        "megapixels_per_s": args.size**2 / 1e6 / run.wall_s,
+        "megapixels_per_s_tiles": args.size**2 / 1e6 / run.tiles_s,
+        "model_busy_share": run.predict_busy_s / run.tiles_s,
     }
     if alones:
         alone = min(alones, key=lambda m: m.wall_s)
