@@ -5,8 +5,9 @@ done, so that the caller stitches and writes while the workers go on, and so tha
 fragments stay in memory once they are consumed:
 
 - on ``threads``, ``processes`` and ``sync``, ``dask.compute`` runs in a helper thread with a
-  Dask callback that passes each finished result to the caller through a queue, and empties
-  the scheduler's own copy (which Dask would otherwise hold until every task is done);
+  Dask callback that passes each finished result to the caller through a bounded queue (the
+  scheduler waits while :data:`MAX_WAITING` results wait for the caller), and empties the
+  scheduler's own copy (which Dask would otherwise hold until every task is done);
 - on a ``distributed`` scheduler (an address or a ``Client``), ``as_completed`` over the
   futures, each released once it is read.
 
@@ -31,11 +32,16 @@ from geoseg.errors import UserInputError
 from geoseg.plan import BatchResult
 from geoseg.scheduler import check_reachable
 
-__all__ = ["compute_tasks", "iter_results"]
+__all__ = ["MAX_WAITING", "compute_tasks", "iter_results"]
 
 Progress = Callable[[int], None]
 
 _POLL_S = 0.2  # how often a waiting caller wakes up (so that Ctrl-C is seen at once)
+
+MAX_WAITING = 8
+"""Finished batches that may wait for the consumer (local schedulers): when stitching and
+writing fall behind (a dense city with a fast model), the scheduler starts no new task until
+they catch up, so memory stays bounded and the work after the last tile stays short."""
 
 
 class _Cancelled(Exception):
@@ -55,9 +61,18 @@ class _Forward(Callback):
             raise _Cancelled
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if isinstance(result, BatchResult):
-            self._sink.put(replace(result))
-            result.fragments = []  # Dask keeps the result object until compute returns
+        if not isinstance(result, BatchResult):
+            return
+        handed = replace(result)
+        result.fragments = []  # Dask keeps the result object until compute returns
+        while True:  # a full queue holds the scheduler back until the consumer catches up
+            if self._stop.is_set():
+                raise _Cancelled
+            try:
+                self._sink.put(handed, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
 
 
 _DONE = object()
@@ -93,16 +108,16 @@ def compute_tasks(tasks: Sequence[Delayed], scheduler: Any = "threads") -> list[
 def _iter_local(tasks: Sequence[Delayed], scheduler: str) -> Iterator[BatchResult]:
     if not tasks:
         return
-    sink: queue.Queue = queue.Queue()
+    sink: queue.Queue = queue.Queue(maxsize=MAX_WAITING)
     stop = threading.Event()
 
     def compute() -> None:
         try:
             callbacks = [*Callback.active, _Forward(sink, stop)._callback]  # and the user's own
             dask.compute(*tasks, scheduler=scheduler, callbacks=callbacks)
-            sink.put(_DONE)
+            _put(sink, _DONE, stop)
         except BaseException as exc:  # handed to the consumer, raised there
-            sink.put(exc)
+            _put(sink, exc, stop)
 
     worker = threading.Thread(target=compute, name="geoseg-compute", daemon=True)
     worker.start()
@@ -120,6 +135,15 @@ def _iter_local(tasks: Sequence[Delayed], scheduler: str) -> Iterator[BatchResul
     finally:
         stop.set()
         worker.join()
+
+
+def _put(sink: queue.Queue, item: object, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            sink.put(item, timeout=_POLL_S)
+            return
+        except queue.Full:
+            continue
 
 
 def _iter_distributed(tasks: Sequence[Delayed], scheduler: Any) -> Iterator[BatchResult]:

@@ -105,7 +105,7 @@ def write_preview(
     look: QuickLook | None = None,
 ) -> None:
     """Write the preview PNG of ``layers`` over ``scene`` to ``path``."""
-    draw_preview(look or read_quicklook(scene), layers).save(path, format="PNG", optimize=True)
+    draw_preview(look or read_quicklook(scene), layers).save(path, format="PNG")
 
 
 def _hex(colour: str) -> tuple[int, int, int]:

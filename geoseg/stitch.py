@@ -171,11 +171,14 @@ def _link_tiles(
         return []
     left, right = shapely.STRtree(clip_b).query(clip_a, predicate="intersects")
     order = np.lexsort((right, left))
+    left, right = left[order], right[order]
+    ious, nests = _overlaps(clip_a[left], clip_b[right])  # all pairs in one call each
     pairs, nested = [], []
     best_a: dict[int, tuple[float, int]] = {}
     best_b: dict[int, tuple[float, int]] = {}
-    for i, j in zip(left[order].tolist(), right[order].tolist(), strict=True):
-        iou, is_nested = _overlap(clip_a[i], clip_b[j])
+    for i, j, iou, is_nested in zip(
+        left.tolist(), right.tolist(), ious.tolist(), nests.tolist(), strict=True
+    ):
         if iou > best_a.get(i, (0.0, -1))[0]:
             best_a[i] = (iou, j)
         if iou > best_b.get(j, (0.0, -1))[0]:
@@ -201,11 +204,19 @@ def _around(index: TileIndex) -> Iterator[TileIndex]:
 
 def _overlap(a: BaseGeometry, b: BaseGeometry) -> tuple[float, bool]:
     """IoU of two shapes, and whether :data:`CONTAINED_SHARE` of the smaller lies in the other."""
-    inter = shapely.intersection(a, b).area
-    if inter == 0:
-        return 0.0, False
-    iou = inter / shapely.union(a, b).area
-    return iou, inter / min(a.area, b.area) >= CONTAINED_SHARE
+    ious, nested = _overlaps(np.array([a], dtype=object), np.array([b], dtype=object))
+    return float(ious[0]), bool(nested[0])
+
+
+def _overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_overlap` of each pair ``a[k], b[k]``, in bulk: the union's area is
+    ``area(a) + area(b) - area(a & b)`` (exact for polygons), one intersection per pair."""
+    inter = shapely.area(shapely.intersection(a, b))
+    area_a, area_b = shapely.area(a), shapely.area(b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(inter > 0, inter / (area_a + area_b - inter), 0.0)
+        nested = (inter > 0) & (inter / np.minimum(area_a, area_b) >= CONTAINED_SHARE)
+    return iou, nested
 
 
 def same_object(a: BaseGeometry, b: BaseGeometry, merge_iou: float, same_label: bool) -> bool:
@@ -217,7 +228,14 @@ def same_object(a: BaseGeometry, b: BaseGeometry, merge_iou: float, same_label: 
 
 
 def _in_core(fragment: Fragment) -> BaseGeometry:
-    return shapely.intersection(fragment.polygon_px, _box(fragment.tile.core))
+    """The fragment's part in its tile's core (itself when it lies inside: no GEOS call)."""
+    x0, y0, x1, y1 = fragment.polygon_px.bounds
+    core = fragment.tile.core
+    if core.col_off <= x0 and x1 <= core.col_stop and core.row_off <= y0 and y1 <= core.row_stop:
+        return fragment.polygon_px
+    if x1 <= core.col_off or x0 >= core.col_stop or y1 <= core.row_off or y0 >= core.row_stop:
+        return shapely.Polygon()
+    return shapely.intersection(fragment.polygon_px, _box(core))
 
 
 def _complete_views(members: list[Fragment]) -> list[Fragment]:

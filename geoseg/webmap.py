@@ -107,22 +107,23 @@ def render_webmap(
 ) -> str:
     """The HTML page for ``layers`` (class -> frame with a CRS) over the quick-look."""
     colours = class_colours(list(layers))
-    data: dict[str, Any] = {
-        "title": title,
-        "image": _image_overlay(look) if look is not None else None,
-        "classes": [
-            {
-                "name": name,
-                "css": css_class(name),
-                "colour": colours[name],
-                "count": len(frame),
-                "geojson": _geojson(frame),
-            }
-            for name, frame in layers.items()
-        ],
-    }
+    image = _image_overlay(look) if look is not None else None
+    head = json.dumps({"title": title, "image": image}, separators=(",", ":"), allow_nan=False)
+    # each layer's GeoJSON text goes in as GeoPandas writes it, never parsed into Python
+    # objects: a city of 100,000 buildings would take gigabytes as dicts and floats
+    classes = [
+        json.dumps(
+            {"name": name, "css": css_class(name), "colour": colours[name], "count": len(frame)},
+            separators=(",", ":"),
+        )[:-1]
+        + ',"geojson":'
+        + _geojson_text(frame)
+        + "}"
+        for name, frame in layers.items()
+    ]
+    payload = head[:-1] + ',"classes":[' + ",".join(classes) + "]}"
     # "</" never appears inside a <script> element: it could close it
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    payload = payload.replace("</", "<\\/")
     static = resources.files("geoseg") / "static" / "leaflet"
     page = _PAGE.replace("__TITLE__", _html_escape(title))
     page = page.replace("__LEAFLET_LICENSE__", (static / "LICENSE").read_text().replace("--", "-"))
@@ -142,10 +143,10 @@ def _html_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _geojson(frame: gpd.GeoDataFrame) -> dict[str, Any]:
+def _geojson_text(frame: gpd.GeoDataFrame) -> str:
     wgs84 = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
     wgs84 = wgs84.set_geometry(shapely.transform(wgs84.geometry.values, lambda xy: np.round(xy, 7)))
-    return json.loads(wgs84.to_json(na="null", drop_id=True))
+    return wgs84.to_json(na="null", drop_id=True, separators=(",", ":"))
 
 
 def _image_overlay(look: QuickLook) -> dict[str, Any]:
@@ -171,7 +172,7 @@ def _image_overlay(look: QuickLook) -> dict[str, Any]:
         resampling=Resampling.bilinear,
     )
     buffer = io.BytesIO()
-    Image.fromarray(np.moveaxis(warped, 0, -1), "RGBA").save(buffer, format="PNG", optimize=True)
+    Image.fromarray(np.moveaxis(warped, 0, -1), "RGBA").save(buffer, format="PNG")
     west, north = dst_transform @ (0, 0)
     east, south = dst_transform @ (dst_w, dst_h)
     lon0, lat0, lon1, lat1 = transform_bounds(_WEB_MERCATOR, "EPSG:4326", west, south, east, north)

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from geoseg.testing import OracleSegmenter
+from geoseg.testing import OracleSegmenter, decode_instances
 
 _lock = threading.Lock()
 CALLS = {"factory": 0}
@@ -34,7 +34,7 @@ class AttributeOutputModel:
 
     def predict(self, tiles: np.ndarray) -> list:
         out = []
-        for tile in OracleSegmenter().predict(tiles):
+        for tile in map(decode_instances, tiles):
             ns = type("Out", (), {})()
             ns.masks = tile["masks"][:, None].astype(np.float32)
             ns.labels, ns.scores = tile["labels"], tile["scores"]
@@ -63,6 +63,8 @@ def scale_aware_oracle() -> ScaleAwareOracle:
 class NoisyOracle(OracleSegmenter):
     """An oracle that draws each instance one pixel too large or too small, differently in
     every tile, as a real model disagrees with itself across tiles."""
+
+    full_masks = True  # edits the masks
 
     def predict(self, tiles: np.ndarray) -> list:
         from scipy import ndimage
@@ -171,6 +173,8 @@ def fine_buildings_oracle() -> FineBuildingsOracle:
 class DoubtfulOracle(OracleSegmenter):
     """An oracle unsure of some objects (scores from 0.35 to 0.95 by instance id) that
     describes tiles by band means and class shares (an ``embed`` for geoseg select)."""
+
+    full_masks = True  # edits the masks
 
     def predict(self, tiles: np.ndarray) -> list:
         out = []
