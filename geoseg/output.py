@@ -332,6 +332,22 @@ class _StagedLayers(Mapping[str, gpd.GeoDataFrame]):
     def __len__(self) -> int:
         return len(self._classes)
 
+    def count(self, name: str) -> int:
+        """How many objects a layer holds, without reading it."""
+        return int(pyogrio.read_info(self._gpkg, layer=name)["features"])
+
+    def frames(self, name: str, chunk_rows: int = 10_000) -> Iterator[gpd.GeoDataFrame]:
+        """A layer read a chunk of rows at a time (what the preview draws from: memory
+        bounded whatever the number of objects)."""
+        if name in self._read:
+            yield self._read[name]
+            return
+        total = self.count(name)
+        for skip in range(0, total, chunk_rows):
+            yield pyogrio.read_dataframe(
+                self._gpkg, layer=name, skip_features=skip, max_features=chunk_rows, use_arrow=True
+            )
+
 
 def write_outputs(
     layers: Mapping[str, gpd.GeoDataFrame],
@@ -399,27 +415,13 @@ def _write_gpkg_layers(
     tmp: Path, layers: Mapping[str, gpd.GeoDataFrame], metadata: Mapping[str, str] | None
 ) -> None:
     for k, (class_name, frame) in enumerate(layers.items()):
-        if metadata is None:
-            pyogrio.write_dataframe(
-                frame,
-                tmp,
-                layer=class_name,
-                driver="GPKG",
-                geometry_type="MultiPolygon",
-                append=True,
-                use_arrow=True,
-            )
-            continue
+        if metadata is None:  # appending a chunk to layers made with their metadata
+            extra: dict = {"append": True, "use_arrow": True}
+        else:  # per layer, not per dataset: GDAL mirrors dataset metadata into a .aux.xml
+            # file beside the GeoPackage whenever it is opened
+            extra = {"append": k > 0, "layer_metadata": {**metadata, "geoseg_class": class_name}}
         pyogrio.write_dataframe(
-            frame,
-            tmp,
-            layer=class_name,
-            driver="GPKG",
-            geometry_type="MultiPolygon",
-            append=k > 0,
-            # per layer, not per dataset: GDAL mirrors dataset metadata into a .aux.xml file
-            # beside the GeoPackage whenever it is opened
-            layer_metadata={**metadata, "geoseg_class": class_name},
+            frame, tmp, layer=class_name, driver="GPKG", geometry_type="MultiPolygon", **extra
         )
 
 

@@ -13,7 +13,7 @@ all it needs, and matplotlib would add tens of MB and seconds of import for noth
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +25,16 @@ from affine import Affine
 from PIL import Image, ImageDraw, ImageFont
 from pyproj import CRS
 from rasterio.enums import Resampling
+from rasterio.windows import Window
 
-from geoseg.remote import REMOTE_ENV, is_remote
-from geoseg.scene import SceneInfo, normalize
+from geoseg.scene import SceneInfo, normalize, read_env
 from geoseg.styles import class_colours
 
 __all__ = [
     "PREVIEW_PX",
     "QuickLook",
     "draw_preview",
+    "layer_frames",
     "nice_length",
     "read_quicklook",
     "write_preview",
@@ -59,13 +60,11 @@ class QuickLook:
 
 def read_quicklook(scene: SceneInfo, max_px: int = PREVIEW_PX) -> QuickLook:
     """Read the scene's bands at most ``max_px`` on the long side (never enlarged)."""
-    env = REMOTE_ENV if is_remote(scene.path) else {}
-    with rasterio.Env(**env), rasterio.open(scene.path) as src:
+    with rasterio.Env(**read_env(scene.path)), rasterio.open(scene.path) as src:
         factor = max(1.0, max(src.height, src.width) / max_px)
         shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
         bands = list(scene.bands[:3])
-        data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average)
-        mask = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+        data, mask = _read_decimated(src, bands, shape)
         transform = src.transform @ Affine.scale(src.width / shape[1], src.height / shape[0])
         gsd = scene.file_gsd_m * src.width / shape[1]
     if np.issubdtype(data.dtype, np.floating):
@@ -78,6 +77,31 @@ def read_quicklook(scene: SceneInfo, max_px: int = PREVIEW_PX) -> QuickLook:
     return QuickLook(rgb, mask, transform, scene.crs, gsd)
 
 
+_STRIP_ROWS = 128  # quick-look rows read at a time
+
+
+def _read_decimated(
+    src: rasterio.DatasetReader, bands: list[int], shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``bands`` and the dataset mask averaged down to ``shape``, read in strips of rows, so
+    that GDAL never holds more than a strip of the full-resolution scene."""
+    height, width = shape
+    data = np.empty((len(bands), height, width), dtype=src.dtypes[bands[0] - 1])
+    mask = np.empty((height, width), dtype=bool)
+    scale = src.height / height
+    for top in range(0, height, _STRIP_ROWS):
+        rows = min(_STRIP_ROWS, height - top)
+        window = Window(0, top * scale, src.width, rows * scale)
+        data[:, top : top + rows] = src.read(
+            bands, window=window, out_shape=(len(bands), rows, width), resampling=Resampling.average
+        )
+        strip = src.dataset_mask(
+            window=window, out_shape=(rows, width), resampling=Resampling.nearest
+        )
+        mask[top : top + rows] = strip > 0
+    return data, mask
+
+
 def draw_preview(look: QuickLook, layers: Mapping[str, gpd.GeoDataFrame]) -> Image.Image:
     """The quick-look with each class's objects outlined, above a band with the legend and a
     scale bar (the quick-look's pixels keep their positions: row r, column c of the scene's
@@ -88,14 +112,25 @@ def draw_preview(look: QuickLook, layers: Mapping[str, gpd.GeoDataFrame]) -> Ima
     colours = class_colours(list(layers))
     width = max(2, round(max(base.size) / 700))
     to_pixels = ~look.transform
-    for name, frame in layers.items():
+    counts = {}
+    for name in layers:
         rgb = _hex(colours[name])
-        frame = frame.to_crs(look.crs) if frame.crs is not None else frame
-        for geometry in frame.geometry:
-            for polygon in shapely.get_parts(geometry):
-                _draw_polygon(draw, polygon, to_pixels, rgb, width)
+        counts[name] = 0
+        for frame in layer_frames(layers, name):
+            frame = frame.to_crs(look.crs) if frame.crs is not None else frame
+            counts[name] += len(frame)
+            for geometry in frame.geometry:
+                for polygon in shapely.get_parts(geometry):
+                    _draw_polygon(draw, polygon, to_pixels, rgb, width)
     image = Image.alpha_composite(base, overlay).convert("RGB")
-    return _with_footer(image, {n: len(f) for n, f in layers.items()}, colours, look.gsd_m)
+    return _with_footer(image, counts, colours, look.gsd_m)
+
+
+def layer_frames(layers: Mapping[str, gpd.GeoDataFrame], name: str) -> Iterator[gpd.GeoDataFrame]:
+    """A layer in chunks when the mapping can read it so (the outputs staged by
+    :class:`geoseg.output.OutputStream`), else whole."""
+    chunks = getattr(layers, "frames", None)
+    yield from chunks(name) if chunks is not None else [layers[name]]
 
 
 def write_preview(

@@ -50,6 +50,7 @@ from geoseg.remote import REMOTE_ENV, gdal_path, is_remote, scene_stem
 
 __all__ = [
     "MAX_GSD_UPSAMPLING",
+    "READ_ENV",
     "STATS_SIZE_PX",
     "SceneInfo",
     "check_unchanged",
@@ -58,6 +59,7 @@ __all__ = [
     "fit_gsd",
     "normalize",
     "open_scene",
+    "read_env",
     "read_tiles",
 ]
 
@@ -410,11 +412,21 @@ def normalize(
     return out
 
 
+READ_ENV = {"GDAL_CACHEMAX": 128}
+"""GDAL settings for every read of a scene: a block cache of 128 MB (GDAL's default is 5 % of
+the machine's memory, which a large scene fills: 1 GB more of resident memory on a
+12,000 px scene for no gain, as each block is read about once)."""
+
+
+def read_env(path: str | Path) -> dict[str, Any]:
+    """The GDAL settings to read ``path`` with (:data:`READ_ENV`, and more for a remote one)."""
+    return {**READ_ENV, **(REMOTE_ENV if is_remote(path) else {})}
+
+
 @contextmanager
 def open_working_grid(scene: SceneInfo) -> Iterator[Any]:
     """The scene as a dataset on its working grid (the file itself, or a resampling VRT)."""
-    env = REMOTE_ENV if is_remote(scene.path) else {}
-    with rasterio.Env(**env), rasterio.open(scene.path) as src:
+    with rasterio.Env(**read_env(scene.path)), rasterio.open(scene.path) as src:
         if not scene.resampled:
             yield src
             return

@@ -13,7 +13,7 @@ import base64
 import io
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import shapely
 from PIL import Image
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
 
-from geoseg.preview import QuickLook
+from geoseg.preview import QuickLook, layer_frames
 from geoseg.styles import class_colours
 
 __all__ = ["css_class", "render_webmap", "write_webmap"]
@@ -106,47 +106,67 @@ def render_webmap(
     layers: Mapping[str, gpd.GeoDataFrame], look: QuickLook | None, *, title: str
 ) -> str:
     """The HTML page for ``layers`` (class -> frame with a CRS) over the quick-look."""
-    colours = class_colours(list(layers))
-    image = _image_overlay(look) if look is not None else None
-    head = json.dumps({"title": title, "image": image}, separators=(",", ":"), allow_nan=False)
-    # each layer's GeoJSON text goes in as GeoPandas writes it, never parsed into Python
-    # objects: a city of 100,000 buildings would take gigabytes as dicts and floats
-    classes = [
-        json.dumps(
-            {"name": name, "css": css_class(name), "colour": colours[name], "count": len(frame)},
-            separators=(",", ":"),
-        )[:-1]
-        + ',"geojson":'
-        + _geojson_text(frame)
-        + "}"
-        for name, frame in layers.items()
-    ]
-    payload = head[:-1] + ',"classes":[' + ",".join(classes) + "]}"
-    # "</" never appears inside a <script> element: it could close it
-    payload = payload.replace("</", "<\\/")
-    static = resources.files("geoseg") / "static" / "leaflet"
-    page = _PAGE.replace("__TITLE__", _html_escape(title))
-    page = page.replace("__LEAFLET_LICENSE__", (static / "LICENSE").read_text().replace("--", "-"))
-    page = page.replace("__LEAFLET_CSS__", (static / "leaflet.css").read_text())
-    page = page.replace("__DATA__", payload)
-    return page.replace("__LEAFLET_JS__", (static / "leaflet.js").read_text())
+    return "".join(_page_parts(layers, look, title=title))
 
 
 def write_webmap(
     path: Path, layers: Mapping[str, gpd.GeoDataFrame], look: QuickLook | None, *, title: str
 ) -> None:
-    """Write the web map of ``layers`` to ``path``."""
-    path.write_text(render_webmap(layers, look, title=title), encoding="utf-8")
+    """Write the web map of ``layers`` to ``path``, a piece at a time: the objects go in a
+    chunk of rows at a time when ``layers`` can be read so (the staged outputs of a run), so
+    a city of 100,000 buildings never sits in memory as one text."""
+    with path.open("w", encoding="utf-8") as out:
+        for part in _page_parts(layers, look, title=title):
+            out.write(part)
+
+
+def _page_parts(
+    layers: Mapping[str, gpd.GeoDataFrame], look: QuickLook | None, *, title: str
+) -> Iterator[str]:
+    static = resources.files("geoseg") / "static" / "leaflet"
+    page = _PAGE.replace("__TITLE__", _html_escape(title))
+    page = page.replace("__LEAFLET_LICENSE__", (static / "LICENSE").read_text().replace("--", "-"))
+    page = page.replace("__LEAFLET_CSS__", (static / "leaflet.css").read_text())
+    before, after = page.split("__DATA__")
+    yield before.replace("__LEAFLET_JS__", (static / "leaflet.js").read_text())
+    colours = class_colours(list(layers))
+    image = _image_overlay(look) if look is not None else None
+    head = json.dumps({"title": title, "image": image}, separators=(",", ":"), allow_nan=False)
+    yield _script_safe(head[:-1]) + ',"classes":['
+    for k, name in enumerate(layers):
+        count = _count(layers, name)
+        meta = {"name": name, "css": css_class(name), "colour": colours[name], "count": count}
+        yield ("," if k else "") + _script_safe(json.dumps(meta, separators=(",", ":"))[:-1])
+        yield ',"geojson":{"type":"FeatureCollection","features":['
+        first = True
+        for frame in layer_frames(layers, name):
+            if len(frame):
+                yield ("" if first else ",") + _features_text(frame)
+                first = False
+        yield "]}}"
+    yield "]}" + after
+
+
+def _script_safe(text: str) -> str:
+    """``"</"`` never appears inside a ``<script>`` element: it could close it."""
+    return text.replace("</", "<\\/")
+
+
+def _count(layers: Mapping[str, gpd.GeoDataFrame], name: str) -> int:
+    counter = getattr(layers, "count", None)
+    return counter(name) if counter is not None else len(layers[name])
+
+
+def _features_text(frame: gpd.GeoDataFrame) -> str:
+    """The GeoJSON features of ``frame`` in WGS84 (7 decimals), comma-separated, no brackets."""
+    wgs84 = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
+    wgs84 = wgs84.set_geometry(shapely.transform(wgs84.geometry.values, lambda xy: np.round(xy, 7)))
+    features = list(wgs84.iterfeatures(na="null", drop_id=True))
+    return _script_safe(json.dumps(features, separators=(",", ":"), allow_nan=False)[1:-1])
 
 
 def _html_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _geojson_text(frame: gpd.GeoDataFrame) -> str:
-    wgs84 = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
-    wgs84 = wgs84.set_geometry(shapely.transform(wgs84.geometry.values, lambda xy: np.round(xy, 7)))
-    return wgs84.to_json(na="null", drop_id=True, separators=(",", ":"))
 
 
 def _image_overlay(look: QuickLook) -> dict[str, Any]:
