@@ -40,7 +40,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 import types
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -48,7 +47,7 @@ from pathlib import Path
 
 import bench_scene
 import numpy as np
-from bench_scene import CLASSES, Objects, count_outputs, run_geoseg, write_scene
+from bench_scene import CLASSES, Objects, count_outputs, run_geoseg
 
 CELL_PX = 34  # building lattice (17 m at 0.5 m)
 FIELD_BLOCK_PX = 1088  # a field fills part of such a block (32 cells), cleared of buildings
@@ -127,17 +126,7 @@ def check_ids(objects: Objects, window_px: int) -> None:
 
 
 def scene_for(size_px: int, seed: int, workdir: Path) -> tuple[Path, Objects]:
-    objects = city_objects(size_px, seed)
-    path = workdir / f"city_{size_px}_s{seed}.tif"
-    if not path.exists():
-        start = time.perf_counter()
-        write_scene(path, size_px, objects)
-        print(
-            f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {len(objects.ids)} objects) "
-            f"in {time.perf_counter() - start:.1f} s",
-            file=sys.stderr,
-        )
-    return path, objects
+    return bench_scene.scene_for(size_px, seed, workdir, city_objects, "city")
 
 
 @contextlib.contextmanager

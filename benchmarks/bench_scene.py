@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -154,9 +155,16 @@ def write_scene(path: Path, size_px: int, objects: Objects) -> None:
     tmp.replace(path)
 
 
-def scene_for(size_px: int, seed: int, workdir: Path) -> tuple[Path, Objects]:
-    objects = random_objects(size_px, seed)
-    path = workdir / f"coded_{size_px}_s{seed}.tif"
+def scene_for(
+    size_px: int,
+    seed: int,
+    workdir: Path,
+    make: Callable[[int, int], Objects] = random_objects,
+    prefix: str = "coded",
+) -> tuple[Path, Objects]:
+    """The coded scene ``make(size_px, seed)`` draws, written once into ``workdir``."""
+    objects = make(size_px, seed)
+    path = workdir / f"{prefix}_{size_px}_s{seed}.tif"
     if not path.exists():
         start = time.perf_counter()
         write_scene(path, size_px, objects)

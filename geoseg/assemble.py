@@ -37,6 +37,7 @@ __all__ = [
     "REGULAR_CLASSES",
     "RunResult",
     "SceneAssembler",
+    "SceneVisuals",
     "objects_to_layers",
     "run_metadata",
     "stitch_passes",
@@ -80,6 +81,7 @@ class SceneAssembler:
         self._measures = GeoMeasures(plan.scene.crs)
         self._n_tiles = 0
         self._n_skipped = 0
+        self._visuals = SceneVisuals(plan, self.stem) if _wants_visuals(plan) else None
         self._output = OutputStream(
             outdir,
             self.stem,
@@ -87,7 +89,7 @@ class SceneAssembler:
             crs=plan.scene.crs,
             metadata=run_metadata(plan),
             formats=plan.options.formats,
-            extras_factory=lambda layers: visual_outputs(plan, layers, self.stem),
+            extras_factory=(lambda _: self._visuals.writers()) if self._visuals else None,
         )
 
     def __enter__(self) -> SceneAssembler:
@@ -95,6 +97,8 @@ class SceneAssembler:
 
     def __exit__(self, *exc: object) -> None:
         self._output.abort()  # a no-op once committed
+        if self._visuals is not None:
+            self._visuals.close()
 
     def add(self, result: BatchResult) -> None:
         """Take one batch's fragments; write the objects they make final."""
@@ -133,7 +137,10 @@ class SceneAssembler:
             reading = self.plan.passes[pass_index]
             rows = object_rows(objects, reading.scene, self.plan, self._measures)
             layers = rows_to_layers(rows, self.plan)
-            self._output.write({name: frame for name, frame in layers.items() if len(frame)})
+            found = {name: frame for name, frame in layers.items() if len(frame)}
+            self._output.write(found)
+            if self._visuals is not None:
+                self._visuals.add(found)
 
 
 def run_metadata(plan: ScenePlan) -> dict[str, str]:
@@ -267,26 +274,43 @@ def _to_crs(
     return out
 
 
-def visual_outputs(
-    plan: ScenePlan, layers: Mapping[str, gpd.GeoDataFrame], stem: str
-) -> list[tuple[str, Callable[[Path], None]]]:
-    """The preview PNG and the web map, as ``(file name, writer)`` for the outputs."""
-    opts = plan.options
-    if not (opts.preview or opts.webmap):
-        return []
-    from geoseg.preview import read_quicklook, write_preview
-    from geoseg.webmap import write_webmap
+def _wants_visuals(plan: ScenePlan) -> bool:
+    return plan.options.preview or plan.options.webmap
 
-    look = read_quicklook(plan.scene)
-    extras: list[tuple[str, Callable[[Path], None]]] = []
-    if opts.preview:
-        extras.append(
-            (f"{stem}_preview.png", lambda tmp: write_preview(tmp, plan.scene, layers, look))
-        )
-    if opts.webmap:
+
+class SceneVisuals:
+    """The preview PNG and the web map of a scene, drawn and converted a chunk of objects at
+    a time while the run writes them (:meth:`add`), so that only saving is left at the end."""
+
+    def __init__(self, plan: ScenePlan, stem: str) -> None:
+        from geoseg.preview import PreviewCanvas, read_quicklook
+        from geoseg.webmap import WebMapBuilder
+
+        self.stem = stem
+        opts, classes = plan.options, plan.model.classes
+        look = read_quicklook(plan.scene)
+        self._preview = PreviewCanvas(look, classes) if opts.preview else None
         title = f"geoseg: {stem} ({plan.model.name})"
-        extras.append((f"{stem}.html", lambda tmp: write_webmap(tmp, layers, look, title=title)))
-    return extras
+        self._webmap = WebMapBuilder(look, classes, title=title) if opts.webmap else None
+
+    def add(self, layers: Mapping[str, gpd.GeoDataFrame]) -> None:
+        for name, frame in layers.items():
+            for visual in (self._preview, self._webmap):
+                if visual is not None:
+                    visual.add(name, frame)
+
+    def writers(self) -> list[tuple[str, Callable[[Path], None]]]:
+        """``(file name, writer)`` of each visual output, for the output stream's commit."""
+        found: list[tuple[str, Callable[[Path], None]]] = []
+        if self._preview is not None:
+            found.append((f"{self.stem}_preview.png", self._preview.save))
+        if self._webmap is not None:
+            found.append((f"{self.stem}.html", self._webmap.write))
+        return found
+
+    def close(self) -> None:
+        if self._webmap is not None:
+            self._webmap.close()
 
 
 def _version() -> str:

@@ -38,7 +38,7 @@ Progress = Callable[[int], None]
 
 _POLL_S = 0.2  # how often a waiting caller wakes up (so that Ctrl-C is seen at once)
 
-MAX_WAITING = 8
+MAX_WAITING = 2
 """Finished batches that may wait for the consumer (local schedulers): when stitching and
 writing fall behind (a dense city with a fast model), the scheduler starts no new task until
 they catch up, so memory stays bounded and the work after the last tile stays short."""

@@ -13,7 +13,7 @@ all it needs, and matplotlib would add tens of MB and seconds of import for noth
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +25,16 @@ from affine import Affine
 from PIL import Image, ImageDraw, ImageFont
 from pyproj import CRS
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from geoseg.errors import SceneError, first_line
 from geoseg.scene import SceneInfo, normalize, read_env
 from geoseg.styles import class_colours
 
 __all__ = [
     "PREVIEW_PX",
+    "PreviewCanvas",
     "QuickLook",
     "draw_preview",
     "layer_frames",
@@ -59,7 +62,15 @@ class QuickLook:
 
 
 def read_quicklook(scene: SceneInfo, max_px: int = PREVIEW_PX) -> QuickLook:
-    """Read the scene's bands at most ``max_px`` on the long side (never enlarged)."""
+    """Read the scene's bands at most ``max_px`` on the long side (never enlarged); a scene
+    that cannot be read is a one-line :class:`~geoseg.errors.SceneError`."""
+    try:
+        return _read_quicklook(scene, max_px)
+    except RasterioError as exc:
+        raise SceneError(f"{scene.path}: cannot be read ({first_line(exc)})") from None
+
+
+def _read_quicklook(scene: SceneInfo, max_px: int) -> QuickLook:
     with rasterio.Env(**read_env(scene.path)), rasterio.open(scene.path) as src:
         factor = max(1.0, max(src.height, src.width) / max_px)
         shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
@@ -102,28 +113,47 @@ def _read_decimated(
     return data, mask
 
 
+class PreviewCanvas:
+    """The preview drawn a chunk of objects at a time (:meth:`add`), so that a run draws its
+    objects as they are written and a city's preview costs nothing at the end."""
+
+    def __init__(self, look: QuickLook, classes: Sequence[str]) -> None:
+        self.look = look
+        self._base = Image.fromarray(look.rgb, "RGB").convert("RGBA")
+        self._overlay = Image.new("RGBA", self._base.size, (0, 0, 0, 0))
+        self._draw = ImageDraw.Draw(self._overlay)
+        self._colours = class_colours(list(classes))
+        self._width = max(2, round(max(self._base.size) / 700))
+        self._to_pixels = ~look.transform
+        self.counts = dict.fromkeys(classes, 0)
+
+    def add(self, name: str, frame: gpd.GeoDataFrame) -> None:
+        """Outline the objects of ``frame`` (class ``name``) in the class colour."""
+        rgb = _hex(self._colours[name])
+        frame = frame.to_crs(self.look.crs) if frame.crs is not None else frame
+        self.counts[name] += len(frame)
+        for geometry in frame.geometry:
+            for polygon in shapely.get_parts(geometry):
+                _draw_polygon(self._draw, polygon, self._to_pixels, rgb, self._width)
+
+    def image(self) -> Image.Image:
+        """The picture: quick-look, outlines, and the band with the legend and scale bar."""
+        image = Image.alpha_composite(self._base, self._overlay).convert("RGB")
+        return _with_footer(image, self.counts, self._colours, self.look.gsd_m)
+
+    def save(self, path: Path) -> None:
+        self.image().save(path, format="PNG")
+
+
 def draw_preview(look: QuickLook, layers: Mapping[str, gpd.GeoDataFrame]) -> Image.Image:
     """The quick-look with each class's objects outlined, above a band with the legend and a
     scale bar (the quick-look's pixels keep their positions: row r, column c of the scene's
     quick-look is pixel (c, r) of the picture)."""
-    base = Image.fromarray(look.rgb, "RGB").convert("RGBA")
-    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(overlay)
-    colours = class_colours(list(layers))
-    width = max(2, round(max(base.size) / 700))
-    to_pixels = ~look.transform
-    counts = {}
+    canvas = PreviewCanvas(look, list(layers))
     for name in layers:
-        rgb = _hex(colours[name])
-        counts[name] = 0
         for frame in layer_frames(layers, name):
-            frame = frame.to_crs(look.crs) if frame.crs is not None else frame
-            counts[name] += len(frame)
-            for geometry in frame.geometry:
-                for polygon in shapely.get_parts(geometry):
-                    _draw_polygon(draw, polygon, to_pixels, rgb, width)
-    image = Image.alpha_composite(base, overlay).convert("RGB")
-    return _with_footer(image, counts, colours, look.gsd_m)
+            canvas.add(name, frame)
+    return canvas.image()
 
 
 def layer_frames(layers: Mapping[str, gpd.GeoDataFrame], name: str) -> Iterator[gpd.GeoDataFrame]:

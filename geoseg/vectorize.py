@@ -11,6 +11,7 @@ non-north-up grids.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ import shapely
 from affine import Affine
 from pyproj import CRS, Geod, Transformer
 from rasterio import features
+from rasterio.errors import NotGeoreferencedWarning
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
@@ -63,7 +65,9 @@ def crops_to_polygons(
         return []
     places, canvas = _pack(crops, canvas_width_px)
     parts: list[list[BaseGeometry]] = [[] for _ in crops]
-    with rasterio.Env():
+    with rasterio.Env(), warnings.catch_warnings():
+        # rasterio wraps the mask in a dataset of its own without a transform and says so
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         traced = features.shapes(canvas, mask=canvas > 0, transform=Affine.translation(1, 1))
         for geom, value in traced:
             parts[int(value) - 1].append(shape(geom))

@@ -13,10 +13,11 @@ import base64
 import io
 import json
 import re
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import geopandas as gpd
 import numpy as np
@@ -27,7 +28,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject, tr
 from geoseg.preview import QuickLook, layer_frames
 from geoseg.styles import class_colours
 
-__all__ = ["css_class", "render_webmap", "write_webmap"]
+__all__ = ["WebMapBuilder", "css_class", "render_webmap", "write_webmap"]
 
 _WEB_MERCATOR = "EPSG:3857"
 
@@ -106,7 +107,7 @@ def render_webmap(
     layers: Mapping[str, gpd.GeoDataFrame], look: QuickLook | None, *, title: str
 ) -> str:
     """The HTML page for ``layers`` (class -> frame with a CRS) over the quick-look."""
-    return "".join(_page_parts(layers, look, title=title))
+    return "".join(_page_parts(_layer_texts(layers), look, title=title))
 
 
 def write_webmap(
@@ -116,12 +117,70 @@ def write_webmap(
     chunk of rows at a time when ``layers`` can be read so (the staged outputs of a run), so
     a city of 100,000 buildings never sits in memory as one text."""
     with path.open("w", encoding="utf-8") as out:
-        for part in _page_parts(layers, look, title=title):
+        for part in _page_parts(_layer_texts(layers), look, title=title):
             out.write(part)
 
 
+class WebMapBuilder:
+    """The web map gathered a chunk of objects at a time (:meth:`add`) into one temporary
+    file per class, so that a run converts its objects as it writes them and only copies
+    text at the end."""
+
+    def __init__(self, look: QuickLook | None, classes: Sequence[str], *, title: str) -> None:
+        self.look = look
+        self.title = title
+        self.counts = dict.fromkeys(classes, 0)
+        self._files = {  # closed by close()
+            name: tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+            for name in classes
+        }
+
+    def add(self, name: str, frame: gpd.GeoDataFrame) -> None:
+        if not len(frame):
+            return
+        file = self._files[name]
+        if self.counts[name]:
+            file.write(",")
+        file.write(_features_text(frame))
+        self.counts[name] += len(frame)
+
+    def write(self, path: Path) -> None:
+        classes = [
+            (name, count, _read_back(self._files[name])) for name, count in self.counts.items()
+        ]
+        with path.open("w", encoding="utf-8") as out:
+            for part in _page_parts(classes, self.look, title=self.title):
+                out.write(part)
+
+    def close(self) -> None:
+        for file in self._files.values():
+            file.close()
+
+
+def _read_back(file: IO[str]) -> Iterator[str]:
+    file.seek(0)
+    while chunk := file.read(1 << 20):
+        yield chunk
+
+
+ClassText = tuple[str, int, Iterable[str]]
+"""A class of the map: its name, its number of objects, and its GeoJSON features as text
+pieces that join into a comma-separated list."""
+
+
+def _layer_texts(layers: Mapping[str, gpd.GeoDataFrame]) -> list[ClassText]:
+    def pieces(name: str) -> Iterator[str]:
+        first = True
+        for frame in layer_frames(layers, name):
+            if len(frame):
+                yield ("" if first else ",") + _features_text(frame)
+                first = False
+
+    return [(name, _count(layers, name), pieces(name)) for name in layers]
+
+
 def _page_parts(
-    layers: Mapping[str, gpd.GeoDataFrame], look: QuickLook | None, *, title: str
+    classes: Sequence[ClassText], look: QuickLook | None, *, title: str
 ) -> Iterator[str]:
     static = resources.files("geoseg") / "static" / "leaflet"
     page = _PAGE.replace("__TITLE__", _html_escape(title))
@@ -129,20 +188,15 @@ def _page_parts(
     page = page.replace("__LEAFLET_CSS__", (static / "leaflet.css").read_text())
     before, after = page.split("__DATA__")
     yield before.replace("__LEAFLET_JS__", (static / "leaflet.js").read_text())
-    colours = class_colours(list(layers))
+    colours = class_colours([name for name, _, _ in classes])
     image = _image_overlay(look) if look is not None else None
     head = json.dumps({"title": title, "image": image}, separators=(",", ":"), allow_nan=False)
     yield _script_safe(head[:-1]) + ',"classes":['
-    for k, name in enumerate(layers):
-        count = _count(layers, name)
+    for k, (name, count, texts) in enumerate(classes):
         meta = {"name": name, "css": css_class(name), "colour": colours[name], "count": count}
         yield ("," if k else "") + _script_safe(json.dumps(meta, separators=(",", ":"))[:-1])
         yield ',"geojson":{"type":"FeatureCollection","features":['
-        first = True
-        for frame in layer_frames(layers, name):
-            if len(frame):
-                yield ("" if first else ",") + _features_text(frame)
-                first = False
+        yield from texts
         yield "]}}"
     yield "]}" + after
 
