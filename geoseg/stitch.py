@@ -69,7 +69,7 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from geoseg.grid import PixelWindow, Tile, TileGrid
+from geoseg.grid import Tile, TileGrid
 
 __all__ = [
     "CONTAINED_SHARE",
@@ -135,10 +135,6 @@ def union_find_groups(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int
     return sorted(groups.values(), key=lambda g: g[0])
 
 
-def _box(window: PixelWindow) -> BaseGeometry:
-    return shapely.box(*window.bbox_xyxy)
-
-
 def _link_tiles(
     a: Sequence[Fragment], b: Sequence[Fragment], merge_iou: float
 ) -> list[tuple[int, int]]:
@@ -154,7 +150,6 @@ def _link_tiles(
     shared = a[0].tile.window.intersection(b[0].tile.window)
     if shared is None:
         return []
-    strip = _box(shared)
     clips = []
     for frags in (a, b):
         polygons = np.array([f.polygon_px for f in frags], dtype=object)
@@ -165,7 +160,7 @@ def _link_tiles(
             & (y0 < shared.row_stop)
             & (y1 > shared.row_off)
         )
-        clips.append((inside, shapely.intersection(polygons[inside], strip)))
+        clips.append((inside, shapely.clip_by_rect(polygons[inside], *shared.bbox_xyxy)))
     (in_a, clip_a), (in_b, clip_b) = clips
     if not len(in_a) or not len(in_b):
         return []
@@ -235,7 +230,7 @@ def _in_core(fragment: Fragment) -> BaseGeometry:
         return fragment.polygon_px
     if x1 <= core.col_off or x0 >= core.col_stop or y1 <= core.row_off or y0 >= core.row_stop:
         return shapely.Polygon()
-    return shapely.intersection(fragment.polygon_px, _box(core))
+    return shapely.clip_by_rect(fragment.polygon_px, *core.bbox_xyxy)
 
 
 def _complete_views(members: list[Fragment]) -> list[Fragment]:
