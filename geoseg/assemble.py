@@ -27,7 +27,7 @@ import shapely
 from geoseg.config import RunOptions
 from geoseg.measures import SHIP_CLASSES, SHIP_COLUMNS, ship_dimensions
 from geoseg.model.protocol import ModelInfo
-from geoseg.output import OutputStream, empty_layer
+from geoseg.output import OutputStream, empty_layer, layer_columns
 from geoseg.plan import BatchResult, ScenePlan
 from geoseg.scene import SceneInfo, check_unchanged
 from geoseg.stitch import StitchedObject, StreamingStitcher, stitch
@@ -136,8 +136,7 @@ class SceneAssembler:
         if objects:
             reading = self.plan.passes[pass_index]
             rows = object_rows(objects, reading.scene, self.plan, self._measures)
-            layers = rows_to_layers(rows, self.plan)
-            found = {name: frame for name, frame in layers.items() if len(frame)}
+            found = rows_to_layers(rows, self.plan, empty=False)
             self._output.write(found)
             if self._visuals is not None:
                 self._visuals.add(found)
@@ -180,22 +179,25 @@ def objects_to_layers(
     return rows_to_layers(rows, plan)
 
 
-def rows_to_layers(rows: Sequence[dict[str, Any]], plan: ScenePlan) -> dict[str, gpd.GeoDataFrame]:
-    """Rows of :func:`object_rows` as one GeoDataFrame per class of the model (empty ones
-    included), with the columns every output has."""
+def rows_to_layers(
+    rows: Sequence[dict[str, Any]], plan: ScenePlan, *, empty: bool = True
+) -> dict[str, gpd.GeoDataFrame]:
+    """Rows of :func:`object_rows` as one GeoDataFrame per class of the model (``empty``: the
+    classes without rows too), with the columns every output has."""
     by_class: dict[str, list[dict[str, Any]]] = {name: [] for name in plan.model.classes}
     for row in rows:
         by_class[row["class"]].append(row)
     layers = {}
     for name, found in by_class.items():
-        empty = empty_layer(name, plan.scene.crs)
         if not found:
-            layers[name] = empty
+            if empty:
+                layers[name] = empty_layer(name, plan.scene.crs)
             continue
+        columns = layer_columns(name)
         frame = gpd.GeoDataFrame(
-            found, columns=list(empty.columns), geometry="geometry", crs=plan.scene.crs
+            found, columns=[*columns, "geometry"], geometry="geometry", crs=plan.scene.crs
         )
-        layers[name] = frame.astype(empty.dtypes.to_dict())
+        layers[name] = frame.astype({c: "float64" for c in columns[2:]})
     return layers
 
 

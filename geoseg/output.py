@@ -55,6 +55,7 @@ __all__ = [
     "ExtrasFactory",
     "OutputStream",
     "empty_layer",
+    "geojson_features",
     "layer_columns",
     "partial_path",
     "write_outputs",
@@ -439,7 +440,7 @@ def _write_geojson(tmp: Path, *, frame: gpd.GeoDataFrame, layer: str) -> None:
     with open(tmp, "ab") as f:
         if f.tell() == 0:
             f.write(start)
-        features = _geojson_features(frame, layer)
+        features = geojson_features(frame, layer)
         if features:
             sep = b"" if f.tell() == len(start) else b",\n"
             f.write(sep + ",\n".join(features).encode())
@@ -452,8 +453,9 @@ def _end_geojson(tmp: Path, *, layer: str) -> None:
         f.write(_GEOJSON_END.encode())
 
 
-def _geojson_features(frame: gpd.GeoDataFrame, layer: str) -> list[str]:
-    """One line of GeoJSON per row, as GDAL's GeoJSON driver writes it with RFC7946=YES."""
+def geojson_features(frame: gpd.GeoDataFrame, layer: str = "layer") -> list[str]:
+    """One GeoJSON feature per row (WGS84, 7 decimals, RFC 7946 winding), as text, as GDAL's
+    GeoJSON driver writes it with RFC7946=YES (the GeoJSON outputs and the web map)."""
     if len(frame) == 0:
         return []
     wgs84 = frame.to_crs(_WGS84) if frame.crs is not None else frame

@@ -130,7 +130,8 @@ class PreviewCanvas:
     def add(self, name: str, frame: gpd.GeoDataFrame) -> None:
         """Outline the objects of ``frame`` (class ``name``) in the class colour."""
         rgb = _hex(self._colours[name])
-        frame = frame.to_crs(self.look.crs) if frame.crs is not None else frame
+        if frame.crs is not None and frame.crs != self.look.crs:
+            frame = frame.to_crs(self.look.crs)
         self.counts[name] += len(frame)
         for geometry in frame.geometry:
             for polygon in shapely.get_parts(geometry):

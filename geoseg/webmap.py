@@ -21,10 +21,10 @@ from typing import IO, Any
 
 import geopandas as gpd
 import numpy as np
-import shapely
 from PIL import Image
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
 
+from geoseg.output import geojson_features
 from geoseg.preview import QuickLook, layer_frames
 from geoseg.styles import class_colours
 
@@ -212,11 +212,9 @@ def _count(layers: Mapping[str, gpd.GeoDataFrame], name: str) -> int:
 
 
 def _features_text(frame: gpd.GeoDataFrame) -> str:
-    """The GeoJSON features of ``frame`` in WGS84 (7 decimals), comma-separated, no brackets."""
-    wgs84 = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
-    wgs84 = wgs84.set_geometry(shapely.transform(wgs84.geometry.values, lambda xy: np.round(xy, 7)))
-    features = list(wgs84.iterfeatures(na="null", drop_id=True))
-    return _script_safe(json.dumps(features, separators=(",", ":"), allow_nan=False)[1:-1])
+    """The GeoJSON features of ``frame`` in WGS84 (7 decimals), comma-separated, no brackets:
+    the same text as the GeoJSON outputs (:func:`geoseg.output.geojson_features`)."""
+    return _script_safe(",".join(geojson_features(frame)))
 
 
 def _html_escape(text: str) -> str:
