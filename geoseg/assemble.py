@@ -96,7 +96,11 @@ class SceneAssembler:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._output.abort()  # a no-op once committed
+        self.abort()
+
+    def abort(self) -> None:
+        """Discard what was staged (a no-op once committed) and the visuals' temporary files."""
+        self._output.abort()
         if self._visuals is not None:
             self._visuals.close()
 

@@ -32,7 +32,7 @@ from geoseg.errors import UserInputError
 from geoseg.plan import BatchResult
 from geoseg.scheduler import check_reachable
 
-__all__ = ["MAX_WAITING", "compute_tasks", "iter_results"]
+__all__ = ["MAX_WAITING", "Progress", "compute_tasks", "iter_results"]
 
 Progress = Callable[[int], None]
 
@@ -65,14 +65,9 @@ class _Forward(Callback):
             return
         handed = replace(result)
         result.fragments = []  # Dask keeps the result object until compute returns
-        while True:  # a full queue holds the scheduler back until the consumer catches up
-            if self._stop.is_set():
-                raise _Cancelled
-            try:
-                self._sink.put(handed, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
+        # a full queue holds the scheduler back until the consumer catches up
+        if not _put(self._sink, handed, self._stop):
+            raise _Cancelled
 
 
 _DONE = object()
@@ -137,13 +132,15 @@ def _iter_local(tasks: Sequence[Delayed], scheduler: str) -> Iterator[BatchResul
         worker.join()
 
 
-def _put(sink: queue.Queue, item: object, stop: threading.Event) -> None:
+def _put(sink: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put ``item`` on ``sink``, waiting while it is full; ``False`` if the consumer left."""
     while not stop.is_set():
         try:
             sink.put(item, timeout=_POLL_S)
-            return
+            return True
         except queue.Full:
             continue
+    return False
 
 
 def _iter_distributed(tasks: Sequence[Delayed], scheduler: Any) -> Iterator[BatchResult]:

@@ -333,22 +333,6 @@ class _StagedLayers(Mapping[str, gpd.GeoDataFrame]):
     def __len__(self) -> int:
         return len(self._classes)
 
-    def count(self, name: str) -> int:
-        """How many objects a layer holds, without reading it."""
-        return int(pyogrio.read_info(self._gpkg, layer=name)["features"])
-
-    def frames(self, name: str, chunk_rows: int = 10_000) -> Iterator[gpd.GeoDataFrame]:
-        """A layer read a chunk of rows at a time (what the preview draws from: memory
-        bounded whatever the number of objects)."""
-        if name in self._read:
-            yield self._read[name]
-            return
-        total = self.count(name)
-        for skip in range(0, total, chunk_rows):
-            yield pyogrio.read_dataframe(
-                self._gpkg, layer=name, skip_features=skip, max_features=chunk_rows, use_arrow=True
-            )
-
 
 def write_outputs(
     layers: Mapping[str, gpd.GeoDataFrame],

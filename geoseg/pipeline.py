@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from geoseg.assemble import (
     stitch_passes,
 )
 from geoseg.commit import check_writable, scene_lock
-from geoseg.compute import compute_tasks, iter_results
+from geoseg.compute import Progress, compute_tasks, iter_results
 from geoseg.config import RunOptions, score_thresholds
 from geoseg.fragments import MaskCrop, instances_to_crops
 from geoseg.grid import Tile
@@ -65,7 +65,6 @@ __all__ = [
     "assemble_scene",
     "check_numbers",
     "compute_tasks",
-    "finish_scene",
     "iter_results",
     "objects_to_layers",
     "plan_scene",
@@ -73,8 +72,6 @@ __all__ = [
     "scene_tasks",
     "stitch_passes",
 ]
-
-Progress = Callable[[int], None]
 
 
 @dataclass(slots=True)
@@ -214,18 +211,6 @@ def assemble_scene(
         for result in results:
             assembler.add(result)
         return assembler.finish(seconds=time.perf_counter() - started)
-
-
-def finish_scene(
-    plan: ScenePlan,
-    results: Sequence[BatchResult],
-    outdir: str | Path,
-    *,
-    seconds: float,
-    stem: str | None = None,
-) -> RunResult:
-    """Stitch the fragments of batches already computed, vectorize, and write the outputs."""
-    return assemble_scene(plan, results, outdir, started=time.perf_counter() - seconds, stem=stem)
 
 
 def run_scene(

@@ -13,7 +13,7 @@ all it needs, and matplotlib would add tens of MB and seconds of import for noth
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +36,8 @@ __all__ = [
     "PREVIEW_PX",
     "PreviewCanvas",
     "QuickLook",
-    "draw_preview",
-    "layer_frames",
     "nice_length",
     "read_quicklook",
-    "write_preview",
 ]
 
 PREVIEW_PX = 2048
@@ -144,34 +141,6 @@ class PreviewCanvas:
 
     def save(self, path: Path) -> None:
         self.image().save(path, format="PNG")
-
-
-def draw_preview(look: QuickLook, layers: Mapping[str, gpd.GeoDataFrame]) -> Image.Image:
-    """The quick-look with each class's objects outlined, above a band with the legend and a
-    scale bar (the quick-look's pixels keep their positions: row r, column c of the scene's
-    quick-look is pixel (c, r) of the picture)."""
-    canvas = PreviewCanvas(look, list(layers))
-    for name in layers:
-        for frame in layer_frames(layers, name):
-            canvas.add(name, frame)
-    return canvas.image()
-
-
-def layer_frames(layers: Mapping[str, gpd.GeoDataFrame], name: str) -> Iterator[gpd.GeoDataFrame]:
-    """A layer in chunks when the mapping can read it so (the outputs staged by
-    :class:`geoseg.output.OutputStream`), else whole."""
-    chunks = getattr(layers, "frames", None)
-    yield from chunks(name) if chunks is not None else [layers[name]]
-
-
-def write_preview(
-    path: Path,
-    scene: SceneInfo,
-    layers: Mapping[str, gpd.GeoDataFrame],
-    look: QuickLook | None = None,
-) -> None:
-    """Write the preview PNG of ``layers`` over ``scene`` to ``path``."""
-    draw_preview(look or read_quicklook(scene), layers).save(path, format="PNG")
 
 
 def _hex(colour: str) -> tuple[int, int, int]:

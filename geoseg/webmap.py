@@ -14,7 +14,7 @@ import io
 import json
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any
@@ -25,10 +25,10 @@ from PIL import Image
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
 
 from geoseg.output import geojson_features
-from geoseg.preview import QuickLook, layer_frames
+from geoseg.preview import QuickLook
 from geoseg.styles import class_colours
 
-__all__ = ["WebMapBuilder", "css_class", "render_webmap", "write_webmap"]
+__all__ = ["WebMapBuilder", "css_class"]
 
 _WEB_MERCATOR = "EPSG:3857"
 
@@ -103,24 +103,6 @@ def css_class(class_name: str) -> str:
     return "geoseg-" + re.sub(r"[^A-Za-z0-9_-]", "_", class_name)
 
 
-def render_webmap(
-    layers: Mapping[str, gpd.GeoDataFrame], look: QuickLook | None, *, title: str
-) -> str:
-    """The HTML page for ``layers`` (class -> frame with a CRS) over the quick-look."""
-    return "".join(_page_parts(_layer_texts(layers), look, title=title))
-
-
-def write_webmap(
-    path: Path, layers: Mapping[str, gpd.GeoDataFrame], look: QuickLook | None, *, title: str
-) -> None:
-    """Write the web map of ``layers`` to ``path``, a piece at a time: the objects go in a
-    chunk of rows at a time when ``layers`` can be read so (the staged outputs of a run), so
-    a city of 100,000 buildings never sits in memory as one text."""
-    with path.open("w", encoding="utf-8") as out:
-        for part in _page_parts(_layer_texts(layers), look, title=title):
-            out.write(part)
-
-
 class WebMapBuilder:
     """The web map gathered a chunk of objects at a time (:meth:`add`) into one temporary
     file per class, so that a run converts its objects as it writes them and only copies
@@ -168,17 +150,6 @@ ClassText = tuple[str, int, Iterable[str]]
 pieces that join into a comma-separated list."""
 
 
-def _layer_texts(layers: Mapping[str, gpd.GeoDataFrame]) -> list[ClassText]:
-    def pieces(name: str) -> Iterator[str]:
-        first = True
-        for frame in layer_frames(layers, name):
-            if len(frame):
-                yield ("" if first else ",") + _features_text(frame)
-                first = False
-
-    return [(name, _count(layers, name), pieces(name)) for name in layers]
-
-
 def _page_parts(
     classes: Sequence[ClassText], look: QuickLook | None, *, title: str
 ) -> Iterator[str]:
@@ -204,11 +175,6 @@ def _page_parts(
 def _script_safe(text: str) -> str:
     """``"</"`` never appears inside a ``<script>`` element: it could close it."""
     return text.replace("</", "<\\/")
-
-
-def _count(layers: Mapping[str, gpd.GeoDataFrame], name: str) -> int:
-    counter = getattr(layers, "count", None)
-    return counter(name) if counter is not None else len(layers[name])
 
 
 def _features_text(frame: gpd.GeoDataFrame) -> str:

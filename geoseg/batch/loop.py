@@ -90,7 +90,7 @@ class _Pending:
 
     def abort(self) -> None:
         if self.assembler is not None:
-            self.assembler.__exit__(None, None, None)
+            self.assembler.abort()
 
 
 ProgressEvent = Callable[[str, Any], None]
@@ -274,7 +274,7 @@ def _compute(
         in_flight = sum(len(job.futures) - len(job.done) for job in pending.values())
         while waiting and (in_flight < MAX_PENDING_BATCHES or not pending):
             k, (plan, stem, fprint) = waiting.popleft()
-            futures = client.compute(_tasks(plan, predict_resources))
+            futures = client.compute(scene_tasks(plan, predict_resources=predict_resources))
             pending[k] = _Pending(plan, stem, fprint, futures, time.perf_counter())
             for j, future in enumerate(futures):
                 owner[future.key] = (k, j)
@@ -320,11 +320,6 @@ def _compute(
         for job in pending.values():
             job.abort()
     return outcomes
-
-
-def _tasks(plan: ScenePlan, predict_resources: dict[str, float] | None) -> list[Any]:
-    """The scene's batch tasks, in the order of ``plan.batches``."""
-    return scene_tasks(plan, predict_resources=predict_resources)
 
 
 _REPR = re.compile(r"^(\w+)\((['\"])(.*)\2,?\)$", re.DOTALL)
