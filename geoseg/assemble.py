@@ -31,7 +31,7 @@ from geoseg.output import OutputStream, empty_layer, layer_columns
 from geoseg.plan import BatchResult, ScenePlan
 from geoseg.scene import SceneInfo, check_unchanged
 from geoseg.stitch import StitchedObject, StreamingStitcher, stitch
-from geoseg.vectorize import GeoMeasures, geodesic_measures, stable_id, to_crs_polygon
+from geoseg.vectorize import GeoMeasures, geodesic_measures_bulk, stable_ids, to_crs_polygon
 
 __all__ = [
     "REGULAR_CLASSES",
@@ -221,20 +221,21 @@ def object_rows(
     squared = np.array([o is not obj.polygon_px for o, obj in zip(outlines, objects, strict=True)])
     geometries = _to_crs(np.array(outlines, dtype=object), squared, scene, options)
     lonlat = measures.to_lonlat(geometries)  # shapely.transform takes arrays: one call
+    names = [classes[obj.label] for obj in objects]
+    ids = stable_ids(scene.stem, names, np.array([o.polygon_px for o in objects], dtype=object))
+    areas, perimeters = geodesic_measures_bulk(lonlat)
     rows = []
-    for obj, geometry, ll in zip(objects, geometries, lonlat, strict=True):
+    for k, (obj, geometry, ll) in enumerate(zip(objects, geometries, lonlat, strict=True)):
         if geometry.is_empty:
             continue
-        class_name = classes[obj.label]
-        area, perimeter = geodesic_measures(ll)
         row = {
-            "id": stable_id(scene.stem, class_name, obj.polygon_px),
-            "class": class_name,
+            "id": ids[k],
+            "class": names[k],
             "score": round(obj.score, 4),
-            "area_m2": area,
-            "perimeter_m": perimeter,
+            "area_m2": float(areas[k]),
+            "perimeter_m": float(perimeters[k]),
         }
-        if class_name in SHIP_CLASSES:
+        if names[k] in SHIP_CLASSES:
             row.update(zip(SHIP_COLUMNS, ship_dimensions(ll), strict=True))
         rows.append({**row, "geometry": geometry})
     return rows

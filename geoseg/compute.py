@@ -27,6 +27,7 @@ from typing import Any
 import dask
 from dask.callbacks import Callback
 from dask.delayed import Delayed
+from dask.system import CPU_COUNT
 
 from geoseg.errors import UserInputError
 from geoseg.plan import BatchResult
@@ -109,7 +110,7 @@ def _iter_local(tasks: Sequence[Delayed], scheduler: str) -> Iterator[BatchResul
     def compute() -> None:
         try:
             callbacks = [*Callback.active, _Forward(sink, stop)._callback]  # and the user's own
-            dask.compute(*tasks, scheduler=scheduler, callbacks=callbacks)
+            dask.compute(*tasks, scheduler=scheduler, callbacks=callbacks, **_pool_size(scheduler))
             _put(sink, _DONE, stop)
         except BaseException as exc:  # handed to the consumer, raised there
             _put(sink, exc, stop)
@@ -130,6 +131,15 @@ def _iter_local(tasks: Sequence[Delayed], scheduler: str) -> Iterator[BatchResul
     finally:
         stop.set()
         worker.join()
+
+
+def _pool_size(scheduler: str) -> dict[str, int]:
+    """One thread per core on ``threads``: called from a thread other than the main one,
+    ``dask.threaded`` would otherwise start ``min(32, cores + 4)`` threads (6 tasks at once on
+    2 cores, each with a model's working memory). Dask's ``num_workers`` setting wins."""
+    if scheduler != "threads" or dask.config.get("num_workers", None) is not None:
+        return {}
+    return {"num_workers": CPU_COUNT}
 
 
 def _put(sink: queue.Queue, item: object, stop: threading.Event) -> bool:

@@ -192,6 +192,28 @@ class TileGrid:
             for j in range(n_cols):
                 yield self.tile(i, j)
 
+    def in_bands(self, band_rows: int) -> list[Tile]:
+        """Every tile, in bands of ``band_rows`` tile rows swept column by column (top to
+        bottom inside a column); ``band_rows=1`` is row-major order.
+
+        A streaming stitcher can finish an object once every tile around it is done: in this
+        order that happens a column behind the sweep, so at the scene's last tile only the
+        last columns of the last band still wait, not the last two whole tile rows.
+
+        >>> grid = TileGrid.from_shape((1000, 700), tile_px=512, overlap_px=128)
+        >>> [t.index_yx for t in grid.in_bands(2)]
+        [(0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (2, 1)]
+        """
+        if band_rows < 1:
+            raise ValueError(f"band_rows {band_rows} must be at least 1")
+        n_rows, n_cols = self.shape_tiles_yx
+        return [
+            self.tile(i, j)
+            for top in range(0, n_rows, band_rows)
+            for j in range(n_cols)
+            for i in range(top, min(top + band_rows, n_rows))
+        ]
+
     def tile(self, i: int, j: int) -> Tile:
         """The tile in tile-row ``i``, tile-column ``j``."""
         rows, cols, row_cores, col_cores = self._axes()

@@ -169,19 +169,38 @@ def scene_tasks(
     opts = plan.options
     tasks = []
     everything = len(plan.passes) == 1 and len(plan.passes[0].classes) == len(plan.model.classes)
+    scene_token = dask.base.tokenize(plan.passes, plan.options)
+    last = len(plan.batches) - 1
     for number in range(len(plan.batches)) if batches is None else batches:
         index, tiles = plan.batches[number]
         reading = plan.passes[index]
         min_score = opts.min_score if everything else _pass_min_score(plan, reading.classes)
-        read = dask.delayed(read_stage, pure=True)(reading.scene, tiles, opts.tile_px)
-        annotate = (  # a fresh context per batch: dask.annotate cannot be re-entered
-            dask.annotate(resources=predict_resources)
-            if predict_resources
-            else contextlib.nullcontext()
-        )
-        with annotate:
-            pred = dask.delayed(predict_stage, pure=True)(read, opts.model, opts.device, min_score)
-        tasks.append(dask.delayed(vectorize_stage, pure=True)(pred, index, number))
+        # Batches run in plan order (the stitcher's frontier then stays a band of tiles):
+        # the local schedulers order independent chains by their keys, highest first;
+        # distributed follows the priority.
+        suffix = f"{scene_token}-{last - number:07d}"
+        with dask.annotate(priority=-number):
+            read = dask.delayed(read_stage)(
+                reading.scene, tiles, opts.tile_px, dask_key_name=f"geoseg-read-{suffix}"
+            )
+            annotate = (  # a fresh context per batch: dask.annotate cannot be re-entered
+                dask.annotate(resources=predict_resources)
+                if predict_resources
+                else contextlib.nullcontext()
+            )
+            with annotate:
+                pred = dask.delayed(predict_stage)(
+                    read,
+                    opts.model,
+                    opts.device,
+                    min_score,
+                    dask_key_name=f"geoseg-predict-{suffix}",
+                )
+            tasks.append(
+                dask.delayed(vectorize_stage)(
+                    pred, index, number, dask_key_name=f"geoseg-vectorize-{suffix}"
+                )
+            )
     return tasks
 
 

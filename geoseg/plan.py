@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from geoseg.config import DEFAULT_MIN_SCORE, RunOptions
 from geoseg.errors import UserInputError
 from geoseg.formats import check_formats
@@ -129,10 +131,31 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
         grid = TileGrid.from_shape(
             working.shape_yx, tile_px=options.tile_px, overlap_px=options.overlap_px
         )
-        tiles = list(grid)
+        tiles = grid.in_bands(_band_rows(working, options))
         passes.append(ScenePass(working, grid, classes))
         batches.extend((index, tuple(tiles[k : k + size])) for k in range(0, len(tiles), size))
     return ScenePlan(tuple(passes), tuple(batches), options, info, tuple(notes))
+
+
+BAND_CACHE_BYTES = 64 * 2**20
+"""A striped file is swept in bands only when a band's strips fit in this much of GDAL's block
+cache (half of :data:`geoseg.scene.READ_ENV`'s): each strip is then decoded once."""
+
+
+def _band_rows(scene: SceneInfo, options: RunOptions) -> int:
+    """How many tile rows a band holds (see :meth:`TileGrid.in_bands`): one batch's worth,
+    so a batch is a column of a band. A striped file (blocks as wide as the scene) whose band
+    of strips would not stay in the block cache is swept row by row instead."""
+    rows = max(1, options.batch_size)
+    block = scene.file_block_yx
+    if rows == 1 or block is None or block[1] < scene.file_shape_yx[1]:
+        return rows
+    scale = scene.file_shape_yx[0] / scene.shape_yx[0]  # file rows per working row
+    stride = options.tile_px - options.overlap_px
+    band_px = (rows * stride + options.overlap_px) * scale + block[0]
+    itemsize = np.dtype(scene.dtype).itemsize
+    band_bytes = band_px * scene.file_shape_yx[1] * len(scene.bands) * itemsize
+    return rows if band_bytes <= BAND_CACHE_BYTES else 1
 
 
 def check_numbers(options: RunOptions) -> None:

@@ -78,6 +78,7 @@ class SceneInfo:
     ``shape_yx`` and ``transform`` describe the working grid (equal to the file's grid unless
     the scene is resampled); ``crs_wkt`` is the scene's CRS (or the one assumed by ``--crs``).
     ``stretch`` holds ``(low, high)`` per selected band, or ``None`` for uint8 data.
+    ``file_block_yx`` is the file's block shape (a striped file's blocks span its width).
     """
 
     path: str
@@ -92,6 +93,7 @@ class SceneInfo:
     gsd_m: float
     assumed_crs: bool = False
     stamp: tuple[int, int, int] | None = None
+    file_block_yx: tuple[int, int] | None = None
 
     @property
     def resampled(self) -> bool:
@@ -181,6 +183,7 @@ def _inspect(
         gsd_m=file_gsd,
         assumed_crs=src.crs is None,
         stamp=file_stamp(path),
+        file_block_yx=tuple(int(n) for n in src.block_shapes[selected[0] - 1]),
     )
     return fit_gsd(scene, gsd_m=gsd_m)
 

@@ -31,7 +31,9 @@ __all__ = [
     "crop_to_polygon",
     "crops_to_polygons",
     "geodesic_measures",
+    "geodesic_measures_bulk",
     "stable_id",
+    "stable_ids",
     "to_crs_polygon",
 ]
 
@@ -142,8 +144,36 @@ def geodesic_measures(lonlat: BaseGeometry) -> tuple[float, float]:
     return abs(float(area)), float(perimeter)
 
 
+def geodesic_measures_bulk(lonlat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`geodesic_measures` of each lon/lat (Multi)Polygon, its rings taken out in bulk:
+    one call of the geodesic solver per ring, no geometry walked in Python."""
+    parts, of_geometry = shapely.get_parts(lonlat, return_index=True)
+    rings, of_part = shapely.get_rings(parts, return_index=True)
+    coords, of_ring = shapely.get_coordinates(rings, return_index=True)
+    starts = np.searchsorted(of_ring, np.arange(len(rings) + 1))
+    area, perimeter = np.zeros(len(lonlat)), np.zeros(len(lonlat))
+    owner = of_geometry[of_part].tolist()
+    exterior = np.r_[True, of_part[1:] != of_part[:-1]].tolist()  # a part's first ring
+    spans = zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True)
+    for k, (start, stop) in enumerate(spans):
+        a, p = _GEOD.polygon_area_perimeter(coords[start:stop, 0], coords[start:stop, 1])
+        area[owner[k]] += a  # holes run the other way round: their area comes off
+        if exterior[k]:  # as pyproj's geometry_area_perimeter: outer boundaries only
+            perimeter[owner[k]] += p
+    return np.abs(area), perimeter
+
+
 def stable_id(scene_stem: str, class_name: str, polygon_px: BaseGeometry) -> str:
     """A 16-hex-digit id that depends only on the scene, the class and the pixel outline."""
-    digest = hashlib.sha1(scene_stem.encode() + b"\0" + class_name.encode() + b"\0")
-    digest.update(shapely.to_wkb(shapely.normalize(polygon_px)))
-    return digest.hexdigest()[:16]
+    return stable_ids(scene_stem, [class_name], np.array([polygon_px], dtype=object))[0]
+
+
+def stable_ids(scene_stem: str, class_names: Sequence[str], polygons_px: np.ndarray) -> list[str]:
+    """:func:`stable_id` of each ``(class_names[k], polygons_px[k])``, the outlines normalized
+    and encoded in one call each."""
+    wkbs = shapely.to_wkb(shapely.normalize(polygons_px)).tolist()
+    prefix = scene_stem.encode() + b"\0"
+    return [
+        hashlib.sha1(prefix + name.encode() + b"\0" + wkb).hexdigest()[:16]
+        for name, wkb in zip(class_names, wkbs, strict=True)
+    ]

@@ -86,7 +86,12 @@ def test_case10_signal_exits_cleanly(
     with open(err, "w") as stderr:
         proc = subprocess.Popen(
             run_cmd(
-                scene, out, "--scheduler", "processes", "--batch-size", "1",
+                scene,
+                out,
+                "--scheduler",
+                "processes",
+                "--batch-size",
+                "1",
                 model="tests.models:very_slow_oracle",
             ),
             env=ENV,
@@ -190,8 +195,6 @@ def _started(children: list[psutil.Process]) -> bool:
     past its start-up, with the very slow model's run still going."""
     try:
         now = time.time()
-        return all(
-            now - c.create_time() > 3.0 and sum(c.cpu_times()[:2]) > 0.3 for c in children
-        )
+        return all(now - c.create_time() > 3.0 and sum(c.cpu_times()[:2]) > 0.3 for c in children)
     except psutil.NoSuchProcess:
         return False

@@ -65,6 +65,21 @@ def test_offsets_step_by_stride_and_end_on_the_edge(length: int, tile: int, data
         assert all(b - a <= tile - overlap for a, b in itertools.pairwise(offsets))
 
 
+@settings(max_examples=40, deadline=None)
+@given(grids(), st.integers(1, 6))
+def test_bands_give_every_tile_once_a_column_at_a_time(grid: TileGrid, band_rows: int) -> None:
+    order = [t.index_yx for t in grid.in_bands(band_rows)]
+    assert sorted(order) == sorted(t.index_yx for t in grid)
+    n_rows, _ = grid.shape_tiles_yx
+    bands = [i // band_rows for i, _ in order]
+    assert bands == sorted(bands)  # band after band
+    for band in set(bands):  # inside a band: column by column, top to bottom
+        inside = [(j, i) for i, j in order if i // band_rows == band]
+        assert inside == sorted(inside)
+    if band_rows == 1:
+        assert order == [t.index_yx for t in grid]
+
+
 def test_scene_smaller_than_a_tile_is_one_tile_without_seams() -> None:
     grid = TileGrid.from_shape((40, 90), tile_px=128, overlap_px=32)
     (tile,) = list(grid)

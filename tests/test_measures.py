@@ -131,3 +131,35 @@ def test_regularize_run_keeps_building_areas(tmp_path: Path) -> None:
     ships = [gpd.read_file(tmp_path / d / "s.gpkg", layer="ship") for d in ("plain", "square")]
     assert shapely.equals(ships[0].geometry.values, ships[1].geometry.values).all()
     assert math.isfinite(square.area_m2.sum())
+
+
+def test_bulk_geodesic_measures_and_ids_equal_the_one_by_one_ones() -> None:
+    from pyproj import CRS
+
+    from geoseg.vectorize import (
+        GeoMeasures,
+        geodesic_measures,
+        geodesic_measures_bulk,
+        stable_id,
+        stable_ids,
+    )
+
+    rng = np.random.default_rng(3)
+    outlines = []
+    for k in range(60):
+        x, y = 500_000 + rng.uniform(0, 1e4), 4e6 + rng.uniform(0, 1e4)
+        shape_ = shapely.box(x, y, x + rng.uniform(5, 200), y + rng.uniform(5, 200))
+        if k % 3 == 0:  # a hole: its area comes off, its boundary is not in the perimeter
+            shape_ = shape_.difference(shapely.box(x + 2, y + 2, x + 4, y + 4))
+        if k % 4 == 0:
+            shape_ = shapely.MultiPolygon([shape_, shapely.box(x - 50, y - 50, x - 40, y - 30)])
+        outlines.append(shapely.normalize(shape_))
+    lonlat = GeoMeasures(CRS.from_epsg(32633)).to_lonlat(np.array(outlines, dtype=object))
+    areas, perimeters = geodesic_measures_bulk(lonlat)
+    expected = np.array([geodesic_measures(g) for g in lonlat])
+    np.testing.assert_array_equal(areas, expected[:, 0])
+    np.testing.assert_array_equal(perimeters, expected[:, 1])
+    names = ["building", "ship"] * 30
+    ids = stable_ids("scene", names, np.array(outlines, dtype=object))
+    assert ids == [stable_id("scene", n, o) for n, o in zip(names, outlines, strict=True)]
+    assert len(set(ids)) == len(ids)

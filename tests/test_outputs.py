@@ -185,9 +185,7 @@ def _chromium() -> str | None:
     _chromium() is None,
     reason="needs Chromium (Debian package 'chromium'; .ci/run installs it) to render the map",
 )
-def test_web_map_renders_every_feature_in_headless_chromium(
-    run_dir: Path, tmp_path: Path
-) -> None:
+def test_web_map_renders_every_feature_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     command = [
         _chromium(),
         "--headless",

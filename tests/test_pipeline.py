@@ -43,9 +43,27 @@ def test_graph_has_read_predict_vectorize_per_batch_and_no_model(street: Path) -
     tasks = scene_tasks(plan)
     assert len(tasks) == len(plan.batches) == -(-plan.n_tiles // 4)
     graph = dict(tasks[0].__dask_graph__())
-    names = {str(k).split("-")[0] for k in graph}
-    assert names == {"read_stage", "predict_stage", "vectorize_stage"}
+    names = {str(k).split("-")[1] for k in graph}
+    assert names == {"read", "predict", "vectorize"}
     assert len(pickle.dumps(tasks)) < 200_000  # specs and tiles, not a model
+
+
+def test_a_batch_is_a_column_of_a_band_of_tile_rows(street: Path) -> None:
+    from dataclasses import replace
+
+    from geoseg.plan import _band_rows
+
+    options = RunOptions(model=ORACLE, tile_px=64, overlap_px=16, batch_size=3)
+    plan = plan_scene(street, options)
+    assert plan.grid.shape_tiles_yx[0] > 3
+    for _, tiles in plan.batches[: plan.grid.shape_tiles_yx[1]]:
+        assert [t.index_yx for t in tiles] == [(i, tiles[0].index_yx[1]) for i in range(3)]
+    # a striped file so wide that a band's strips would not stay in GDAL's cache: row order
+    wide = replace(plan.scene, shape_yx=(4000, 40_000), file_shape_yx=(4000, 40_000))
+    default_tiles = replace(options, tile_px=512, overlap_px=128)
+    assert _band_rows(replace(wide, file_block_yx=(1, 40_000)), default_tiles) == 1
+    assert _band_rows(replace(wide, file_block_yx=(512, 512)), default_tiles) == 3
+    assert _band_rows(replace(wide, file_block_yx=(1, 40_000)), options) == 3  # 19 MB
 
 
 def test_runs_on_a_distributed_cluster(tmp_path: Path, street: Path) -> None:

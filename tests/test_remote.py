@@ -156,7 +156,6 @@ def same_outputs(a: Path, b: Path, stem: str, *, preview: bool = True) -> None:
         assert (a / f"{stem}_preview.png").read_bytes() == (b / f"{stem}_preview.png").read_bytes()
 
 
-
 def test_a_mostly_nodata_cog_over_http_reads_a_fraction_and_equals_the_local_run(
     tmp_path: Path, server: tuple[str, Served, Path]
 ) -> None:
