@@ -70,7 +70,6 @@ def test_offsets_step_by_stride_and_end_on_the_edge(length: int, tile: int, data
 def test_bands_give_every_tile_once_a_column_at_a_time(grid: TileGrid, band_rows: int) -> None:
     order = [t.index_yx for t in grid.in_bands(band_rows)]
     assert sorted(order) == sorted(t.index_yx for t in grid)
-    n_rows, _ = grid.shape_tiles_yx
     bands = [i // band_rows for i, _ in order]
     assert bands == sorted(bands)  # band after band
     for band in set(bands):  # inside a band: column by column, top to bottom
