@@ -19,6 +19,8 @@ class RunOptions:
     """Everything that decides what a run computes (the journal of a batch hashes these).
 
     ``tile_px``/``overlap_px``: tile size and the overlap (halo) between neighbours, in pixels.
+    ``batch_size``: tiles per model call and per Dask task (``None``: 4 on the CPU, sized to
+    the free memory on a GPU, see :func:`geoseg.gpu.auto_batch_size`).
     ``bands``: 1-based band indexes to read (``None``: RGB by colour interpretation, else the
     first three, else all). ``min_score``: drop instances scored below it, one threshold or
     one per class name (``None``: the thresholds the model was tuned to, else
@@ -36,7 +38,7 @@ class RunOptions:
     model: str = "default"
     tile_px: int = 512
     overlap_px: int = 128
-    batch_size: int = 4
+    batch_size: int | None = None
     device: str = "auto"
     min_score: float | dict[str, float] | None = None
     bands: tuple[int, ...] | None = None

@@ -22,6 +22,7 @@ import numpy as np
 from geoseg.config import DEFAULT_MIN_SCORE, RunOptions
 from geoseg.errors import UserInputError
 from geoseg.formats import check_formats
+from geoseg.gpu import auto_batch_size
 from geoseg.grid import Tile, TileGrid
 from geoseg.model.protocol import ModelInfo, describe_spec
 from geoseg.scene import SceneInfo, clamp_gsd, fit_gsd, open_scene
@@ -118,6 +119,8 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
         unknown = ", ".join(sorted(set(options.min_score) - set(info.classes)))
         if unknown:
             raise UserInputError(f"min_score names {unknown}, which the model does not know")
+    if options.batch_size is None:
+        options = replace(options, batch_size=auto_batch_size(options.device, options.tile_px))
     if options.batch_size < 1:
         raise UserInputError(f"--batch-size {options.batch_size} must be at least 1")
     if not 0 < options.merge_iou <= 1:
@@ -146,7 +149,7 @@ def _band_rows(scene: SceneInfo, options: RunOptions) -> int:
     """How many tile rows a band holds (see :meth:`TileGrid.in_bands`): one batch's worth,
     so a batch is a column of a band. A striped file (blocks as wide as the scene) whose band
     of strips would not stay in the block cache is swept row by row instead."""
-    rows = max(1, options.batch_size)
+    rows = max(1, options.batch_size or 1)
     block = scene.file_block_yx
     if rows == 1 or block is None or block[1] < scene.file_shape_yx[1]:
         return rows

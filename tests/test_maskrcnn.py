@@ -180,3 +180,38 @@ def test_default_with_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 def test_bad_device_is_a_user_error() -> None:
     with pytest.raises(UserInputError, match="device"):
         maskrcnn.resolve_device("tpu:7")
+
+
+def test_a_pass_that_runs_out_of_gpu_memory_is_halved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU every tile of a call goes through at once; when the GPU runs out of memory,
+    the pass is halved until it fits, with the same answers (no GPU here: the network's
+    forward pass is wrapped to fail as a GPU would above 2 tiles)."""
+    segmenter = untrained_segmenter(CLASSES, device="cpu", seed=3)
+    many = np.random.default_rng(1).random((5, 3, 64, 64), dtype=np.float32)
+    expected = segmenter.predict(many, min_score=0.0)
+    detect, sizes = segmenter._detect, []
+
+    def small_gpu(batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return detect(batch)
+
+    monkeypatch.setattr(segmenter, "_detect", small_gpu)
+    segmenter.batch_size = None  # as on a GPU: the whole call at once
+    got = segmenter.predict(many, min_score=0.0)
+    assert sizes == [5, 2, 2, 1] and segmenter.batch_size == 2
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
+
+
+def test_batches_are_sized_to_the_gpu_s_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geoseg import gpu
+
+    assert gpu.auto_batch_size("cpu", 512) == gpu.CPU_BATCH
+    if not torch.cuda.is_available():
+        assert gpu.auto_batch_size("auto", 512) == gpu.CPU_BATCH
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for free_gib, expected in ((80, gpu.MAX_GPU_BATCH), (3, 7), (0.5, gpu.CPU_BATCH)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _i, f=free_gib: (f * 2**30, 0))
+        assert gpu.auto_batch_size("cuda:0", 512) == expected

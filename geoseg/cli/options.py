@@ -132,7 +132,7 @@ _OPTIONS = [
         "--batch-size",
         type=click.IntRange(min=1),
         default=_DEFAULTS.batch_size,
-        show_default=True,
+        show_default="4 on the CPU, sized to the free memory on a GPU",
         help="Tiles per model call (and per Dask task).",
     ),
     click.option(

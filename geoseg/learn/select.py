@@ -51,6 +51,7 @@ from rasterio.windows import Window
 from geoseg.batch.inputs import output_stems, resolve_inputs
 from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, UserInputError
+from geoseg.gpu import auto_batch_size
 from geoseg.grid import PixelWindow, axis_offsets
 from geoseg.learn.coreset import Candidate, pick_random, pick_uncertain_diverse
 from geoseg.learn.uncertainty import embed_tiles, tile_uncertainty, two_views
@@ -311,14 +312,15 @@ def _score_all(
     scenes: Sequence[SceneRef], run: RunOptions, scheduler: Any, *, score: bool
 ) -> list[Candidate]:
     tasks = []
+    size = run.batch_size or auto_batch_size(run.device, run.tile_px)
     for index, scene in enumerate(scenes):
         windows = candidate_windows(scene.info.shape_yx, run.tile_px)
-        for k in range(0, len(windows), run.batch_size):
+        for k in range(0, len(windows), size):
             tasks.append(
                 dask.delayed(score_windows, pure=True)(
                     scene.info,
                     index,
-                    windows[k : k + run.batch_size],
+                    windows[k : k + size],
                     run.tile_px,
                     run.model,
                     run.device,

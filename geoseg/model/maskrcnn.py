@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import warnings
 from collections import OrderedDict
@@ -48,6 +49,7 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
+from geoseg.gpu import CPU_BATCH
 from geoseg.model.checkpoint import read_checkpoint
 from geoseg.model.checksum import file_sha256
 
@@ -68,6 +70,8 @@ __all__ = [
     "resolve_device",
 ]
 
+
+log = logging.getLogger(__name__)
 DEFAULT_CLASSES = ("building", "field", "ship")
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.pt"
 IMAGENET_BACKBONE = Path(__file__).parent / "weights" / "mobilenet_v2_imagenet.pt"
@@ -342,7 +346,7 @@ class MaskRCNNSegmenter:
         gsd_range_m: tuple[float, float] | None = None,
         normalization: Mapping[str, Any] | None = None,
         device: str = "auto",
-        batch_size: int = 4,
+        batch_size: int | None = None,
         min_score: float | Mapping[str, float] | None = None,
         class_gsd_range_m: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
@@ -355,8 +359,10 @@ class MaskRCNNSegmenter:
         self.min_score = min_score  # the thresholds tuned on validation data, if any
         self.class_gsd_range_m = dict(class_gsd_range_m) if class_gsd_range_m else None
         self.normalization = dict(normalization or network_normalization(arch))
-        self.batch_size = batch_size
         self._device = resolve_device(device)
+        # tiles per forward pass: on a GPU every tile of a call (the planner sized the call
+        # to its memory; a pass that runs out of memory is halved), on the CPU a few
+        self.batch_size = batch_size or (None if self._device.type == "cuda" else CPU_BATCH)
         self.device = str(self._device)
         self.network = network.to(self._device).eval()
         self._lock = threading.Lock()  # predict sets the network's score threshold per call
@@ -378,9 +384,22 @@ class MaskRCNNSegmenter:
         out: list[dict[str, np.ndarray]] = []
         with self._lock, torch.inference_mode():
             self.network.roi_heads.score_thresh = max(SCORE_FLOOR, float(min_score))
-            for start in range(0, len(tiles), self.batch_size):
-                batch = self._to_device(tiles[start : start + self.batch_size])
-                out.extend(_to_instances(det) for det in self._detect(batch))
+            start = 0
+            while start < len(tiles):
+                size = self.batch_size or len(tiles)
+                try:
+                    found = self._detect(self._to_device(tiles[start : start + size]))
+                except torch.cuda.OutOfMemoryError:
+                    if size == 1:
+                        raise
+                    self.batch_size = max(1, size // 2)
+                    torch.cuda.empty_cache()
+                    log.warning(
+                        "GPU out of memory at %d tiles a pass: %d from now", size, self.batch_size
+                    )
+                    continue
+                out.extend(_to_instances(det) for det in found)
+                start += size
         return out
 
     def _to_device(self, tiles: np.ndarray) -> torch.Tensor:
@@ -425,8 +444,9 @@ class MaskRCNNSegmenter:
         tiles = _three_bands(np.asarray(tiles, dtype=np.float32))
         out = []
         with self._lock, torch.inference_mode():
-            for start in range(0, len(tiles), self.batch_size):
-                batch = self._to_device(tiles[start : start + self.batch_size])
+            size = self.batch_size or len(tiles) or 1
+            for start in range(0, len(tiles), size):
+                batch = self._to_device(tiles[start : start + size])
                 images, _ = self.network.transform(list(batch))
                 levels = self.network.backbone(images.tensors).values()
                 out.append(torch.cat([f.float().mean(dim=(2, 3)) for f in levels], dim=1).cpu())
