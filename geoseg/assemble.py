@@ -22,7 +22,6 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import shapely
 
 from geoseg.config import RunOptions
 from geoseg.measures import SHIP_CLASSES, SHIP_COLUMNS, ship_dimensions
@@ -31,7 +30,7 @@ from geoseg.output import OutputStream, empty_layer, layer_columns
 from geoseg.plan import BatchResult, ScenePlan
 from geoseg.scene import SceneInfo, check_unchanged
 from geoseg.stitch import StitchedObject, StreamingStitcher, stitch
-from geoseg.vectorize import GeoMeasures, geodesic_measures_bulk, stable_ids, to_crs_polygon
+from geoseg.vectorize import GeoMeasures, geodesic_measures_bulk, stable_ids, to_crs_polygons
 
 __all__ = [
     "REGULAR_CLASSES",
@@ -89,7 +88,7 @@ class SceneAssembler:
             crs=plan.scene.crs,
             metadata=run_metadata(plan),
             formats=plan.options.formats,
-            extras_factory=(lambda _: self._visuals.writers()) if self._visuals else None,
+            extras=self._visuals.writers if self._visuals else None,
         )
 
     def __enter__(self) -> SceneAssembler:
@@ -219,7 +218,8 @@ def object_rows(
     classes, options = plan.model.classes, plan.options
     outlines = _outlines(objects, classes, options)
     squared = np.array([o is not obj.polygon_px for o, obj in zip(outlines, objects, strict=True)])
-    geometries = _to_crs(np.array(outlines, dtype=object), squared, scene, options)
+    simplify = np.where(squared, 0.0, options.simplify_px)  # squared outlines stay as they are
+    geometries = to_crs_polygons(np.array(outlines, dtype=object), scene.transform, simplify)
     lonlat = measures.to_lonlat(geometries)  # shapely.transform takes arrays: one call
     names = [classes[obj.label] for obj in objects]
     ids = stable_ids(scene.stem, names, np.array([o.polygon_px for o in objects], dtype=object))
@@ -253,32 +253,6 @@ def _outlines(
         for k, outline in zip(squared, squares, strict=True):
             outlines[k] = outline
     return outlines
-
-
-def _to_crs(
-    outlines: np.ndarray, squared: np.ndarray, scene: SceneInfo, options: RunOptions
-) -> np.ndarray:
-    """As :func:`~geoseg.vectorize.to_crs_polygon` on each outline (squared ones are not
-    simplified), in bulk: valid single polygons take the fast path, the rest the careful one."""
-    if options.simplify_px > 0 and (~squared).any():
-        outlines = outlines.copy()
-        outlines[~squared] = shapely.simplify(
-            outlines[~squared], options.simplify_px, preserve_topology=True
-        )
-    t = scene.transform
-
-    def affine(xy: np.ndarray) -> np.ndarray:  # as shapely.affinity.affine_transform computes it
-        x, y = xy.T
-        return np.stack([t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f]).T
-
-    mapped = shapely.transform(outlines, affine)
-    fast = shapely.is_valid(mapped) & (shapely.get_type_id(mapped) == 3)  # Polygon
-    out = np.empty(len(outlines), dtype=object)
-    if fast.any():
-        out[fast] = shapely.normalize(shapely.multipolygons(mapped[fast][:, None]))
-    for k in np.flatnonzero(~fast):
-        out[k] = to_crs_polygon(outlines[k], t, simplify_px=0.0)
-    return out
 
 
 def _wants_visuals(plan: ScenePlan) -> bool:

@@ -52,7 +52,7 @@ from geoseg.styles import write_gpkg_styles
 __all__ = [
     "COLUMNS",
     "DEFAULT_CHUNK_ROWS",
-    "ExtrasFactory",
+    "Extras",
     "OutputStream",
     "empty_layer",
     "geojson_features",
@@ -66,9 +66,9 @@ COLUMNS = ["id", "class", "score", "area_m2", "perimeter_m"]
 DEFAULT_CHUNK_ROWS = 4096
 """Objects an :class:`OutputStream` buffers before it appends them to the files."""
 
-ExtrasFactory = Callable[[Mapping[str, gpd.GeoDataFrame]], Sequence[tuple[str, Writer]]]
-"""Given every class layer (read lazily from the staged GeoPackage), the extra files to write
-as ``(file name, writer)``: the preview and the web map."""
+Extras = Callable[[], Sequence[tuple[str, Writer]]]
+"""Called at commit: the extra files to write as ``(file name, writer)`` (the preview and the
+web map, drawn while the objects were written)."""
 
 _WGS84 = "EPSG:4326"
 _GEOJSON_DECIMALS = 7  # what GDAL writes with RFC7946=YES
@@ -101,7 +101,7 @@ class OutputStream:
     ``classes`` are the class layers, in order; ``schema`` gives each an empty frame with its
     columns and dtypes (default :func:`empty_layer`); every frame passed to :meth:`write` must
     have those columns and be in ``crs``. ``formats`` are those of ``--format``;
-    ``extras_factory`` makes the extra files at commit time (:data:`ExtrasFactory`).
+    ``extras`` gives the extra files at commit time (:data:`Extras`).
 
     The files are written in a staging folder inside ``outdir`` (held under a lock, so other
     runs' clean-up leaves it alone) and put in place by :meth:`commit`, all or none, replacing
@@ -126,7 +126,7 @@ class OutputStream:
         metadata: Mapping[str, str],
         formats: Sequence[str] = ("gpkg", "geojson"),
         schema: Mapping[str, gpd.GeoDataFrame] | None = None,
-        extras_factory: ExtrasFactory | None = None,
+        extras: Extras | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
     ) -> None:
         if chunk_rows < 1:
@@ -142,7 +142,7 @@ class OutputStream:
         self.chunk_rows = chunk_rows
         self.counts: dict[str, int] = {name: 0 for name in self.classes}
         """Objects written so far (buffered ones included), per class."""
-        self._extras_factory = extras_factory
+        self._extras = extras
         self._templates = {
             name: (schema[name] if schema is not None else empty_layer(name, self.crs)).iloc[:0]
             for name in self.classes
@@ -177,10 +177,10 @@ class OutputStream:
     @property
     def _gpkg(self) -> Path | None:
         """The GeoPackage being written: an output, or a work file that the FlatGeobuf files
-        and the extras are made from; ``None`` if nothing needs it."""
+        are made from; ``None`` if nothing needs it."""
         if "gpkg" in self.formats:
             return self._live.tmp(self.outdir / f"{self.stem}.gpkg")
-        if "fgb" in self.formats or self._extras_factory is not None:
+        if "fgb" in self.formats:
             return self._live.path / f".{self.stem}.work.gpkg"
         return None
 
@@ -279,8 +279,8 @@ class OutputStream:
                 for name in self.classes:
                     final = self._final(name, LAYER_FORMATS["fgb"])
                     staging.write(final, lambda tmp, n=name: gpkg_layer_to_fgb(gpkg, n, tmp))
-            if self._extras_factory is not None and gpkg is not None:
-                for file_name, writer in self._extras_factory(_StagedLayers(gpkg, self.classes)):
+            if self._extras is not None:
+                for file_name, writer in self._extras():
                     final = self.outdir / file_name
                     staging.write(final, writer)
                     finals.append(final)
@@ -312,28 +312,6 @@ class OutputStream:
         self.abort()  # after a commit: nothing left to do
 
 
-class _StagedLayers(Mapping[str, gpd.GeoDataFrame]):
-    """The class layers of a staged GeoPackage, each read on first use."""
-
-    def __init__(self, gpkg: Path, classes: Sequence[str]) -> None:
-        self._gpkg = gpkg
-        self._classes = tuple(classes)
-        self._read: dict[str, gpd.GeoDataFrame] = {}
-
-    def __getitem__(self, name: str) -> gpd.GeoDataFrame:
-        if name not in self._classes:
-            raise KeyError(name)
-        if name not in self._read:
-            self._read[name] = pyogrio.read_dataframe(self._gpkg, layer=name, use_arrow=True)
-        return self._read[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._classes)
-
-    def __len__(self) -> int:
-        return len(self._classes)
-
-
 def write_outputs(
     layers: Mapping[str, gpd.GeoDataFrame],
     outdir: str | Path,
@@ -361,7 +339,7 @@ def write_outputs(
         metadata=metadata,
         formats=formats,
         schema=layers,
-        extras_factory=(lambda _: extras) if extras else None,
+        extras=(lambda: extras) if extras else None,
         chunk_rows=max(1, sum(len(f) for f in layers.values())),
     ) as stream:
         stream.write(layers)

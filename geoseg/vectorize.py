@@ -35,6 +35,7 @@ __all__ = [
     "stable_id",
     "stable_ids",
     "to_crs_polygon",
+    "to_crs_polygons",
 ]
 
 _GEOD = Geod(ellps="WGS84")
@@ -121,6 +122,32 @@ def to_crs_polygon(
     if merged.geom_type == "Polygon":
         merged = shapely.MultiPolygon([merged])
     return shapely.normalize(merged)
+
+
+def to_crs_polygons(
+    polygons_px: np.ndarray, transform: Affine, simplify_px: np.ndarray
+) -> np.ndarray:
+    """:func:`to_crs_polygon` of each outline, with its own ``simplify_px``, in bulk: valid
+    single polygons take one shapely call per step, the rest the careful path one by one."""
+    polygons_px = polygons_px.copy()
+    simplified = simplify_px > 0
+    for tolerance in np.unique(simplify_px[simplified]):
+        these = simplify_px == tolerance
+        polygons_px[these] = shapely.simplify(polygons_px[these], tolerance, preserve_topology=True)
+    t = transform
+
+    def affine(xy: np.ndarray) -> np.ndarray:  # as shapely.affinity.affine_transform computes it
+        x, y = xy.T
+        return np.stack([t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f]).T
+
+    mapped = shapely.transform(polygons_px, affine)
+    fast = shapely.is_valid(mapped) & (shapely.get_type_id(mapped) == 3)  # Polygon
+    out = np.empty(len(polygons_px), dtype=object)
+    if fast.any():
+        out[fast] = shapely.normalize(shapely.multipolygons(mapped[fast][:, None]))
+    for k in np.flatnonzero(~fast):
+        out[k] = to_crs_polygon(polygons_px[k], t, simplify_px=0.0)
+    return out
 
 
 class GeoMeasures:

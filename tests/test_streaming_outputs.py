@@ -239,7 +239,7 @@ def test_a_failure_at_commit_keeps_the_old_outputs(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="preview broke"):
         stream(tmp_path, chunked(scene_layers(30), 5),
-               extras_factory=lambda layers: [("city_preview.png", broken)])  # fmt: skip
+               extras=lambda: [("city_preview.png", broken)])  # fmt: skip
     assert snapshot(tmp_path) == before
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]
 
@@ -309,18 +309,20 @@ def test_the_stream_holds_at_most_a_chunk_of_objects(tmp_path: Path, monkeypatch
     assert len(pyogrio.read_dataframe(tmp_path / "city.gpkg", layer="building")) == 100
 
 
-def test_extras_get_every_layer_read_back(tmp_path: Path) -> None:
-    seen: dict[str, int] = {}
+def test_extras_are_written_without_a_work_geopackage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpkg_writes = []
+    real = output._write_gpkg
+    monkeypatch.setattr(
+        output, "_write_gpkg", lambda tmp, **kw: (gpkg_writes.append(tmp), real(tmp, **kw))
+    )
 
-    def factory(layers):
-        def write(tmp: Path) -> None:
-            seen.update({name: len(frame) for name, frame in layers.items()})
-            tmp.write_text("drawn")
-
-        return [("city_preview.png", write)]
+    def write(tmp: Path) -> None:
+        tmp.write_text("drawn")
 
     paths = stream(tmp_path, chunked(scene_layers(20), 4), formats=("geojson",),
-                   extras_factory=factory)  # fmt: skip
-    assert seen == {"building": 20, "field": 0, "ship": 5}
+                   extras=lambda: [("city_preview.png", write)])  # fmt: skip
     assert [p.name for p in paths][-1] == "city_preview.png"
-    assert "city.gpkg" not in visible(tmp_path)  # the work copy is not an output
+    assert (tmp_path / "city_preview.png").read_text() == "drawn"
+    assert gpkg_writes == [] and "city.gpkg" not in visible(tmp_path)
