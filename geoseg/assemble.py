@@ -34,6 +34,7 @@ from geoseg.vectorize import GeoMeasures, geodesic_measures_bulk, stable_ids, to
 
 __all__ = [
     "REGULAR_CLASSES",
+    "WRITE_OBJECTS",
     "RunResult",
     "SceneAssembler",
     "SceneVisuals",
@@ -65,6 +66,12 @@ class RunResult:
         return self.n_tiles / self.seconds if self.seconds > 0 else float("inf")
 
 
+WRITE_OBJECTS = 1024
+"""Final objects gathered before they are written: each write has a fixed cost (frames, GPKG
+and GeoJSON appends, the preview and web map chunks), so a few objects at a time, as a fast
+model in plan order finalizes them, would make the writer the bottleneck."""
+
+
 class SceneAssembler:
     """Stitches and writes one scene while its batches finish (see the module doc).
 
@@ -77,6 +84,7 @@ class SceneAssembler:
         self.stem = stem or plan.scene.stem
         merge_iou = plan.options.merge_iou
         self._stitchers = [StreamingStitcher(p.grid, merge_iou=merge_iou) for p in plan.passes]
+        self._final: list[list[StitchedObject]] = [[] for _ in plan.passes]  # not written yet
         self._measures = GeoMeasures(plan.scene.crs)
         self._n_tiles = 0
         self._n_skipped = 0
@@ -109,12 +117,17 @@ class SceneAssembler:
         final = self._stitchers[result.pass_index].add(tiles, result.fragments)
         self._n_tiles += result.n_tiles
         self._n_skipped += result.n_skipped
-        self._write(result.pass_index, final)
+        waiting = self._final[result.pass_index]
+        waiting += final
+        if len(waiting) >= WRITE_OBJECTS:
+            self._write(result.pass_index, waiting)
+            waiting.clear()
 
     def finish(self, *, seconds: float) -> RunResult:
         """Write what is left, check the scene is unchanged, and commit the outputs."""
         for k, stitcher in enumerate(self._stitchers):
-            self._write(k, stitcher.finish())
+            self._write(k, [*self._final[k], *stitcher.finish()])
+            self._final[k].clear()
         for reading in self.plan.passes:
             check_unchanged(reading.scene)
         outputs = self._output.commit()
@@ -134,6 +147,12 @@ class SceneAssembler:
     def n_held(self) -> int:
         """Fragments and objects the stitchers hold (the frontier)."""
         return sum(s.n_fragments_held + s.n_objects_held for s in self._stitchers)
+
+    @property
+    def n_unwritten(self) -> int:
+        """Final objects gathered for the next write (fewer than :data:`WRITE_OBJECTS` a pass
+        between calls)."""
+        return sum(len(f) for f in self._final)
 
     def _write(self, pass_index: int, objects: Sequence[StitchedObject]) -> None:
         if objects:

@@ -13,7 +13,7 @@ import pyogrio
 import pytest
 from dask.system import CPU_COUNT
 
-from geoseg.assemble import SceneAssembler, objects_to_layers, stitch_passes
+from geoseg.assemble import WRITE_OBJECTS, SceneAssembler, objects_to_layers, stitch_passes
 from geoseg.compute import EXTRA_THREADS, compute_tasks, iter_results
 from geoseg.config import RunOptions
 from geoseg.pipeline import plan_scene, run_scene, scene_tasks
@@ -79,6 +79,7 @@ def test_frontier_stays_a_few_tile_rows(tmp_path: Path, tall: Path) -> None:
         for result in results:  # in batch (row-major) order
             assembler.add(result)
             held.append(assembler.n_held)
+            assert assembler.n_unwritten < WRITE_OBJECTS * len(plan.passes)
         outcome = assembler.finish(seconds=1.0)
     n_rows = plan.grid.shape_tiles_yx[0]
     per_row = sum(len(r.fragments) for r in results) / n_rows
