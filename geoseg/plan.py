@@ -25,7 +25,7 @@ from geoseg.formats import check_formats
 from geoseg.gpu import auto_batch_size
 from geoseg.grid import Tile, TileGrid
 from geoseg.model.protocol import ModelInfo, describe_spec
-from geoseg.scene import SceneInfo, clamp_gsd, fit_gsd, open_scene
+from geoseg.scene import READ_ENV, SceneInfo, clamp_gsd, fit_gsd, open_scene
 from geoseg.stitch import Fragment
 
 __all__ = [
@@ -140,16 +140,16 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     return ScenePlan(tuple(passes), tuple(batches), options, info, tuple(notes))
 
 
-BAND_CACHE_BYTES = 64 * 2**20
-"""A striped file is swept in bands only when a band's strips fit in this much of GDAL's block
-cache (half of :data:`geoseg.scene.READ_ENV`'s): each strip is then decoded once."""
+BAND_CACHE_BYTES = READ_ENV["GDAL_CACHEMAX"] * 2**20 // 2
+"""A striped file is swept in bands only when a band's strips fit in half of GDAL's block cache
+for scene reads (:data:`geoseg.scene.READ_ENV`, in MB): each strip is then decoded once."""
 
 
 def _band_rows(scene: SceneInfo, options: RunOptions) -> int:
     """How many tile rows a band holds (see :meth:`TileGrid.in_bands`): one batch's worth,
     so a batch is a column of a band. A striped file (blocks as wide as the scene) whose band
     of strips would not stay in the block cache is swept row by row instead."""
-    rows = max(1, options.batch_size or 1)
+    rows = options.batch_size or 1  # resolved by plan_scene
     block = scene.file_block_yx
     if rows == 1 or block is None or block[1] < scene.file_shape_yx[1]:
         return rows

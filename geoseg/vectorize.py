@@ -30,9 +30,7 @@ __all__ = [
     "GeoMeasures",
     "crop_to_polygon",
     "crops_to_polygons",
-    "geodesic_measures",
     "geodesic_measures_bulk",
-    "stable_id",
     "stable_ids",
     "to_crs_polygon",
     "to_crs_polygons",
@@ -161,19 +159,12 @@ class GeoMeasures:
             geometry, lambda xy: np.column_stack(self._to_lonlat.transform(xy[:, 0], xy[:, 1]))
         )
 
-    def area_perimeter(self, geometry: BaseGeometry) -> tuple[float, float]:
-        return geodesic_measures(self.to_lonlat(geometry))
-
-
-def geodesic_measures(lonlat: BaseGeometry) -> tuple[float, float]:
-    """``(area_m2, perimeter_m)`` of a lon/lat geometry on the WGS84 ellipsoid."""
-    area, perimeter = _GEOD.geometry_area_perimeter(lonlat)
-    return abs(float(area)), float(perimeter)
-
 
 def geodesic_measures_bulk(lonlat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`geodesic_measures` of each lon/lat (Multi)Polygon, its rings taken out in bulk:
-    one call of the geodesic solver per ring, no geometry walked in Python."""
+    """``(area_m2, perimeter_m)`` of each lon/lat (Multi)Polygon on the WGS84 ellipsoid, as
+    pyproj's ``Geod.geometry_area_perimeter`` gives them (area without the holes, made
+    positive; perimeter of the outer boundaries), its rings taken out in bulk: one call of the
+    geodesic solver per ring, no geometry walked in Python."""
     parts, of_geometry = shapely.get_parts(lonlat, return_index=True)
     rings, of_part = shapely.get_rings(parts, return_index=True)
     coords, of_ring = shapely.get_coordinates(rings, return_index=True)
@@ -190,14 +181,10 @@ def geodesic_measures_bulk(lonlat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.abs(area), perimeter
 
 
-def stable_id(scene_stem: str, class_name: str, polygon_px: BaseGeometry) -> str:
-    """A 16-hex-digit id that depends only on the scene, the class and the pixel outline."""
-    return stable_ids(scene_stem, [class_name], np.array([polygon_px], dtype=object))[0]
-
-
 def stable_ids(scene_stem: str, class_names: Sequence[str], polygons_px: np.ndarray) -> list[str]:
-    """:func:`stable_id` of each ``(class_names[k], polygons_px[k])``, the outlines normalized
-    and encoded in one call each."""
+    """A 16-hex-digit id for each ``(class_names[k], polygons_px[k])`` that depends only on the
+    scene, the class and the pixel outline (SHA-1 of ``stem \\0 class \\0`` and the normalized
+    outline's WKB); the outlines are normalized and encoded in one call each."""
     wkbs = shapely.to_wkb(shapely.normalize(polygons_px)).tolist()
     prefix = scene_stem.encode() + b"\0"
     return [

@@ -28,10 +28,10 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -70,8 +70,9 @@ __all__ = [
     "resolve_device",
 ]
 
-
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 DEFAULT_CLASSES = ("building", "field", "ship")
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.pt"
 IMAGENET_BACKBONE = Path(__file__).parent / "weights" / "mobilenet_v2_imagenet.pt"
@@ -384,23 +385,27 @@ class MaskRCNNSegmenter:
         out: list[dict[str, np.ndarray]] = []
         with self._lock, torch.inference_mode():
             self.network.roi_heads.score_thresh = max(SCORE_FLOOR, float(min_score))
-            start = 0
-            while start < len(tiles):
-                size = self.batch_size or len(tiles)
-                try:
-                    found = self._detect(self._to_device(tiles[start : start + size]))
-                except torch.cuda.OutOfMemoryError:
-                    if size == 1:
-                        raise
-                    self.batch_size = max(1, size // 2)
-                    torch.cuda.empty_cache()
-                    log.warning(
-                        "GPU out of memory at %d tiles a pass: %d from now", size, self.batch_size
-                    )
-                    continue
+            for found in self._in_passes(tiles, self._detect):
                 out.extend(_to_instances(det) for det in found)
-                start += size
         return out
+
+    def _in_passes(self, tiles: np.ndarray, forward: Callable[[torch.Tensor], T]) -> Iterator[T]:
+        """``forward`` of each pass of :attr:`batch_size` tiles (all of them when ``None``), on
+        the network's device; a pass that runs out of GPU memory is halved, for good."""
+        start = 0
+        while start < len(tiles):
+            size = self.batch_size or len(tiles)
+            try:
+                result = forward(self._to_device(tiles[start : start + size]))
+            except torch.cuda.OutOfMemoryError:
+                if size == 1:
+                    raise
+                self.batch_size = size // 2
+                torch.cuda.empty_cache()
+                log.warning("GPU out of memory at %d tiles a pass: %d from now", size, size // 2)
+                continue
+            yield result
+            start += size
 
     def _to_device(self, tiles: np.ndarray) -> torch.Tensor:
         """A batch on the network's device: through pinned memory, asynchronously, on CUDA."""
@@ -442,17 +447,16 @@ class MaskRCNNSegmenter:
         network lie close together.
         """
         tiles = _three_bands(np.asarray(tiles, dtype=np.float32))
-        out = []
         with self._lock, torch.inference_mode():
-            size = self.batch_size or len(tiles) or 1
-            for start in range(0, len(tiles), size):
-                batch = self._to_device(tiles[start : start + size])
-                images, _ = self.network.transform(list(batch))
-                levels = self.network.backbone(images.tensors).values()
-                out.append(torch.cat([f.float().mean(dim=(2, 3)) for f in levels], dim=1).cpu())
+            out = list(self._in_passes(tiles, self._pooled_features))
         if not out:
             return np.zeros((0, 0), dtype=np.float32)
         return torch.cat(out).numpy().astype(np.float32)
+
+    def _pooled_features(self, batch: torch.Tensor) -> torch.Tensor:
+        images, _ = self.network.transform(list(batch))
+        levels = self.network.backbone(images.tensors).values()
+        return torch.cat([f.float().mean(dim=(2, 3)) for f in levels], dim=1).cpu()
 
 
 def _three_bands(tiles: np.ndarray) -> np.ndarray:
