@@ -27,6 +27,7 @@ This module needs only the standard library; it imports neither rasterio nor tor
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterator
@@ -136,6 +137,25 @@ def core_bounds(offsets: list[int], tile_px: int, length_px: int) -> list[tuple[
     return list(itertools.pairwise(cuts))
 
 
+_Axes = tuple[
+    tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]
+]
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_axes(shape_yx: tuple[int, int], tile_px: int, overlap_px: int) -> _Axes:
+    """Tile offsets and cores along both axes (cached: every ``TileGrid.tile`` call needs them)."""
+    height, width = shape_yx
+    rows = axis_offsets(height, tile_px, overlap_px)
+    cols = axis_offsets(width, tile_px, overlap_px)
+    return (
+        tuple(rows),
+        tuple(cols),
+        tuple(core_bounds(rows, tile_px, height)),
+        tuple(core_bounds(cols, tile_px, width)),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TileGrid:
     """Overlapping tiles that cover a scene of ``shape_yx`` pixels, edges included.
@@ -166,16 +186,8 @@ class TileGrid:
             )
         return cls((int(height), int(width)), int(tile_px), int(overlap_px))
 
-    def _axes(self) -> tuple[list[int], list[int], list[tuple[int, int]], list[tuple[int, int]]]:
-        height, width = self.shape_yx
-        rows = axis_offsets(height, self.tile_px, self.overlap_px)
-        cols = axis_offsets(width, self.tile_px, self.overlap_px)
-        return (
-            rows,
-            cols,
-            core_bounds(rows, self.tile_px, height),
-            core_bounds(cols, self.tile_px, width),
-        )
+    def _axes(self) -> _Axes:
+        return _grid_axes(self.shape_yx, self.tile_px, self.overlap_px)
 
     @property
     def shape_tiles_yx(self) -> tuple[int, int]:

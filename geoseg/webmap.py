@@ -4,7 +4,8 @@ Leaflet (vendored from its npm package under ``geoseg/static/leaflet/``, BSD 2-C
 inlined with its stylesheet; the quick-look (:mod:`geoseg.preview`) is warped to Web Mercator
 and embedded as a PNG image overlay; each class is a GeoJSON layer (WGS84, 7 decimals) in its
 class colour that the layer control switches on and off, and clicking an object shows its
-attributes. Each class's paths carry the CSS class ``geoseg-<class>``.
+attributes. Each class's paths carry the CSS class ``geoseg-<class>``, except on a map of more
+than :data:`CANVAS_OBJECTS` objects, which is drawn on a canvas.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ from geoseg.output import geojson_features
 from geoseg.preview import QuickLook
 from geoseg.styles import class_colours
 
-__all__ = ["WebMapBuilder", "css_class"]
+__all__ = ["CANVAS_OBJECTS", "WebMapBuilder", "css_class"]
 
 _WEB_MERCATOR = "EPSG:3857"
+
+CANVAS_OBJECTS = 5_000
+"""Above this many objects the map draws on one canvas (Leaflet's ``preferCanvas``) instead of
+one SVG element per object, which browsers cannot pan smoothly at city scale; the paths then
+carry no CSS class."""
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -67,7 +73,7 @@ function popup(props) {
       Math.round(v * 1000) / 1000 : v) + "</td></tr>");
   return "<div class='geoseg-popup'><table>" + rows.join("") + "</table></div>";
 }
-const map = L.map("map");
+const map = L.map("map", {preferCanvas: DATA.canvas});
 const overlays = {};
 let bounds = null;
 if (DATA.image) {
@@ -161,7 +167,10 @@ def _page_parts(
     yield before.replace("__LEAFLET_JS__", (static / "leaflet.js").read_text())
     colours = class_colours([name for name, _, _ in classes])
     image = _image_overlay(look) if look is not None else None
-    head = json.dumps({"title": title, "image": image}, separators=(",", ":"), allow_nan=False)
+    canvas = sum(count for _, count, _ in classes) > CANVAS_OBJECTS
+    head = json.dumps(
+        {"title": title, "image": image, "canvas": canvas}, separators=(",", ":"), allow_nan=False
+    )
     yield _script_safe(head[:-1]) + ',"classes":['
     for k, (name, count, texts) in enumerate(classes):
         meta = {"name": name, "css": css_class(name), "colour": colours[name], "count": count}

@@ -19,6 +19,7 @@ import shapely
 from click.testing import CliRunner
 from PIL import Image
 
+from geoseg import webmap
 from geoseg.cli import cli
 from geoseg.config import RunOptions
 from geoseg.pipeline import run_scene
@@ -181,13 +182,10 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(
-    _chromium() is None,
-    reason="needs Chromium (Debian package 'chromium'; .ci/run installs it) to render the map",
-)
-def test_web_map_renders_every_feature_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
+def _render(html: Path, tmp_path: Path) -> str:
+    """The DOM of ``html`` once headless Chromium has run its scripts."""
     command = [
-        _chromium(),
+        str(_chromium()),
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -196,9 +194,17 @@ def test_web_map_renders_every_feature_in_headless_chromium(run_dir: Path, tmp_p
         f"--user-data-dir={tmp_path / 'profile'}",
         "--virtual-time-budget=5000",
         "--dump-dom",
-        (run_dir / "town.html").as_uri(),
+        html.as_uri(),
     ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="needs Chromium (Debian package 'chromium'; .ci/run installs it) to render the map",
+)
+def test_web_map_renders_every_feature_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
+    dom = _render(run_dir / "town.html", tmp_path)
     assert 'data-geoseg-ready="1"' in dom  # the script ran to its end
     drawn = {
         name: len(re.findall(rf'<path class="geoseg-{name} leaflet-interactive"', dom))
@@ -207,3 +213,21 @@ def test_web_map_renders_every_feature_in_headless_chromium(run_dir: Path, tmp_p
     assert drawn == COUNTS
     assert len(re.findall(r'<img [^>]*class="leaflet-image-layer', dom)) == 1
     assert "building (2)" in dom and "ship (3)" in dom  # the layer switcher
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Chromium to render the map")
+def test_a_web_map_of_many_objects_is_drawn_on_a_canvas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webmap, "CANVAS_OBJECTS", 5)  # six objects: "many"
+    ids, class_of = paint()
+    scene = write_coded_scene(
+        tmp_path / "town.tif", ids, class_of, transform=UTM_TRANSFORM, crs=UTM
+    )
+    options = RunOptions(model=ORACLE, tile_px=128, overlap_px=48, formats=("gpkg",))
+    run_scene(scene, tmp_path / "out", options=options)
+    dom = _render(tmp_path / "out" / "town.html", tmp_path)
+    assert 'data-geoseg-ready="1"' in dom
+    assert len(re.findall(r"<canvas ", dom)) == 1
+    assert '<path class="geoseg-' not in dom  # no SVG path per object
+    assert "building (2)" in dom and "field (1)" in dom and "ship (3)" in dom

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -110,3 +111,26 @@ def test_a_class_too_fine_for_the_scene_is_left_out_with_a_note(tmp_path: Path) 
     assert note.startswith("building not searched") and "5 m" in note
     result = run_scene(path, tmp_path / "out", options=plan.options)
     assert result.counts == {"building": 0, "field": 1, "ship": 0}
+
+
+def test_a_small_scene_is_read_no_coarser_than_half_a_tile_across(tmp_path: Path) -> None:
+    """Fields (2 m or coarser) on a 0.5 m scene 200 px across with 128 px tiles: 2 m would
+    leave 50 px, so they are read at 0.5 * 200 / 64 = 1.5625 m; still exact and whole."""
+    transform = Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000)
+    ids = np.zeros((200, 240), dtype=np.int32)
+    ids[16:112, 24:200] = 1  # a field
+    ids[150:170, 60:80] = 2  # a building
+    path = write_coded_scene(
+        tmp_path / "small.tif", ids, {1: 1, 2: 0}, transform=transform, crs="EPSG:32633"
+    )
+    options = RunOptions(
+        model="tests.models:class_scale_oracle", tile_px=128, overlap_px=32, simplify_px=0
+    )
+    plan = plan_scene(path, options)
+    assert plan.class_gsd_m() == {"building": 0.5, "ship": 0.5, "field": 1.5625}
+    assert min(plan.passes[1].scene.shape_yx) == 64
+    result = run_scene(path, tmp_path / "out", options=options)
+    assert result.counts == {"building": 1, "field": 1, "ship": 0}
+    # with bigger tiles the cap would be finer than the scene: the scene is read as it is
+    plan = plan_scene(path, replace(options, tile_px=512, overlap_px=64))
+    assert [p.scene.gsd_m for p in plan.passes] == [0.5]

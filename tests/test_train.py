@@ -16,7 +16,15 @@ from affine import Affine
 from geoseg.cli import main
 from geoseg.config import DEFAULT_MIN_SCORE
 from geoseg.errors import LabelError, UserInputError
-from geoseg.learn.chips import chip_windows, cut_chips, read_labels, targets_from_ids
+from geoseg.learn.chips import (
+    ZOOM_RANGE,
+    Chip,
+    augment,
+    chip_windows,
+    cut_chips,
+    read_labels,
+    targets_from_ids,
+)
 from geoseg.learn.train import (
     SCORE_GRID,
     LabelSource,
@@ -285,3 +293,26 @@ def test_fine_tuning_keeps_the_gsds_its_start_learned(
         options=TrainOptions(**{**_kw(options), "init": "none", "arch": TINY}),
     )
     assert fresh.gsd_range_m == (1.0, 1.0)
+
+
+def test_augmented_chips_keep_pixels_and_labels_together() -> None:
+    """Turns, zooms, band shuffles and blurs move the pixels and the instance ids as one: the
+    labelled object stays the bright one, and zoomed copies change its size within the range."""
+    ids = np.zeros((128, 128), dtype=np.int32)
+    ids[40:80, 30:90] = 1
+    pixels = np.full((3, 128, 128), 40, dtype=np.uint8)
+    pixels[:, ids == 1] = 220
+    chip = Chip(pixels, np.ones_like(ids, bool), ids, np.array([0]), "x", None, 1.0, "train")
+    rng = np.random.default_rng(0)
+    areas = []
+    for _ in range(60):
+        out, out_ids = augment(chip, rng)
+        assert out.shape == (3, 128, 128) and out.dtype == np.float32 and out_ids.dtype == ids.dtype
+        assert set(np.unique(out_ids)) <= {0, 1}
+        inside = out[:, out_ids == 1].mean()
+        outside = out[:, (out_ids == 0) & (out.sum(axis=0) > 0)].mean()
+        assert inside > outside
+        areas.append(int((out_ids == 1).sum()))
+    low, high = (round(2400 * f**2) for f in ZOOM_RANGE)
+    assert all(low * 0.9 <= a <= high * 1.1 for a in areas)
+    assert min(areas) < 2400 * 0.95 and max(areas) > 2400 * 1.05  # some chips were zoomed

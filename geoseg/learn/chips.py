@@ -33,6 +33,7 @@ import pyogrio
 import shapely
 from affine import Affine
 from rasterio import features
+from scipy import ndimage
 
 from geoseg.errors import LabelError, first_line
 from geoseg.grid import PixelWindow
@@ -305,29 +306,69 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(pixels[:3], 0.0, 1.0) * 255).astype(np.uint8)
 
 
+ZOOM_RANGE = (0.8, 1.25)
+"""Training zooms each chip by a factor drawn log-uniformly from this range (half the chips):
+objects of one labelled GSD are seen at the sizes of nearby GSDs."""
+
+
 def augment(chip: Chip, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A randomly flipped, turned and radiometrically jittered copy of a chip.
+    """A randomly flipped, turned, zoomed and radiometrically jittered copy of a chip.
 
     Returns float32 pixels ``(3, H, W)`` in 0..1 (0 where invalid) and the matching instance
-    ids. Jitter: per-band gain and offset, a gamma, sensor noise, and sometimes grey (as a
-    panchromatic band repeated to three would be).
+    ids. Geometry: a turn, a flip, and for half the chips a zoom in :data:`ZOOM_RANGE` (cropped
+    or padded with invalid pixels back to the chip's size). Colour: sometimes grey (as a
+    panchromatic band repeated to three would be), else sometimes the bands in another order and
+    a saturation change, so that no roof or field colour is a shortcut; then per-band gain and
+    offset, a gamma, sometimes a blur (a softer sensor) and sensor noise.
     """
     pixels = chip.pixels.astype(np.float32) / 255.0
     ids, valid = chip.ids, chip.valid
     k = int(rng.integers(4))
     flip = bool(rng.integers(2))
     pixels, ids, valid = (_turn(a, k, flip) for a in (pixels, ids, valid))
+    if rng.random() < 0.5:
+        factor = math.exp(rng.uniform(math.log(ZOOM_RANGE[0]), math.log(ZOOM_RANGE[1])))
+        pixels, ids, valid = _zoom(pixels, ids, valid, factor, rng)
     if rng.random() < 0.2:
         pixels = np.repeat(pixels.mean(axis=0, keepdims=True), 3, axis=0)
+    else:
+        if rng.random() < 0.25:
+            pixels = pixels[rng.permutation(3)]
+        grey = pixels.mean(axis=0, keepdims=True)
+        pixels = grey + rng.uniform(0.6, 1.4) * (pixels - grey)
     gain = rng.uniform(0.75, 1.25) * rng.uniform(0.9, 1.1, size=(3, 1, 1))
     offset = rng.uniform(-0.08, 0.08) + rng.uniform(-0.03, 0.03, size=(3, 1, 1))
     gamma = math.exp(rng.uniform(-0.35, 0.35))
     pixels = np.clip(pixels * gain + offset, 0.0, 1.0) ** gamma
+    if rng.random() < 0.2:
+        pixels = ndimage.gaussian_filter(pixels, sigma=(0.0, *(2 * [rng.uniform(0.5, 1.2)])))
     if rng.random() < 0.5:
         pixels = pixels + rng.normal(0.0, rng.uniform(0.0, 0.03), size=pixels.shape)
     pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
     pixels[:, ~valid] = 0.0
     return np.ascontiguousarray(pixels), np.ascontiguousarray(ids)
+
+
+def _zoom(
+    pixels: np.ndarray, ids: np.ndarray, valid: np.ndarray, factor: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels, ids and validity zoomed by ``factor``, cut or padded back to their size."""
+    height, width = ids.shape
+    size = max(1, round(height * factor)), max(1, round(width * factor))
+    scale = (size[0] / height, size[1] / width)
+    pixels = ndimage.zoom(pixels, (1.0, *scale), order=1, grid_mode=True, mode="nearest")
+    ids = ndimage.zoom(ids, scale, order=0, grid_mode=True, mode="nearest")
+    valid = ndimage.zoom(valid, scale, order=0, grid_mode=True, mode="nearest")
+    # a smaller zoom is placed at random inside the chip (the rest invalid), a bigger one cut
+    pad_h, pad_w = max(height - size[0], 0), max(width - size[1], 0)
+    top, left = int(rng.integers(pad_h + 1)), int(rng.integers(pad_w + 1))
+    around = ((top, pad_h - top), (left, pad_w - left))
+    pixels = np.pad(pixels, ((0, 0), *around))
+    ids, valid = np.pad(ids, around), np.pad(valid, around)
+    row = int(rng.integers(ids.shape[0] - height + 1))
+    col = int(rng.integers(ids.shape[1] - width + 1))
+    cut = (slice(row, row + height), slice(col, col + width))
+    return pixels[(slice(None), *cut)], ids[cut], valid[cut]
 
 
 def _turn(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
