@@ -105,6 +105,25 @@ def test_real_world_sizes_at_fine_gsd():
     assert length_m[labels["class"] == "ship"].max() <= 260 * 1.5  # diagonal of a 250 m hull
 
 
+def _ship_lengths_m(labels) -> np.ndarray:
+    rects = shapely.oriented_envelope(labels.geometry[labels["class"] == "ship"].to_numpy())
+    coords = shapely.get_coordinates(rects).reshape(len(rects), 5, 2)
+    sides = np.linalg.norm(coords[:, 1:3] - coords[:, 0:2], axis=2)
+    return sides.max(axis=1)
+
+
+def test_marinas_of_small_boats_only_at_fine_gsd():
+    """At 0.5 m some piers are marina berths: rows of 5-15 m boats, each its own instance,
+    touching none of the others; at 2 m no ship is that small (berths would be specks)."""
+    fine = render_scene((512, 512), gsd_m=0.5, seed=2).labels
+    lengths = _ship_lengths_m(fine)
+    assert (lengths < 16).sum() >= 20 and lengths.min() >= 4.5
+    boats = fine.geometry[fine["class"] == "ship"].to_numpy()
+    assert not shapely.overlaps(boats[:, None], boats[None, :]).any()
+    for seed in range(6):
+        assert _ship_lengths_m(render_scene((512, 512), gsd_m=2.0, seed=seed).labels).min() > 19
+
+
 def test_adjacent_instances_touch_without_overlapping():
     labels = render_scene((400, 400), gsd_m=1.0, seed=0).labels
     geoms = labels.geometry.to_numpy()

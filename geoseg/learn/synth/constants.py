@@ -10,6 +10,8 @@ MIN_OBJECT_PIXELS = 12
 MAX_BUILDINGS = 400
 MAX_SHIPS = 40
 MAX_FIELDS = 300
+MARINA_MAX_GSD_M = 1.0
+MAX_BOATS_PER_BERTH = 30
 UINT16_MAX = 4095
 _NARROWEST_HOUSE_M = 7.0
 _BUILDING, _FIELD, _SHIP = range(3)
@@ -50,6 +52,15 @@ HULL_COLOURS: tuple[Rgb, ...] = (
     (0.16, 0.27, 0.45),
     (0.50, 0.51, 0.52),
     (0.20, 0.35, 0.25),
+)
+BOAT_COLOURS: tuple[Rgb, ...] = (
+    (0.92, 0.92, 0.90),  # white gel coat, most boats
+    (0.92, 0.92, 0.90),
+    (0.92, 0.92, 0.90),
+    (0.85, 0.86, 0.84),
+    (0.16, 0.27, 0.45),
+    (0.14, 0.15, 0.18),
+    (0.60, 0.16, 0.14),
 )
 CARGO_COLOURS: tuple[Rgb, ...] = (
     (0.70, 0.20, 0.15),

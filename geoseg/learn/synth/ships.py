@@ -1,4 +1,5 @@
-"""Ships: rafted at the piers and free at sea (some under way, with a wake)."""
+"""Ships: rafted at the piers and free at sea (some under way, with a wake); at 1 m GSD or
+finer, some piers are marina berths lined with small boats (5-15 m) moored bow-in."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from shapely.geometry import LineString, Polygon, box
 
 from geoseg.learn.synth.constants import (
     _SHIP,
+    BOAT_COLOURS,
     CARGO_COLOURS,
     HULL_COLOURS,
+    MARINA_MAX_GSD_M,
+    MAX_BOATS_PER_BERTH,
     MAX_SHIPS,
     MIN_SHIP_BEAM_PX,
     Rgb,
@@ -36,7 +40,8 @@ class _Ship:
 
 
 def _add_ships(rng: np.random.Generator, layout: _Layout, sc: _Scales, objects: _Objects) -> None:
-    """Ships moored side by side at the piers, then free ships (some under way) at sea."""
+    """Ships moored side by side at the piers (or, at fine GSDs, small boats at marina
+    berths), then free ships (some under way) at sea."""
     water = layout.water.buffer(-1.0)
     sea = water.intersection(layout.scene)
     if sea.is_empty:
@@ -44,7 +49,8 @@ def _add_ships(rng: np.random.Generator, layout: _Layout, sc: _Scales, objects: 
     shapely.prepare(water)
     placed: list[Any] = [*layout.piers]
     for pier in layout.piers:
-        for ship, to_px in _moored(rng, pier, sc):
+        marina = sc.gsd_m <= MARINA_MAX_GSD_M and rng.random() < 0.5
+        for ship, to_px in _marina(rng, pier, sc) if marina else _moored(rng, pier, sc):
             _place_ship(ship, to_px, water, placed, layout, objects, clearance=0.0)
     spacing = 5 * max(sc.px(60), 8.0)
     n_free = int(np.clip(round(sea.area / spacing**2), 2, MAX_SHIPS))
@@ -57,11 +63,16 @@ def _add_ships(rng: np.random.Generator, layout: _Layout, sc: _Scales, objects: 
         placed_free += _place_ship(ship, to_px, water, placed, layout, objects, clearance=2.0)
 
 
-def _ship_size(rng: np.random.Generator, sc: _Scales, length_m: float | None = None) -> tuple:
+def _ship_size(
+    rng: np.random.Generator,
+    sc: _Scales,
+    length_m: float | None = None,
+    slenderness: tuple[float, float] = (4.5, 7.0),
+) -> tuple:
     """Length and beam in pixels (beam at least ``MIN_SHIP_BEAM_PX``), length in metres."""
     length_m = length_m or _log_uniform(rng, 20, 250)
     length = sc.px(length_m)
-    beam = length / rng.uniform(4.5, 7.0)
+    beam = length / rng.uniform(*slenderness)
     grow = max(1.0, MIN_SHIP_BEAM_PX / beam)
     return length * grow, beam * grow, length_m
 
@@ -127,6 +138,60 @@ def _wake(rng: np.random.Generator, length: float, beam: float) -> list[tuple[An
 
 def _moored(rng: np.random.Generator, pier: Polygon, sc: _Scales) -> Iterator[tuple[_Ship, Affine]]:
     """Up to 4 ships of similar size rafted side by side along each side of a pier."""
+    centre, along, across, pier_len, half_width, heading = _pier_frame(pier)
+    length_m = _log_uniform(rng, 20, 150)
+    for side in (-1, 1):
+        offset = half_width
+        for _ in range(int(rng.integers(0, 4)) + (side == 1)):
+            size_m = length_m * rng.uniform(0.85, 1.15)
+            ship = _ship(rng, sc, moving=False, length_m=size_m)
+            offset += (0.0 if rng.random() < 0.5 else rng.uniform(0.6, 2.0)) + ship.beam / 2
+            xy = centre + across * side * offset + along * rng.uniform(-0.2, 0.2) * pier_len
+            offset += ship.beam / 2
+            yield ship, Affine.translation(*xy) @ Affine.rotation(heading)
+
+
+def _boat(rng: np.random.Generator, sc: _Scales, length_m: float) -> _Ship:
+    """A small boat heading along +x: beamy hull, most often white, a cabin and a cockpit."""
+    length, beam, _ = _ship_size(rng, sc, length_m, slenderness=(2.6, 3.6))
+    hull = _hull(length, beam, rng.uniform(0.18, 0.32))
+    cabin_colour = _jitter(
+        rng, _pick(rng, ((0.95, 0.95, 0.94), (0.70, 0.72, 0.74), (0.22, 0.32, 0.48)))
+    )
+    x0 = -0.25 * length + rng.uniform(-0.05, 0.05) * length
+    details = [
+        (box(x0, -0.3 * beam, x0 + rng.uniform(0.25, 0.4) * length, 0.3 * beam), cabin_colour),
+        (box(-0.46 * length, -0.32 * beam, x0 - 0.02 * length, 0.32 * beam), (0.3, 0.3, 0.31)),
+    ]
+    colour = _jitter(rng, _pick(rng, BOAT_COLOURS))
+    return _Ship(hull, colour, details, [], sc.px(1.5), beam)
+
+
+def _marina(rng: np.random.Generator, pier: Polygon, sc: _Scales) -> Iterator[tuple[_Ship, Affine]]:
+    """Small boats (5-15 m) moored bow-in or stern-in side by side along both sides of a pier,
+    a few berths empty, as in a marina."""
+    centre, along, across, pier_len, half_width, heading = _pier_frame(pier)
+    base_m = _log_uniform(rng, 5.0, 12.0)
+    for side in (-1, 1):
+        pos, n = -pier_len / 2 + rng.uniform(0, sc.px(4.0)), 0
+        while n < MAX_BOATS_PER_BERTH:
+            boat = _boat(rng, sc, base_m * rng.uniform(0.75, 1.3))
+            pos += boat.beam / 2
+            if pos + boat.beam / 2 > pier_len / 2:
+                break
+            if rng.random() < 0.85:
+                length = float(boat.hull.bounds[2] - boat.hull.bounds[0])
+                off = half_width + sc.px(rng.uniform(0.3, 1.5)) + length / 2
+                xy = centre + along * pos + across * side * off
+                turn = 90.0 * side + (180.0 if rng.random() < 0.3 else 0.0)
+                n += 1
+                yield boat, Affine.translation(*xy) @ Affine.rotation(heading + turn)
+            pos += boat.beam / 2 + sc.px(rng.uniform(0.3, 1.2))
+
+
+def _pier_frame(pier: Polygon) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float]:
+    """A pier's centre, unit vectors along and across it, its length, half its width and its
+    heading in degrees (pixel coordinates)."""
     corners = list(pier.minimum_rotated_rectangle.exterior.coords)
     edges = [(corners[0], corners[1]), (corners[1], corners[2])]
     (ax, ay), (bx, by) = max(edges, key=lambda e: math.dist(*e))
@@ -134,16 +199,8 @@ def _moored(rng: np.random.Generator, pier: Polygon, sc: _Scales) -> Iterator[tu
     along = np.array([math.cos(heading), math.sin(heading)])
     across = np.array([-along[1], along[0]])
     centre = np.array([pier.centroid.x, pier.centroid.y])
-    length_m = _log_uniform(rng, 20, 150)
-    for side in (-1, 1):
-        offset = min(math.dist(*e) for e in edges) / 2
-        for _ in range(int(rng.integers(0, 4)) + (side == 1)):
-            size_m = length_m * rng.uniform(0.85, 1.15)
-            ship = _ship(rng, sc, moving=False, length_m=size_m)
-            offset += (0.0 if rng.random() < 0.5 else rng.uniform(0.6, 2.0)) + ship.beam / 2
-            xy = centre + across * side * offset + along * rng.uniform(-0.2, 0.2) * pier_len
-            offset += ship.beam / 2
-            yield ship, Affine.translation(*xy) @ Affine.rotation(math.degrees(heading))
+    half_width = min(math.dist(*e) for e in edges) / 2
+    return centre, along, across, pier_len, half_width, math.degrees(heading)
 
 
 def _place_ship(
