@@ -10,8 +10,8 @@ side by side touch). An object under a cloud stays labelled; one with fewer than
 
 Sizes follow the ground sampling distance (GSD): buildings 8-30 m, ships 20-250 m, fields
 100-800 m across, roads 4-10 m wide; at 1 m GSD or finer half the piers are marina berths,
-lined with small boats of 5-15 m moored bow-in (each boat a ship instance). Where a real size would be too small to learn from, it
-is enlarged, and only then:
+lined with small boats of 5-15 m moored bow-in (each boat a ship instance). Where a real
+size would be too small to learn from, it is enlarged, and only then:
 
 - buildings: the urban fabric (footprints, heights, setbacks, streets, blocks) is scaled by
   ``max(1, MIN_BUILDING_WIDTH_PX * gsd / 7 m)`` so the narrowest house is 6 px wide. Nothing
