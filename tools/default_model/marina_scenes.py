@@ -1,0 +1,78 @@
+"""Write synthetic marina crops for training: small boats at 0.3-1 m GSD (stage 7).
+
+Each seed renders a 1,024 px synthetic scene at a GSD drawn log-uniformly from 0.3-1.0 m; a
+seed whose scene holds at least 10 boats shorter than 16 m gives a 384 px crop centred on
+them: a GeoTIFF and a GeoPackage of every label in it (clipped; boats, ships and the rest).
+
+    python tools/default_model/marina_scenes.py OUT_DIR --seeds 8000 8200 --count 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from geoseg.learn.synth import LABEL_LAYER, render_scene
+
+CROP_PX = 384
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seeds", type=int, nargs=2, default=(8000, 8200))
+    parser.add_argument("--count", type=int, default=40)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for seed in range(*args.seeds):
+        if written >= args.count:
+            break
+        rng = np.random.default_rng(seed)
+        gsd = float(math.exp(rng.uniform(math.log(0.3), math.log(1.0))))
+        scene = render_scene((1024, 1024), gsd_m=gsd, seed=seed)
+        ships = scene.labels[scene.labels["class"] == "ship"]
+        rects = shapely.oriented_envelope(ships.geometry.to_numpy())
+        coords = shapely.get_coordinates(rects).reshape(len(rects), 5, 2)
+        lengths = np.linalg.norm(coords[:, 1:3] - coords[:, 0:2], axis=2).max(axis=1)
+        boats = ships[lengths < 16]
+        if len(boats) < 10:
+            continue
+        inverse = ~scene.transform
+        cols, rows = zip(*(inverse * (p.x, p.y) for p in boats.geometry.centroid), strict=True)
+        top = int(np.clip(np.median(rows) - CROP_PX / 2, 0, 1024 - CROP_PX))
+        left = int(np.clip(np.median(cols) - CROP_PX / 2, 0, 1024 - CROP_PX))
+        window = Window(left, top, CROP_PX, CROP_PX)
+        crop_transform = window_transform(window, scene.transform)
+        name = args.out / f"marina_{seed}"
+        profile = {
+            "driver": "GTiff",
+            "width": CROP_PX,
+            "height": CROP_PX,
+            "count": 3,
+            "dtype": "uint8",
+            "crs": scene.crs,
+            "transform": crop_transform,
+            "compress": "deflate",
+        }
+        with rasterio.open(name.with_suffix(".tif"), "w", **profile) as dst:
+            dst.write(scene.image[:, top : top + CROP_PX, left : left + CROP_PX])
+        x0, y0 = crop_transform * (0, 0)
+        x1, y1 = crop_transform * (CROP_PX, CROP_PX)
+        area = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        labels = scene.labels.clip(area)
+        labels = labels[labels.geom_type.isin(["Polygon", "MultiPolygon"])]
+        labels.to_file(name.with_suffix(".gpkg"), layer=LABEL_LAYER, driver="GPKG")
+        written += 1
+        print(f"{name}: {gsd:.2f} m, {len(boats)} boats")
+
+
+if __name__ == "__main__":
+    main()
