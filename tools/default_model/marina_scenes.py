@@ -1,10 +1,13 @@
 """Write synthetic marina crops for training: small boats at 0.3-1 m GSD (stage 7).
 
-Each seed renders a 1,024 px synthetic scene at a GSD drawn log-uniformly from 0.3-1.0 m; a
+Each seed renders a 1,024 px synthetic scene at a GSD drawn log-uniformly from 0.3-1.0 m
+(``--gsd-range``); a
 seed whose scene holds at least 10 boats shorter than 16 m gives a 384 px crop centred on
 them: a GeoTIFF and a GeoPackage of every label in it (clipped; boats, ships and the rest).
 
     python tools/default_model/marina_scenes.py OUT_DIR --seeds 8000 8200 --count 40
+    python tools/default_model/marina_scenes.py OUT_DIR --seeds 8200 8400 --count 40 \
+        --gsd-range 0.35 0.8
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--seeds", type=int, nargs=2, default=(8000, 8200))
     parser.add_argument("--count", type=int, default=40)
+    parser.add_argument("--gsd-range", type=float, nargs=2, default=(0.3, 1.0))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -36,7 +40,8 @@ def main() -> None:
         if written >= args.count:
             break
         rng = np.random.default_rng(seed)
-        gsd = float(math.exp(rng.uniform(math.log(0.3), math.log(1.0))))
+        low, high = args.gsd_range
+        gsd = float(math.exp(rng.uniform(math.log(low), math.log(high))))
         scene = render_scene((1024, 1024), gsd_m=gsd, seed=seed)
         ships = scene.labels[scene.labels["class"] == "ship"]
         rects = shapely.oriented_envelope(ships.geometry.to_numpy())
