@@ -21,14 +21,16 @@ def scene():
     return render_scene((160, 128), gsd_m=1.0, seed=3)
 
 
+def _rect_sides(geoms) -> np.ndarray:
+    """Short and long side of each polygon's minimum rotated rectangle, ``(n, 2)``."""
+    rects = shapely.oriented_envelope(np.asarray(geoms))
+    coords = shapely.get_coordinates(rects).reshape(len(rects), 5, 2)
+    return np.sort(np.linalg.norm(coords[:, 1:3] - coords[:, 0:2], axis=2), axis=1)
+
+
 def _extent_px(geoms, gsd_m: float) -> np.ndarray:
     """Short side of each polygon's minimum rotated rectangle, in pixels."""
-    rects = shapely.oriented_envelope(np.asarray(geoms))
-    sides = []
-    for rect in rects:
-        xy = np.asarray(rect.exterior.coords)
-        sides.append(min(np.hypot(*(xy[1] - xy[0])), np.hypot(*(xy[2] - xy[1]))))
-    return np.array(sides) / gsd_m
+    return _rect_sides(geoms)[:, 0] / gsd_m
 
 
 def test_make_scene_returns_georeferenced_image_and_labels():
@@ -106,10 +108,7 @@ def test_real_world_sizes_at_fine_gsd():
 
 
 def _ship_lengths_m(labels) -> np.ndarray:
-    rects = shapely.oriented_envelope(labels.geometry[labels["class"] == "ship"].to_numpy())
-    coords = shapely.get_coordinates(rects).reshape(len(rects), 5, 2)
-    sides = np.linalg.norm(coords[:, 1:3] - coords[:, 0:2], axis=2)
-    return sides.max(axis=1)
+    return _rect_sides(labels.geometry[labels["class"] == "ship"].to_numpy())[:, 1]
 
 
 def test_marinas_of_small_boats_only_at_fine_gsd():
