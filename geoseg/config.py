@@ -8,7 +8,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_MIN_SCORE", "RunOptions", "as_min_score", "score_thresholds"]
+from geoseg.errors import UserInputError
+
+__all__ = [
+    "DEFAULT_MIN_SCORE",
+    "RunOptions",
+    "as_min_score",
+    "as_min_score_by_gsd",
+    "score_thresholds",
+    "threshold_at_gsd",
+]
 
 DEFAULT_MIN_SCORE = 0.5
 """The score threshold for a model that recommends none."""
@@ -64,6 +73,38 @@ def as_min_score(value: Any) -> float | dict[str, float] | None:
     if isinstance(value, Mapping):
         return {str(k): float(v) for k, v in value.items()}
     return float(value)
+
+
+GsdThresholds = dict[str, tuple[tuple[float, float], ...]]
+"""Score thresholds that depend on the GSD a class is read at: ``{class name: ((up to m,
+threshold), ...)}``, finest first; a class read coarser than every step keeps its one
+threshold."""
+
+
+def as_min_score_by_gsd(value: Any, source: str = "model") -> GsdThresholds | None:
+    """A model's ``min_score_by_gsd`` (``{class: [[up to m, threshold], ...]}``) as plain
+    values, steps sorted finest first; ``None`` when it has none. A table that is not steps of
+    a positive GSD and a threshold in [0, 1] is a :class:`~geoseg.errors.UserInputError`
+    naming ``source``."""
+    if not value:
+        return None
+    table = {}
+    try:
+        for name, steps in dict(value).items():
+            pairs = tuple(sorted((float(gsd), float(score)) for gsd, score in steps))
+            if any(not (gsd > 0 and 0 <= score <= 1) for gsd, score in pairs):
+                raise ValueError
+            table[str(name)] = pairs
+    except (TypeError, ValueError):
+        raise UserInputError(
+            f"{source}: min_score_by_gsd {value!r} is not {{class: [[GSD > 0, score 0-1], ...]}}"
+        ) from None
+    return table
+
+
+def threshold_at_gsd(threshold: float, steps: Sequence[tuple[float, float]], gsd_m: float) -> float:
+    """``threshold``, or the score of the first step whose GSD is at least ``gsd_m``."""
+    return next((score for up_to, score in steps if gsd_m <= up_to * (1 + 1e-9)), threshold)
 
 
 def score_thresholds(

@@ -174,7 +174,11 @@ def scene_tasks(
     for number in range(len(plan.batches)) if batches is None else batches:
         index, tiles = plan.batches[number]
         reading = plan.passes[index]
-        min_score = opts.min_score if everything else _pass_min_score(plan, reading.classes)
+        min_score = (
+            opts.min_score
+            if everything and reading.min_score is None
+            else _pass_min_score(plan, reading)
+        )
         # Batches run in plan order (the stitcher's frontier then stays a band of tiles):
         # the local schedulers order independent chains by their keys, highest first;
         # distributed follows the priority.
@@ -208,10 +212,10 @@ _NEVER = 2.0
 """A score threshold no instance reaches: how a pass drops the classes it does not keep."""
 
 
-def _pass_min_score(plan: ScenePlan, keep: tuple[int, ...]) -> dict[str, float]:
-    thresholds = score_thresholds(plan.options.min_score, plan.model.classes)
+def _pass_min_score(plan: ScenePlan, reading: ScenePass) -> dict[str, float]:
+    thresholds = score_thresholds(reading.min_score or plan.options.min_score, plan.model.classes)
     return {
-        name: float(thresholds[k]) if k in keep else _NEVER
+        name: float(thresholds[k]) if k in reading.classes else _NEVER
         for k, name in enumerate(plan.model.classes)
     }
 

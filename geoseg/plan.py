@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoseg.config import DEFAULT_MIN_SCORE, RunOptions
+from geoseg.config import DEFAULT_MIN_SCORE, RunOptions, score_thresholds, threshold_at_gsd
 from geoseg.errors import UserInputError
 from geoseg.formats import check_formats
 from geoseg.gpu import auto_batch_size
@@ -48,12 +48,14 @@ too small in the scene to be found, and upsampling would only multiply the tiles
 
 @dataclass(frozen=True, slots=True)
 class ScenePass:
-    """One reading of the scene: its working grid (at one GSD), the tile grid on it, and the
-    indexes of the classes this pass keeps."""
+    """One reading of the scene: its working grid (at one GSD), the tile grid on it, the
+    indexes of the classes this pass keeps and, where the model's thresholds depend on the GSD
+    (``min_score_by_gsd``) and ``--min-score`` was not given, this pass's thresholds."""
 
     scene: SceneInfo
     grid: TileGrid
     classes: tuple[int, ...]
+    min_score: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,7 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     scene = open_scene(path, bands=options.bands, crs=options.crs, gsd_m=options.gsd_m)
     # only what the model says of itself: never loaded here on the workers' device
     info = describe_spec(options.model, device=options.device)
+    by_gsd = info.min_score_by_gsd if options.min_score is None else None
     if options.min_score is None:
         tuned = info.min_score if info.min_score is not None else DEFAULT_MIN_SCORE
         options = replace(options, min_score=tuned)
@@ -137,9 +140,22 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
             working.shape_yx, tile_px=options.tile_px, overlap_px=options.overlap_px
         )
         tiles = grid.in_bands(_band_rows(working, options))
-        passes.append(ScenePass(working, grid, classes))
+        thresholds = _thresholds_at(options.min_score, info, working.gsd_m) if by_gsd else None
+        passes.append(ScenePass(working, grid, classes, thresholds))
         batches.extend((index, tuple(tiles[k : k + size])) for k in range(0, len(tiles), size))
     return ScenePlan(tuple(passes), tuple(batches), options, info, tuple(notes))
+
+
+def _thresholds_at(
+    min_score: float | dict[str, float], info: ModelInfo, gsd_m: float
+) -> dict[str, float]:
+    """The model's thresholds for classes read at ``gsd_m`` (its ``min_score_by_gsd``)."""
+    base = score_thresholds(min_score, info.classes)
+    steps = info.min_score_by_gsd or {}
+    return {
+        name: threshold_at_gsd(float(base[k]), steps.get(name, ()), gsd_m)
+        for k, name in enumerate(info.classes)
+    }
 
 
 BAND_CACHE_BYTES = READ_ENV["GDAL_CACHEMAX"] * 2**20 // 2

@@ -195,3 +195,21 @@ class DoubtfulOracle(OracleSegmenter):
 
 def doubtful_oracle() -> DoubtfulOracle:
     return DoubtfulOracle()
+
+
+class GsdThresholdOracle(ClassScaleOracle):
+    """As :class:`ClassScaleOracle`, every object scored 0.6, with a ship threshold of 0.7
+    that drops to 0.5 where ships are read at 1 m or finer (``min_score_by_gsd``)."""
+
+    min_score = {"building": 0.5, "field": 0.5, "ship": 0.7}  # noqa: RUF012
+    min_score_by_gsd = {"ship": [(1.0, 0.5)]}  # noqa: RUF012
+
+    def predict(self, tiles: np.ndarray) -> list:
+        found = [dict(f) for f in super().predict(tiles)]
+        for f in found:
+            f["scores"] = np.full(len(f["scores"]), 0.6, dtype=np.float32)
+        return found
+
+
+def gsd_threshold_oracle() -> GsdThresholdOracle:
+    return GsdThresholdOracle()

@@ -19,6 +19,7 @@ from geoseg.model.maskrcnn import (
     load_checkpoint,
     untrained_segmenter,
 )
+from geoseg.model.protocol import describe_spec
 
 CLASSES = ("building", "field", "ship")
 
@@ -103,6 +104,23 @@ def test_checkpoint_round_trip(model: MaskRCNNSegmenter, tiles: np.ndarray, tmp_
         np.testing.assert_array_equal(a["masks"], b["masks"])
         np.testing.assert_array_equal(a["labels"], b["labels"])
         np.testing.assert_array_equal(a["scores"], b["scores"])
+
+
+def test_thresholds_by_gsd_survive_the_checkpoint(model: MaskRCNNSegmenter, tmp_path: Path) -> None:
+    path = _save(model, tmp_path / "m.pt")
+    payload = read_checkpoint(path)
+    payload["min_score"] = {"ship": 0.65}
+    payload["min_score_by_gsd"] = {"ship": [[2.0, 0.55], [1.0, 0.5]]}
+    torch.save(payload, path)
+    steps = {"ship": ((1.0, 0.5), (2.0, 0.55))}  # finest first
+    assert load_checkpoint(path, device="cpu").min_score_by_gsd == steps
+    assert describe_spec(str(path)).min_score_by_gsd == steps
+    payload["min_score_by_gsd"] = {"ship": [[1.0, 1.5]]}
+    torch.save(payload, path)
+    for read in (describe_spec, load_checkpoint):
+        with pytest.raises(UserInputError, match=r"m\.pt: min_score_by_gsd") as info:
+            read(str(path))
+        assert "\n" not in str(info.value)
 
 
 def test_arch_survives_the_checkpoint(tmp_path: Path) -> None:

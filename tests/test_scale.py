@@ -134,3 +134,32 @@ def test_a_small_scene_is_read_no_coarser_than_half_a_tile_across(tmp_path: Path
     # with bigger tiles the cap would be finer than the scene: the scene is read as it is
     plan = plan_scene(path, replace(options, tile_px=512, overlap_px=64))
     assert [p.scene.gsd_m for p in plan.passes] == [0.5]
+
+
+@pytest.mark.parametrize(
+    ("gsd_m", "min_score", "ships"),
+    [(0.5, None, 1), (2.0, None, 0), (2.0, {"ship": 0.55}, 1), (0.5, {"ship": 0.65}, 0)],
+)
+def test_a_class_threshold_can_depend_on_the_gsd_it_is_read_at(
+    tmp_path: Path, gsd_m: float, min_score: dict[str, float] | None, ships: int
+) -> None:
+    """Ships scored 0.6: kept when read at 0.5 m (threshold 0.5 up to 1 m), dropped at 2 m
+    (0.7); ``--min-score`` overrides both."""
+    ids = np.zeros((128, 128), dtype=np.int32)
+    ids[40:56, 40:72] = 1  # a ship
+    ids[80:112, 80:112] = 2  # a building, scored 0.6 too: kept everywhere
+    transform = Affine(gsd_m, 0, 500_000, 0, -gsd_m, 4_000_000)
+    path = write_coded_scene(
+        tmp_path / "s.tif", ids, {1: 2, 2: 0}, transform=transform, crs="EPSG:32633"
+    )
+    options = RunOptions(
+        model="tests.models:gsd_threshold_oracle", tile_px=64, overlap_px=16, min_score=min_score
+    )
+    plan = plan_scene(path, options)
+    ship_pass = next(p for p in plan.passes if 2 in p.classes)
+    if min_score is None:
+        assert ship_pass.min_score == {"building": 0.5, "field": 0.5, "ship": 0.5 if ships else 0.7}
+    else:
+        assert ship_pass.min_score is None
+    result = run_scene(path, tmp_path / "out", options=options)
+    assert result.counts["ship"] == ships and result.counts["building"] == 1

@@ -47,6 +47,7 @@ def main() -> int:
         train=payload.get("train"),
         min_score=payload.get("min_score"),
         class_gsd_m=ranges,
+        min_score_by_gsd=payload.get("min_score_by_gsd"),
     )
     print(f"{args.checkpoint}: class GSD ranges {ranges}")
     return 0

@@ -11,7 +11,9 @@ lists and dicts, so :func:`torch.load` reads it with ``weights_only=True`` (no p
      "class_gsd_m": {"field": [min, max], ...},  # optional: the same per class
      "state_dict": {...},        # the network's tensors
      "train": {...},             # what made it: options, epochs, data, validation figures
-     "min_score": {"ship": 0.3, ...}}  # optional: score thresholds tuned on validation data
+     "min_score": {"ship": 0.3, ...},  # optional: score thresholds tuned on validation data
+     "min_score_by_gsd": {"ship": [[1.0, 0.5]]}}  # optional: other thresholds for a class
+                                                  # read at a GSD up to 1.0 m
 
 A training checkpoint (the ``last.pt`` that ``geoseg train`` resumes from) also holds
 ``"resume"``: optimizer state and the epoch reached; it loads as a model all the same.
@@ -27,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from geoseg.config import as_min_score
+from geoseg.config import as_min_score, as_min_score_by_gsd
 from geoseg.errors import UserInputError, first_line
 
 __all__ = ["FORMAT", "VERSION", "read_checkpoint", "save_checkpoint"]
@@ -51,6 +53,7 @@ def save_checkpoint(
     resume: Mapping[str, Any] | None = None,
     min_score: float | Mapping[str, float] | None = None,
     class_gsd_m: Mapping[str, Any] | None = None,
+    min_score_by_gsd: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint to ``path`` atomically (a temporary file, then :func:`os.replace`).
 
@@ -73,6 +76,9 @@ def save_checkpoint(
         payload["class_gsd_m"] = {str(c): [float(g) for g in r] for c, r in class_gsd_m.items()}
     if min_score is not None:
         payload["min_score"] = as_min_score(min_score)
+    steps = as_min_score_by_gsd(min_score_by_gsd, str(path))
+    if steps:
+        payload["min_score_by_gsd"] = {c: [list(step) for step in s] for c, s in steps.items()}
     if resume is not None:
         payload["resume"] = dict(resume)
     path.parent.mkdir(parents=True, exist_ok=True)

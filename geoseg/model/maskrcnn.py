@@ -48,6 +48,7 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from geoseg.config import as_min_score_by_gsd
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
 from geoseg.gpu import CPU_BATCH
 from geoseg.model.checkpoint import read_checkpoint
@@ -350,6 +351,7 @@ class MaskRCNNSegmenter:
         batch_size: int | None = None,
         min_score: float | Mapping[str, float] | None = None,
         class_gsd_range_m: Mapping[str, tuple[float, float]] | None = None,
+        min_score_by_gsd: Mapping[str, Any] | None = None,
     ) -> None:
         self.classes = tuple(classes)
         self.arch = arch
@@ -359,6 +361,7 @@ class MaskRCNNSegmenter:
         self.gsd_range_m = gsd_range_m
         self.min_score = min_score  # the thresholds tuned on validation data, if any
         self.class_gsd_range_m = dict(class_gsd_range_m) if class_gsd_range_m else None
+        self.min_score_by_gsd = as_min_score_by_gsd(min_score_by_gsd, name)
         self.normalization = dict(normalization or network_normalization(arch))
         self._device = resolve_device(device)
         # tiles per forward pass: on a GPU every tile of a call (the planner sized the call
@@ -518,6 +521,7 @@ def segmenter_from_payload(
         device=device,
         min_score=tuned,
         class_gsd_range_m=class_gsd or None,
+        min_score_by_gsd=as_min_score_by_gsd(payload.get("min_score_by_gsd"), source),
     )
 
 

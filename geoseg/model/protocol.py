@@ -35,7 +35,10 @@ Optional attributes that geoseg reads when present: ``name`` (str), ``checksum``
 ``{class name: float}``, used when ``--min-score`` is not given), ``gsd_range_m``
 (``(min, max)`` ground sampling distances in metres the model was trained on),
 ``class_gsd_range_m`` (the same per class, ``{class name: (min, max)}``: geoseg then reads
-the scene once per working GSD, each class clamped to its own range) and ``input_bands``
+the scene once per working GSD, each class clamped to its own range), ``min_score_by_gsd``
+(``{class name: [(up to m, threshold), ...]}``: when ``--min-score`` is not given, a class
+read at a GSD up to a step's takes that step's threshold instead of its ``min_score``) and
+``input_bands``
 (how many bands ``predict`` wants; geoseg repeats a single band or keeps the first bands to
 match). ``predict`` gets the lowest of the run's thresholds as ``min_score``.
 
@@ -63,7 +66,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from geoseg.config import as_min_score
+from geoseg.config import GsdThresholds, as_min_score, as_min_score_by_gsd
 from geoseg.errors import ModelError, UserInputError
 from geoseg.model.box_masks import Crop, box_mask_crops, label_image_crops
 from geoseg.model.checksum import file_sha256
@@ -247,6 +250,7 @@ class ModelInfo:
     gsd_range_m: tuple[float, float] | None
     min_score: float | dict[str, float] | None = None
     class_gsd_range_m: dict[str, tuple[float, float]] | None = None
+    min_score_by_gsd: GsdThresholds | None = None
 
 
 def describe_model(model: Segmenter, spec: str) -> ModelInfo:
@@ -261,6 +265,7 @@ def describe_model(model: Segmenter, spec: str) -> ModelInfo:
         gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
         min_score=as_min_score(getattr(model, "min_score", None)),
         class_gsd_range_m=_class_ranges(getattr(model, "class_gsd_range_m", None)),
+        min_score_by_gsd=as_min_score_by_gsd(getattr(model, "min_score_by_gsd", None), spec),
     )
 
 
@@ -315,6 +320,7 @@ def _describe_uncached(spec: str, path: Path | None, device: str) -> ModelInfo:
             gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
             min_score=as_min_score(payload.get("min_score")),
             class_gsd_range_m=_class_ranges(payload.get("class_gsd_m")),
+            min_score_by_gsd=as_min_score_by_gsd(payload.get("min_score_by_gsd"), str(path)),
         )
     if ":" in spec and spec != "default" and not _factory_takes_device(spec):
         return describe_model(load_segmenter(spec, device=device), spec)
