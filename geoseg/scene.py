@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from affine import Affine
-from pyproj import CRS, Geod
+from pyproj import CRS, Geod, Proj, Transformer
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
@@ -329,18 +329,41 @@ def _select_bands(src: Any, path: Path | str, bands: tuple[int, ...] | None) -> 
     return tuple(data_bands[:3])
 
 
+SCALE_TOLERANCE = 0.01
+"""A projection whose scale at the scene's centre is further than this from 1 (Web Mercator
+away from the equator: 1.2 at 34 degrees) has its pixel sizes divided by that scale; closer
+(UTM's 0.9996-1.001), CRS metres are taken for ground metres."""
+
+
 def pixel_size_m(transform: Affine, crs: CRS, shape_yx: tuple[int, int]) -> float:
-    """Mean ground size of a pixel in metres, for projected and geographic CRSs alike."""
+    """Mean ground size of a pixel in metres at the scene's centre, for geographic CRSs and
+    for projections that stretch the ground (a z19 Web Mercator tile is 0.30 units a pixel,
+    0.26 m on the ground at 29 degrees of latitude)."""
     col_size = math.hypot(transform.a, transform.d)
     row_size = math.hypot(transform.b, transform.e)
+    centre = transform @ (shape_yx[1] / 2, shape_yx[0] / 2)
     if crs.is_geographic:
-        lon, lat = transform @ (shape_yx[1] / 2, shape_yx[0] / 2)
+        lon, lat = centre
         geod = Geod(ellps="WGS84")
         _, _, dx = geod.inv(lon, lat, lon + col_size, lat)
         _, _, dy = geod.inv(lon, lat, lon, lat + row_size)
         return float((abs(dx) + abs(dy)) / 2)
     unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return float((col_size + row_size) / 2 * unit)
+    size = (col_size + row_size) / 2 * unit
+    scale = projection_scale(crs, centre)
+    return float(size / scale if abs(scale - 1) > SCALE_TOLERANCE else size)
+
+
+def projection_scale(crs: CRS, xy: tuple[float, float]) -> float:
+    """How many CRS lengths a metre on the ground spans at ``xy`` (the geometric mean of the
+    meridional and parallel scales; 1 where PROJ cannot tell)."""
+    try:
+        lon, lat = Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True).transform(*xy)
+        factors = Proj(crs).get_factors(lon, lat)
+        scale = math.sqrt(factors.meridional_scale * factors.parallel_scale)
+    except Exception:  # any CRS that PROJ cannot invert or differentiate
+        return 1.0
+    return scale if math.isfinite(scale) and scale > 0 else 1.0
 
 
 def _target_gsd(

@@ -14,7 +14,7 @@ from pyproj import Geod
 
 from geoseg.config import RunOptions
 from geoseg.grid import PixelWindow
-from geoseg.pipeline import run_scene
+from geoseg.pipeline import plan_scene, run_scene
 from geoseg.scene import normalize, open_scene, read_tiles
 from geoseg.testing import write_coded_scene
 from tests.conftest import ORACLE, assert_same_shape, truth_polygon
@@ -154,3 +154,28 @@ def test_band_selection_and_small_scene(tmp_path: Path) -> None:
         options=RunOptions(model=ORACLE, tile_px=128, overlap_px=32, bands=(1, 2, 3)),
     )
     assert result.counts["ship"] == 1 and result.n_tiles == 1
+
+
+def test_web_mercator_pixels_are_measured_on_the_ground(tmp_path: Path) -> None:
+    """A z19 Web Mercator tile is 0.2986 units a pixel: 0.2986 m on the ground at the equator,
+    half that at 60 degrees north, where the model then reads it coarser. UTM's scale (0.9996
+    on the central meridian) is not applied: a 0.5 m UTM pixel stays 0.5 m."""
+    from pyproj import Transformer
+
+    ids, class_of = two_objects()
+    to_mercator = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
+    for lat, ground in ((0.0, 0.2986), (60.0, 0.1493)):
+        x, y = to_mercator.transform(10.0, lat)
+        transform = Affine(0.2986, 0, x, 0, -0.2986, y + 150 * 0.2986)  # centred on lat
+        path = write_coded_scene(
+            tmp_path / f"m{lat:g}.tif", ids, class_of, transform=transform, crs="EPSG:3857"
+        )
+        assert open_scene(path).file_gsd_m == pytest.approx(ground, rel=2e-3)
+    plan = plan_scene(
+        path, RunOptions(model="tests.models:class_scale_oracle", tile_px=128, overlap_px=32)
+    )
+    assert plan.class_gsd_m()["building"] == 0.25  # the oracle's finest: read coarser
+    assert plan.scene.shape_yx == (round(300 * 0.1493 / 0.25), round(260 * 0.1493 / 0.25))
+    utm = Affine(0.5, 0, 500_000, 0, -0.5, 5_000_000)
+    path = write_coded_scene(tmp_path / "u.tif", ids, class_of, transform=utm, crs="EPSG:32633")
+    assert open_scene(path).file_gsd_m == 0.5
