@@ -11,7 +11,10 @@ Held out from the default model's training:
 - the sen2ships Casablanca scene (ships; never trained on);
 - with ``--shared ../shared/data``: the OpenAerialMap cluster ``nairobi_2`` at 0.3 m
   (buildings) and the ten NAIP test chips of ``fields-naip/split.json`` (fields, 1 m), which
-  the default model never trained on.
+  the default model never trained on, and the Danish Sentinel-2 fields of the eastern 15% of
+  ``denmark_west.tif`` (the strip ``--val-fraction 0.15`` kept out): the scene is run whole
+  (the strip alone is 41 px wide) and only objects whose representative point lies in the
+  strip are scored, predictions and references alike.
 
 (The Nebraska centre-pivot sample labels only a third of its fields, so it cannot score a
 model.)
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import rasterio
+import shapely
 from rasterio.windows import Window
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,26 +74,44 @@ def atlanta_east(data: Path, workdir: Path) -> tuple[Path, Path]:
 
 
 OAM_HELD_OUT = "nairobi_2_z19"
+HELD_OUT_FRACTION = 0.85  # --val-fraction 0.15: columns from here on were never trained on
+
+
+def held_out_strip(scene: Path, pred: Path, ref: Path, cls: str) -> tuple[Path, Path]:
+    """Predictions and references of class ``cls`` whose representative point lies in the
+    eastern strip of ``scene`` that training kept out, written beside ``pred``."""
+    with rasterio.open(scene) as src:
+        first = int(src.width * HELD_OUT_FRACTION)
+        window = Window(first, 0, src.width - first, src.height)
+        strip, crs = shapely.box(*rasterio.windows.bounds(window, src.transform)), src.crs
+    out = []
+    for path, layer, name in ((pred, cls, "strip_pred.gpkg"), (ref, None, "strip_ref.gpkg")):
+        frame = gpd.read_file(path, layer=layer).to_crs(crs)
+        frame = frame[frame.representative_point().within(strip)]
+        frame = frame.drop(columns="class", errors="ignore").assign(**{"class": cls})
+        frame.to_file(pred.with_name(name), layer=cls if layer else None)
+        out.append(pred.with_name(name))
+    return out[0], out[1]
 
 
 def cases(
     workdir: Path, data: Path, shared: Path | None, only: str
-) -> list[tuple[str, Path, Path, str]]:
-    """``(name, scene, reference, class or '')`` for every held-out scene."""
+) -> list[tuple[str, Path, Path, str, bool]]:
+    """``(name, scene, reference, class or '', scored in the held-out strip only)`` for every
+    held-out scene."""
     out = []
     for seed, gsd in SYNTHETIC if only in ("all", "synthetic") else ():
         image = workdir / f"synth_seed{seed}_gsd{gsd:g}.tif"
         if not image.is_file():
             size = ("--size", "1024", "1024", "--dtype", "uint8")
             geoseg("synth", str(image), "--seed", str(seed), "--gsd", f"{gsd:g}", *size)
-        out.append((image.stem, image, image.with_suffix(".gpkg"), ""))
+        out.append((image.stem, image, image.with_suffix(".gpkg"), "", False))
     if only == "synthetic":
         return out
     image, labels = atlanta_east(data, workdir)
-    out.append(("atlanta_east (real)", image, labels, "building"))
-    out.append(
-        ("casablanca (real)", data / "casablanca.tif", data / "casablanca_ships.geojson", "ship")
-    )
+    out.append(("atlanta_east (real)", image, labels, "building", False))
+    casablanca = (data / "casablanca.tif", data / "casablanca_ships.geojson")
+    out.append(("casablanca (real)", *casablanca, "ship", False))
     if shared is not None:
         oam = shared / "buildings-oam" / OAM_HELD_OUT
         out.append(
@@ -98,11 +120,17 @@ def cases(
                 oam.with_suffix(".tif"),
                 oam.with_suffix(".gpkg"),
                 "building",
+                False,
             )
         )
+        denmark = shared / "fields-denmark"
+        scene, labels = denmark / "denmark_west.tif", denmark / "denmark_west_fields.gpkg"
+        out.append(("denmark_west east strip (real)", scene, labels, "field", True))
         naip = shared / "fields-naip"
         for stem in json.loads((naip / "split.json").read_text())["test"]:
-            out.append((f"{stem} (real)", naip / f"{stem}.tif", naip / f"{stem}.gpkg", "field"))
+            out.append(
+                (f"{stem} (real)", naip / f"{stem}.tif", naip / f"{stem}.gpkg", "field", False)
+            )
     return out
 
 
@@ -117,14 +145,16 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, scene, ref, cls in cases(args.workdir, args.data, args.shared, args.only):
+    for name, scene, ref, cls, strip in cases(args.workdir, args.data, args.shared, args.only):
         out = args.workdir / "out" / scene.stem
         run = ["-q", "run", str(scene), "--model", args.model, "-o", str(out)]
         if args.min_score is not None:
             run += ["--min-score", str(args.min_score)]
         geoseg(*run)
-        report = out / "eval.json"
-        evaluate = ["eval", str(out / f"{scene.stem}.gpkg"), str(ref), "--json", str(report)]
+        report, pred = out / "eval.json", out / f"{scene.stem}.gpkg"
+        if strip:
+            pred, ref = held_out_strip(scene, pred, ref, cls)
+        evaluate = ["eval", str(pred), str(ref), "--json", str(report)]
         if cls:
             evaluate += ["--ref-class", cls, "--classes", cls]
         geoseg(*evaluate)
