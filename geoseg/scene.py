@@ -103,6 +103,22 @@ class SceneInfo:
     def crs(self) -> CRS:
         return CRS.from_wkt(self.crs_wkt)
 
+    def projection_note(self) -> str | None:
+        """A line saying how the file's pixel size in CRS units became :attr:`file_gsd_m`
+        where the projection's scale changed it (see :func:`pixel_size_m`), else ``None``."""
+        crs = self.crs
+        if crs.is_geographic:
+            return None
+        t, (h, w), (fh, fw) = self.transform, self.shape_yx, self.file_shape_yx
+        units = (math.hypot(t.a, t.d) * w / fw + math.hypot(t.b, t.e) * h / fh) / 2
+        metres = units * (crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0)
+        if abs(metres / self.file_gsd_m - 1) <= SCALE_TOLERANCE:
+            return None
+        return (
+            f"Scene pixels are {units:.3g} units of {crs.name}, {self.file_gsd_m:.3g} m on the "
+            "ground at its centre (the projection's scale there)"
+        )
+
     @property
     def stem(self) -> str:
         return scene_stem(self.path)

@@ -170,7 +170,16 @@ def test_web_mercator_pixels_are_measured_on_the_ground(tmp_path: Path) -> None:
         path = write_coded_scene(
             tmp_path / f"m{lat:g}.tif", ids, class_of, transform=transform, crs="EPSG:3857"
         )
-        assert open_scene(path).file_gsd_m == pytest.approx(ground, rel=2e-3)
+        scene = open_scene(path)
+        assert scene.file_gsd_m == pytest.approx(ground, rel=2e-3)
+        note = scene.projection_note()  # what geoseg run says of it
+        assert (
+            (note is None)
+            if lat == 0
+            else note.startswith(
+                "Scene pixels are 0.299 units of WGS 84 / Pseudo-Mercator, 0.149 m on the ground"
+            )
+        )
     plan = plan_scene(
         path, RunOptions(model="tests.models:class_scale_oracle", tile_px=128, overlap_px=32)
     )
@@ -178,4 +187,4 @@ def test_web_mercator_pixels_are_measured_on_the_ground(tmp_path: Path) -> None:
     assert plan.scene.shape_yx == (round(300 * 0.1493 / 0.25), round(260 * 0.1493 / 0.25))
     utm = Affine(0.5, 0, 500_000, 0, -0.5, 5_000_000)
     path = write_coded_scene(tmp_path / "u.tif", ids, class_of, transform=utm, crs="EPSG:32633")
-    assert open_scene(path).file_gsd_m == 0.5
+    assert open_scene(path).file_gsd_m == 0.5 and open_scene(path).projection_note() is None

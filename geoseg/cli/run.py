@@ -77,6 +77,9 @@ def _announce(plan: Any, verbosity: int) -> None:
         f"Model: {model.name} ({model.checksum[:19]}), classes: {', '.join(model.classes)}",
         err=True,
     )
+    note = scene.projection_note()
+    if note:
+        click.echo(f"{note}.", err=True)
     for reading in plan.passes:
         if len(plan.passes) == 1 and not reading.scene.resampled:
             break
