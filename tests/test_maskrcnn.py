@@ -11,7 +11,7 @@ import torch
 
 from geoseg.errors import UntrainedModelWarning, UserInputError
 from geoseg.model import Instances, Segmenter, describe_model, load_segmenter, maskrcnn
-from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
+from geoseg.model.checkpoint import read_checkpoint, save_checkpoint, update_checkpoint
 from geoseg.model.maskrcnn import (
     NORMALIZATION,
     MaskRCNNArch,
@@ -108,13 +108,16 @@ def test_checkpoint_round_trip(model: MaskRCNNSegmenter, tiles: np.ndarray, tmp_
 
 def test_thresholds_by_gsd_survive_the_checkpoint(model: MaskRCNNSegmenter, tmp_path: Path) -> None:
     path = _save(model, tmp_path / "m.pt")
-    payload = read_checkpoint(path)
-    payload["min_score"] = {"ship": 0.65}
-    payload["min_score_by_gsd"] = {"ship": [[2.0, 0.55], [1.0, 0.5]]}
-    torch.save(payload, path)
+    update_checkpoint(path, min_score={"ship": 0.65})
+    update_checkpoint(path, min_score_by_gsd={"ship": [[2.0, 0.55], [1.0, 0.5]]})
     steps = {"ship": ((1.0, 0.5), (2.0, 0.55))}  # finest first
-    assert load_checkpoint(path, device="cpu").min_score_by_gsd == steps
+    loaded = load_checkpoint(path, device="cpu")
+    assert loaded.min_score_by_gsd == steps and loaded.min_score == {"ship": 0.65}
+    assert loaded.gsd_range_m == (0.5, 10.0)  # the other settings kept
     assert describe_spec(str(path)).min_score_by_gsd == steps
+    with pytest.raises(TypeError, match="classes"):
+        update_checkpoint(path, classes=["ship"])
+    payload = read_checkpoint(path)
     payload["min_score_by_gsd"] = {"ship": [[1.0, 1.5]]}
     torch.save(payload, path)
     for read in (describe_spec, load_checkpoint):

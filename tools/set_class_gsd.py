@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
+from geoseg.model.checkpoint import read_checkpoint, update_checkpoint
 
 
 def parse_range(text: str) -> tuple[str, tuple[float, float]]:
@@ -37,18 +37,7 @@ def main() -> int:
         if name not in payload["classes"] or not 0 < low <= high:
             parser.error(f"{name}={low}:{high}: not a class of the model, or not 0 < MIN <= MAX")
         ranges[name] = [low, high]
-    save_checkpoint(
-        args.checkpoint,
-        state_dict=payload["state_dict"],
-        arch=payload["arch"],
-        classes=payload["classes"],
-        normalization=payload["normalization"],
-        gsd_range_m=payload.get("gsd_range_m"),
-        train=payload.get("train"),
-        min_score=payload.get("min_score"),
-        class_gsd_m=ranges,
-        min_score_by_gsd=payload.get("min_score_by_gsd"),
-    )
+    update_checkpoint(args.checkpoint, class_gsd_m=ranges)
     print(f"{args.checkpoint}: class GSD ranges {ranges}")
     return 0
 

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from geoseg.config import as_min_score, as_min_score_by_gsd
-from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
+from geoseg.model.checkpoint import read_checkpoint, update_checkpoint
 
 _SETTING = re.compile(r"^(?P<name>[^@=]+)(@(?P<gsd>[^=]+))?=(?P<score>.+)$")
 
@@ -63,18 +63,7 @@ def main() -> int:
         else:
             steps.setdefault(name, {})[gsd] = score
     by_gsd = {c: sorted(s.items()) for c, s in steps.items() if s}
-    save_checkpoint(
-        args.checkpoint,
-        state_dict=payload["state_dict"],
-        arch=payload["arch"],
-        classes=classes,
-        normalization=payload["normalization"],
-        gsd_range_m=payload.get("gsd_range_m"),
-        train=payload.get("train"),
-        min_score=base or None,
-        class_gsd_m=payload.get("class_gsd_m"),
-        min_score_by_gsd=by_gsd or None,
-    )
+    update_checkpoint(args.checkpoint, min_score=base or None, min_score_by_gsd=by_gsd or None)
     print(f"{args.checkpoint}: min_score {base}, by GSD {by_gsd}")
     return 0
 

@@ -32,7 +32,7 @@ from typing import Any
 from geoseg.config import as_min_score, as_min_score_by_gsd
 from geoseg.errors import UserInputError, first_line
 
-__all__ = ["FORMAT", "VERSION", "read_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "read_checkpoint", "save_checkpoint", "update_checkpoint"]
 
 FORMAT = "geoseg-maskrcnn"
 VERSION = 1
@@ -94,6 +94,28 @@ def save_checkpoint(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def update_checkpoint(path: str | Path, **changes: Any) -> Path:
+    """Rewrite the checkpoint at ``path`` atomically with some of its run settings replaced
+    (``min_score``, ``min_score_by_gsd``, ``class_gsd_m``, ``gsd_range_m``; ``None`` drops
+    one); weights, training records and everything else are kept."""
+    settings = ("min_score", "min_score_by_gsd", "class_gsd_m", "gsd_range_m")
+    unknown = sorted(set(changes) - set(settings))
+    if unknown:
+        raise TypeError(f"update_checkpoint cannot change {', '.join(unknown)}")
+    payload = read_checkpoint(path)
+    kept = {name: payload.get(name) for name in settings} | changes
+    return save_checkpoint(
+        path,
+        state_dict=payload["state_dict"],
+        arch=payload["arch"],
+        classes=payload["classes"],
+        normalization=payload["normalization"],
+        train=payload.get("train"),
+        resume=payload.get("resume"),
+        **kept,
+    )
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
