@@ -60,6 +60,7 @@ class RunResult:
     model: ModelInfo
     notes: list[str] = field(default_factory=list)
     class_gsd_m: dict[str, float] = field(default_factory=dict)
+    class_min_score: dict[str, float] = field(default_factory=dict)
 
     @property
     def tiles_per_second(self) -> float:
@@ -141,6 +142,7 @@ class SceneAssembler:
             model=self.plan.model,
             notes=list(self.plan.notes),
             class_gsd_m=self.plan.class_gsd_m(),
+            class_min_score=self.plan.class_min_score(),
         )
 
     @property
@@ -174,6 +176,7 @@ def run_metadata(plan: ScenePlan) -> dict[str, str]:
         "geoseg_scene": plan.scene.path,
         "geoseg_gsd_m": f"{plan.scene.gsd_m:.6g}",
         "geoseg_class_gsd_m": json.dumps({c: round(g, 6) for c, g in class_gsd.items()}),
+        "geoseg_class_min_score": json.dumps(plan.class_min_score()),
         "geoseg_options": json.dumps(plan.options.to_dict(), sort_keys=True),
     }
 

@@ -90,6 +90,17 @@ class ScenePlan:
         """The GSD each class is read at (classes not searched are left out)."""
         return {self.model.classes[k]: p.scene.gsd_m for p in self.passes for k in p.classes}
 
+    def class_min_score(self) -> dict[str, float]:
+        """The score threshold each class is kept from, in the pass that reads it (the run's
+        ``min_score``, or the model's by read GSD; classes not searched are left out)."""
+        base = score_thresholds(self.options.min_score, self.model.classes)
+        return {
+            name: (p.min_score or {}).get(name, float(base[k]))
+            for p in self.passes
+            for k in p.classes
+            for name in (self.model.classes[k],)
+        }
+
     def batch_tiles(self, batch_index: int) -> tuple[Tile, ...]:
         """The tiles of one batch (all of them, the skipped ones too)."""
         return self.batches[batch_index][1]

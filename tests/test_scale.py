@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import pytest
 from affine import Affine
 
@@ -163,3 +165,7 @@ def test_a_class_threshold_can_depend_on_the_gsd_it_is_read_at(
         assert ship_pass.min_score is None
     result = run_scene(path, tmp_path / "out", options=options)
     assert result.counts["ship"] == ships and result.counts["building"] == 1
+    wanted = (min_score or ship_pass.min_score)["ship"]
+    assert result.class_min_score["ship"] == wanted == plan.class_min_score()["ship"]
+    metadata = pyogrio.read_info(tmp_path / "out" / "s.gpkg", layer="ship")["layer_metadata"]
+    assert json.loads(metadata["geoseg_class_min_score"])["ship"] == wanted

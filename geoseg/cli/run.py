@@ -117,12 +117,19 @@ def _progress_bar(total: int, verbosity: int) -> Any:
     return tqdm(total=total, unit="tile", desc="tiles", leave=False, dynamic_ncols=True)
 
 
+def _how_read(result: Any, name: str) -> str:
+    """`` (at 5 m, score >= 0.65)``: the GSD a class was read at and the score it was kept
+    from, where the run recorded them."""
+    parts = []
+    if name in result.class_gsd_m:
+        parts.append(f"at {result.class_gsd_m[name]:.3g} m")
+    if name in result.class_min_score:
+        parts.append(f"score >= {result.class_min_score[name]:.2f}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _summary(result: Any) -> None:
-    counts = ", ".join(
-        f"{n} {name}"
-        + (f" (at {result.class_gsd_m[name]:.3g} m)" if name in result.class_gsd_m else "")
-        for name, n in result.counts.items()
-    )
+    counts = ", ".join(f"{n} {name}{_how_read(result, name)}" for name, n in result.counts.items())
     click.echo(f"Objects: {counts}")
     click.echo(
         f"Tiles: {result.n_tiles} ({result.n_skipped} skipped as nodata) in "
