@@ -94,11 +94,11 @@ class ScenePlan:
         """The score threshold each class is kept from, in the pass that reads it (the run's
         ``min_score``, or the model's by read GSD; classes not searched are left out)."""
         base = score_thresholds(self.options.min_score, self.model.classes)
+        names = self.model.classes
         return {
-            name: (p.min_score or {}).get(name, float(base[k]))
+            names[k]: (p.min_score or {}).get(names[k], float(base[k]))
             for p in self.passes
             for k in p.classes
-            for name in (self.model.classes[k],)
         }
 
     def batch_tiles(self, batch_index: int) -> tuple[Tile, ...]:
@@ -128,6 +128,9 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     # only what the model says of itself: never loaded here on the workers' device
     info = describe_spec(options.model, device=options.device)
     by_gsd = info.min_score_by_gsd if options.min_score is None else None
+    unknown = ", ".join(sorted(set(by_gsd or {}) - set(info.classes)))
+    if unknown:
+        raise UserInputError(f"{options.model}: min_score_by_gsd names {unknown}, not its class")
     if options.min_score is None:
         tuned = info.min_score if info.min_score is not None else DEFAULT_MIN_SCORE
         options = replace(options, min_score=tuned)

@@ -213,3 +213,13 @@ class GsdThresholdOracle(ClassScaleOracle):
 
 def gsd_threshold_oracle() -> GsdThresholdOracle:
     return GsdThresholdOracle()
+
+
+class MisnamedThresholdOracle(GsdThresholdOracle):
+    """Thresholds by GSD for a class the model does not have."""
+
+    min_score_by_gsd = {"boat": [(1.0, 0.5)]}  # noqa: RUF012
+
+
+def misnamed_threshold_oracle() -> MisnamedThresholdOracle:
+    return MisnamedThresholdOracle()

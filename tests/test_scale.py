@@ -169,3 +169,9 @@ def test_a_class_threshold_can_depend_on_the_gsd_it_is_read_at(
     assert result.class_min_score["ship"] == wanted == plan.class_min_score()["ship"]
     metadata = pyogrio.read_info(tmp_path / "out" / "s.gpkg", layer="ship")["layer_metadata"]
     assert json.loads(metadata["geoseg_class_min_score"])["ship"] == wanted
+
+
+def test_thresholds_by_gsd_for_an_unknown_class_are_refused(tmp_path: Path) -> None:
+    path, _ = fine_scene(tmp_path)
+    with pytest.raises(UserInputError, match="min_score_by_gsd names boat"):
+        plan_scene(path, RunOptions(model="tests.models:misnamed_threshold_oracle"))
