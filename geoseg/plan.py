@@ -41,6 +41,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+SAME_READING = 0.02
+"""Classes whose GSDs differ by less than this fraction share one reading, at the finer GSD: a
+z19 Web Mercator tile (0.2986 m) read at 0.30 m for ships and at its own GSD for buildings
+would cost a second reading of the whole scene for a 0.5% difference."""
+
 MAX_UPSAMPLING = 3.0
 """How many times finer than the scene a class's coarsest GSD may be: beyond it the objects are
 too small in the scene to be found, and upsampling would only multiply the tiles."""
@@ -255,8 +260,13 @@ def _readings(
             )
             continue
         target = _coarsest_for_size(scene, clamp_gsd(native, gsd_range), options.tile_px)
-        key = next((t for t in targets if abs(t - target) <= 1e-3 * target), target)
-        targets.setdefault(key, []).append(k)
+        same = next((t for t in targets if abs(t - target) <= SAME_READING * min(t, target)), None)
+        if same is None:
+            targets[target] = [k]
+        elif target < same:  # the shared reading moves to the finer GSD
+            targets[target] = [*targets.pop(same), k]
+        else:
+            targets[same].append(k)
     if not targets:
         coarsest = max(r[1] for r in ranges if r is not None)
         raise UserInputError(

@@ -223,3 +223,17 @@ class MisnamedThresholdOracle(GsdThresholdOracle):
 
 def misnamed_threshold_oracle() -> MisnamedThresholdOracle:
     return MisnamedThresholdOracle()
+
+
+class NearlySameScaleOracle(ClassScaleOracle):
+    """As :class:`ClassScaleOracle`, buildings from 0.2986 m (a z19 tile), ships from 0.3 m."""
+
+    class_gsd_range_m: ClassVar[dict[str, tuple[float, float]]] = {
+        **ClassScaleOracle.class_gsd_range_m,
+        "building": (0.2986, 10.0),
+        "ship": (0.3, 10.0),
+    }
+
+
+def nearly_same_scale_oracle() -> NearlySameScaleOracle:
+    return NearlySameScaleOracle()

@@ -175,3 +175,27 @@ def test_thresholds_by_gsd_for_an_unknown_class_are_refused(tmp_path: Path) -> N
     path, _ = fine_scene(tmp_path)
     with pytest.raises(UserInputError, match="min_score_by_gsd names boat"):
         plan_scene(path, RunOptions(model="tests.models:misnamed_threshold_oracle"))
+
+
+def test_classes_at_nearly_the_same_gsd_share_one_reading(tmp_path: Path) -> None:
+    """Buildings from 0.2986 m and ships from 0.3 m on a 0.2986 m scene: one reading at
+    0.2986 m for both (not a second pass over the scene for 0.5%), each object once."""
+    transform = Affine(0.2986, 0, 500_000, 0, -0.2986, 4_000_000)
+    ids = np.zeros((256, 256), dtype=np.int32)
+    ids[20:60, 30:90] = 1  # a building
+    ids[150:170, 100:180] = 2  # a ship
+    path = write_coded_scene(
+        tmp_path / "z19.tif", ids, {1: 0, 2: 2}, transform=transform, crs="EPSG:32633"
+    )
+    options = RunOptions(
+        model="tests.models:nearly_same_scale_oracle", tile_px=128, overlap_px=32, simplify_px=0
+    )
+    plan = plan_scene(path, options)
+    first = plan.passes[0]
+    assert (first.scene.gsd_m, first.classes) == (0.2986, (0, 2))
+    assert not first.scene.resampled
+    result = run_scene(path, tmp_path / "out", options=options)
+    assert result.counts["building"] == 1 and result.counts["ship"] == 1
+    for name, k in (("building", 1), ("ship", 2)):
+        (got,) = gpd.read_file(tmp_path / "out" / "z19.gpkg", layer=name).geometry
+        assert_same_shape(got, truth_polygon(ids, k, transform))
