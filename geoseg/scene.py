@@ -103,16 +103,21 @@ class SceneInfo:
     def crs(self) -> CRS:
         return CRS.from_wkt(self.crs_wkt)
 
+    @property
+    def file_transform(self) -> Affine:
+        """The file's own geotransform (:attr:`transform` is the working grid's)."""
+        return self.transform @ Affine.scale(
+            self.shape_yx[1] / self.file_shape_yx[1], self.shape_yx[0] / self.file_shape_yx[0]
+        )
+
     def projection_note(self) -> str | None:
         """A line saying how the file's pixel size in CRS units became :attr:`file_gsd_m`
         where the projection's scale changed it (see :func:`pixel_size_m`), else ``None``."""
         crs = self.crs
         if crs.is_geographic:
             return None
-        t, (h, w), (fh, fw) = self.transform, self.shape_yx, self.file_shape_yx
-        units = (math.hypot(t.a, t.d) * w / fw + math.hypot(t.b, t.e) * h / fh) / 2
-        metres = units * (crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0)
-        if abs(metres / self.file_gsd_m - 1) <= SCALE_TOLERANCE:
+        units = _pixel_units(self.file_transform)
+        if abs(units * _unit_m(crs) / self.file_gsd_m - 1) <= SCALE_TOLERANCE:
             return None
         return (
             f"Scene pixels are {units:.3g} units of {crs.name}, {self.file_gsd_m:.3g} m on the "
@@ -295,10 +300,7 @@ def fit_gsd(
     height, width = scene.file_shape_yx
     factor = scene.file_gsd_m / target
     shape_yx = (max(1, round(height * factor)), max(1, round(width * factor)))
-    file_transform = scene.transform @ Affine.scale(
-        scene.shape_yx[1] / scene.file_shape_yx[1], scene.shape_yx[0] / scene.file_shape_yx[0]
-    )
-    transform = file_transform @ Affine.scale(width / shape_yx[1], height / shape_yx[0])
+    transform = scene.file_transform @ Affine.scale(width / shape_yx[1], height / shape_yx[0])
     log.info("%s: GSD %.3g m read at %.3g m", scene.path, scene.file_gsd_m, target)
     return replace(scene, shape_yx=shape_yx, transform=transform, gsd_m=target)
 
@@ -355,19 +357,26 @@ def pixel_size_m(transform: Affine, crs: CRS, shape_yx: tuple[int, int]) -> floa
     """Mean ground size of a pixel in metres at the scene's centre, for geographic CRSs and
     for projections that stretch the ground (a z19 Web Mercator tile is 0.30 units a pixel,
     0.26 m on the ground at 29 degrees of latitude)."""
-    col_size = math.hypot(transform.a, transform.d)
-    row_size = math.hypot(transform.b, transform.e)
     centre = transform @ (shape_yx[1] / 2, shape_yx[0] / 2)
     if crs.is_geographic:
         lon, lat = centre
         geod = Geod(ellps="WGS84")
-        _, _, dx = geod.inv(lon, lat, lon + col_size, lat)
-        _, _, dy = geod.inv(lon, lat, lon, lat + row_size)
+        _, _, dx = geod.inv(lon, lat, lon + math.hypot(transform.a, transform.d), lat)
+        _, _, dy = geod.inv(lon, lat, lon, lat + math.hypot(transform.b, transform.e))
         return float((abs(dx) + abs(dy)) / 2)
-    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    size = (col_size + row_size) / 2 * unit
+    size = _pixel_units(transform) * _unit_m(crs)
     scale = projection_scale(crs, centre)
     return float(size / scale if abs(scale - 1) > SCALE_TOLERANCE else size)
+
+
+def _pixel_units(transform: Affine) -> float:
+    """Mean of a pixel's column and row sizes in CRS units."""
+    return (math.hypot(transform.a, transform.d) + math.hypot(transform.b, transform.e)) / 2
+
+
+def _unit_m(crs: CRS) -> float:
+    """Metres in one unit of a projected CRS's axes."""
+    return crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
 
 
 def projection_scale(crs: CRS, xy: tuple[float, float]) -> float:
