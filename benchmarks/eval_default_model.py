@@ -40,9 +40,17 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
+from geoseg.learn.chips import validation_column
+
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = ((0, 0.5), (6, 0.5), (1, 2.0), (2, 5.0), (3, 10.0), (5, 0.3))
-ATLANTA_HELD_OUT_COLUMN = 765  # the validation strip of --val-fraction 0.15 on 900 columns
+VAL_FRACTION = 0.15  # the default model's --val-fraction: its eastern strips were never trained on
+
+
+def held_out_window(src: rasterio.DatasetReader) -> Window:
+    """The eastern strip of an image that training with ``VAL_FRACTION`` kept out."""
+    first = validation_column(src.width, VAL_FRACTION)
+    return Window(first, 0, src.width - first, src.height)
 
 
 def geoseg(*args: str) -> None:
@@ -55,7 +63,7 @@ def atlanta_east(data: Path, workdir: Path) -> tuple[Path, Path]:
     if image.is_file() and labels.is_file():
         return image, labels
     with rasterio.open(data / "atlanta_pan.tif") as src:
-        window = Window(ATLANTA_HELD_OUT_COLUMN, 0, src.width - ATLANTA_HELD_OUT_COLUMN, src.height)
+        window = held_out_window(src)
         profile = src.profile | {
             "width": window.width,
             "height": window.height,
@@ -74,16 +82,14 @@ def atlanta_east(data: Path, workdir: Path) -> tuple[Path, Path]:
 
 
 OAM_HELD_OUT = "nairobi_2_z19"
-HELD_OUT_FRACTION = 0.85  # --val-fraction 0.15: columns from here on were never trained on
 
 
 def held_out_strip(scene: Path, pred: Path, ref: Path, cls: str) -> tuple[Path, Path]:
     """Predictions and references of class ``cls`` whose representative point lies in the
     eastern strip of ``scene`` that training kept out, written beside ``pred``."""
     with rasterio.open(scene) as src:
-        first = int(src.width * HELD_OUT_FRACTION)
-        window = Window(first, 0, src.width - first, src.height)
-        strip, crs = shapely.box(*rasterio.windows.bounds(window, src.transform)), src.crs
+        bounds = rasterio.windows.bounds(held_out_window(src), src.transform)
+        strip, crs = shapely.box(*bounds), src.crs
     out = []
     for path, layer, name in ((pred, cls, "strip_pred.gpkg"), (ref, None, "strip_ref.gpkg")):
         frame = gpd.read_file(path, layer=layer).to_crs(crs)

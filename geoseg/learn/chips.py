@@ -48,6 +48,7 @@ __all__ = [
     "rasterize_instances",
     "read_labels",
     "targets_from_ids",
+    "validation_column",
 ]
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,11 @@ def _polygonal(geom: shapely.Geometry | None) -> shapely.Geometry:
     return shapely.Polygon()
 
 
+def validation_column(width: int, val_fraction: float) -> int:
+    """The first column of the eastern strip that ``val_fraction`` keeps out of training."""
+    return width - round(width * val_fraction) if val_fraction > 0 else width
+
+
 def chip_windows(
     shape_yx: tuple[int, int], *, chip_px: int, val_fraction: float
 ) -> Iterator[tuple[str, PixelWindow]]:
@@ -182,7 +188,7 @@ def chip_windows(
     narrow windows, which :func:`geoseg.scene.read_tiles` pads).
     """
     height, width = shape_yx
-    split_col = width - round(width * val_fraction) if val_fraction > 0 else width
+    split_col = validation_column(width, val_fraction)
     regions = [("train", 0, split_col, max(1, chip_px // 2)), ("val", split_col, width, chip_px)]
     for split, col0, col1, step in regions:
         if col1 <= col0:
