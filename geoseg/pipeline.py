@@ -171,14 +171,13 @@ def scene_tasks(
     everything = len(plan.passes) == 1 and len(plan.passes[0].classes) == len(plan.model.classes)
     scene_token = dask.base.tokenize(plan.passes, plan.options)
     last = len(plan.batches) - 1
+    pass_scores = [  # each pass's thresholds, the same for all its batches
+        opts.min_score if everything and p.min_score is None else _pass_min_score(plan, p)
+        for p in plan.passes
+    ]
     for number in range(len(plan.batches)) if batches is None else batches:
         index, tiles = plan.batches[number]
-        reading = plan.passes[index]
-        min_score = (
-            opts.min_score
-            if everything and reading.min_score is None
-            else _pass_min_score(plan, reading)
-        )
+        reading, min_score = plan.passes[index], pass_scores[index]
         # Batches run in plan order (the stitcher's frontier then stays a band of tiles):
         # the local schedulers order independent chains by their keys, highest first;
         # distributed follows the priority.
