@@ -28,6 +28,7 @@ from geoseg.measures import SHIP_CLASSES, SHIP_COLUMNS, ship_dimensions
 from geoseg.model.protocol import ModelInfo
 from geoseg.output import OutputStream, empty_layer, layer_columns
 from geoseg.plan import BatchResult, ScenePlan
+from geoseg.reading_merge import ReadingMerger, merge_readings
 from geoseg.scene import SceneInfo, check_unchanged
 from geoseg.stitch import StitchedObject, StreamingStitcher, stitch
 from geoseg.vectorize import GeoMeasures, geodesic_measures_bulk, stable_ids, to_crs_polygons
@@ -60,6 +61,7 @@ class RunResult:
     model: ModelInfo
     notes: list[str] = field(default_factory=list)
     class_gsd_m: dict[str, float] = field(default_factory=dict)
+    class_readings_m: dict[str, tuple[float, ...]] = field(default_factory=dict)
     class_min_score: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -85,6 +87,8 @@ class SceneAssembler:
         self.stem = stem or plan.scene.stem
         merge_iou = plan.options.merge_iou
         self._stitchers = [StreamingStitcher(p.grid, merge_iou=merge_iou) for p in plan.passes]
+        merged = plan.merged_classes()
+        self._merger = ReadingMerger(_transforms(plan), merged) if merged else None
         self._final: list[list[StitchedObject]] = [[] for _ in plan.passes]  # not written yet
         self._measures = GeoMeasures(plan.scene.crs)
         self._n_tiles = 0
@@ -118,17 +122,35 @@ class SceneAssembler:
         final = self._stitchers[result.pass_index].add(tiles, result.fragments)
         self._n_tiles += result.n_tiles
         self._n_skipped += result.n_skipped
-        waiting = self._final[result.pass_index]
-        waiting += final
-        if len(waiting) >= WRITE_OBJECTS:
-            self._write(result.pass_index, waiting)
-            waiting.clear()
+        self._take(result.pass_index, final)
+        if self._merger is not None:
+            frontiers = [s.frontier_row() for s in self._stitchers]
+            for k, obj in self._merger.advance(frontiers):
+                self._final[k].append(obj)
+        for k, waiting in enumerate(self._final):
+            if len(waiting) >= WRITE_OBJECTS:
+                self._write(k, waiting)
+                waiting.clear()
+
+    def _take(self, pass_index: int, final: Sequence[StitchedObject]) -> None:
+        """Final objects of a pass: to the writer, or those of merged classes to the merger."""
+        if self._merger is None:
+            self._final[pass_index] += final
+            return
+        merged = self._merger.classes
+        self._merger.add(pass_index, [o for o in final if o.label in merged])
+        self._final[pass_index] += [o for o in final if o.label not in merged]
 
     def finish(self, *, seconds: float) -> RunResult:
         """Write what is left, check the scene is unchanged, and commit the outputs."""
         for k, stitcher in enumerate(self._stitchers):
-            self._write(k, [*self._final[k], *stitcher.finish()])
-            self._final[k].clear()
+            self._take(k, stitcher.finish())
+        if self._merger is not None:
+            for k, obj in self._merger.finish():
+                self._final[k].append(obj)
+        for k, waiting in enumerate(self._final):
+            self._write(k, waiting)
+            waiting.clear()
         for reading in self.plan.passes:
             check_unchanged(reading.scene)
         outputs = self._output.commit()
@@ -142,13 +164,20 @@ class SceneAssembler:
             model=self.plan.model,
             notes=list(self.plan.notes),
             class_gsd_m=self.plan.class_gsd_m(),
+            class_readings_m=self.plan.class_readings_m(),
             class_min_score=self.plan.class_min_score(),
         )
 
     @property
     def n_held(self) -> int:
-        """Fragments and objects the stitchers hold (the frontier)."""
-        return sum(s.n_fragments_held + s.n_objects_held for s in self._stitchers)
+        """Fragments and objects the stitchers (and the merge of readings) hold."""
+        return self.n_merging + sum(s.n_fragments_held + s.n_objects_held for s in self._stitchers)
+
+    @property
+    def n_merging(self) -> int:
+        """Objects of a class read at several GSDs that the merge of readings holds (waiting,
+        or kept and remembered for later ones; see :mod:`geoseg.reading_merge`)."""
+        return self._merger.n_held if self._merger is not None else 0
 
     @property
     def n_unwritten(self) -> int:
@@ -169,6 +198,12 @@ class SceneAssembler:
 def run_metadata(plan: ScenePlan) -> dict[str, str]:
     """What every output layer records about the run (GeoPackage layer metadata)."""
     class_gsd = plan.class_gsd_m()
+    twice = {
+        name: [round(g, 6) for g in gsds]
+        for name, gsds in plan.class_readings_m().items()
+        if len(gsds) > 1
+    }
+    merged = {"geoseg_class_readings_m": json.dumps(twice)} if twice else {}
     return {
         "geoseg_version": _version(),
         "geoseg_model": plan.model.name,
@@ -178,18 +213,26 @@ def run_metadata(plan: ScenePlan) -> dict[str, str]:
         "geoseg_class_gsd_m": json.dumps({c: round(g, 6) for c, g in class_gsd.items()}),
         "geoseg_class_min_score": json.dumps(plan.class_min_score()),
         "geoseg_options": json.dumps(plan.options.to_dict(), sort_keys=True),
+        **merged,
     }
 
 
 def stitch_passes(plan: ScenePlan, results: Sequence[BatchResult]) -> list[list[StitchedObject]]:
-    """Each pass's fragments stitched on its own grid, all at once: one list per pass."""
-    return [
+    """Each pass's fragments stitched on its own grid, all at once: one list per pass (a
+    class read in several passes merged across them, :mod:`geoseg.reading_merge`)."""
+    per_pass = [
         stitch(
             [f for r in results if r.pass_index == k for f in r.fragments],
             merge_iou=plan.options.merge_iou,
         )
         for k in range(len(plan.passes))
     ]
+    merged = plan.merged_classes()
+    return merge_readings(per_pass, _transforms(plan), merged) if merged else per_pass
+
+
+def _transforms(plan: ScenePlan) -> list[Any]:
+    return [reading.scene.transform for reading in plan.passes]
 
 
 def objects_to_layers(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from geoseg.errors import UserInputError
 __all__ = [
     "DEFAULT_MIN_SCORE",
     "RunOptions",
+    "as_extra_gsd",
     "as_min_score",
     "as_min_score_by_gsd",
     "score_thresholds",
@@ -100,6 +102,23 @@ def as_min_score_by_gsd(value: Any, source: str = "model") -> GsdThresholds | No
             f"{source}: min_score_by_gsd {value!r} is not {{class: [[GSD > 0, score 0-1], ...]}}"
         ) from None
     return table
+
+
+def as_extra_gsd(value: Any, source: str = "model") -> dict[str, tuple[float, ...]] | None:
+    """A model's ``class_extra_gsd_m`` (``{class: [GSD m, ...]}``, the other GSDs a class is
+    also read at) as plain values, sorted; ``None`` when it has none. Anything but positive
+    GSDs is a :class:`~geoseg.errors.UserInputError` naming ``source``."""
+    if not value:
+        return None
+    try:
+        table = {str(c): tuple(sorted(float(g) for g in gsds)) for c, gsds in dict(value).items()}
+        if any(not (math.isfinite(g) and g > 0) for gsds in table.values() for g in gsds):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserInputError(
+            f"{source}: class_extra_gsd_m {value!r} is not {{class: [GSD in m > 0, ...]}}"
+        ) from None
+    return {c: gsds for c, gsds in table.items() if gsds} or None
 
 
 def threshold_at_gsd(threshold: float, steps: Sequence[tuple[float, float]], gsd_m: float) -> float:

@@ -9,6 +9,11 @@ shorter side drops under half a tile (a 1,024 px scene at 0.5 m reads 4 m fields
 with 512 px tiles). A class whose range ends far finer than the scene
 (more than :data:`MAX_UPSAMPLING`) is not searched, and a scene too coarse for every class is
 refused.
+
+A model may also name other GSDs to read a class at (``class_extra_gsd_m``): where the scene
+is at least :data:`EXTRA_READING_RATIO` times finer, the class is read at both, and the two
+readings' objects of it are merged (:mod:`geoseg.reading_merge`). The passes' batches are then
+interleaved band by band, so that the merge holds a band of objects, not the scene's.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ SAME_READING = 0.02
 """Classes whose GSDs differ by less than this fraction share one reading, at the finer GSD: a
 z19 Web Mercator tile (0.2986 m) read at 0.30 m for ships and at its own GSD for buildings
 would cost a second reading of the whole scene for a 0.5% difference."""
+
+EXTRA_READING_RATIO = 1.5
+"""A class's extra GSD is read only when it is at least this many times coarser than its first
+reading: closer, both readings see nearly the same thing, at the cost of a whole reading."""
 
 MAX_UPSAMPLING = 3.0
 """How many times finer than the scene a class's coarsest GSD may be: beyond it the objects are
@@ -92,8 +101,23 @@ class ScenePlan:
         return sum(len(p.grid) for p in self.passes)
 
     def class_gsd_m(self) -> dict[str, float]:
-        """The GSD each class is read at (classes not searched are left out)."""
-        return {self.model.classes[k]: p.scene.gsd_m for p in self.passes for k in p.classes}
+        """The GSD each class is read at, its finest where it is read at several (classes
+        not searched are left out)."""
+        return {name: gsds[0] for name, gsds in self.class_readings_m().items()}
+
+    def class_readings_m(self) -> dict[str, tuple[float, ...]]:
+        """Every GSD each class is read at, finest first."""
+        found: dict[str, tuple[float, ...]] = {}
+        for reading in self.passes:  # finest first
+            for k in reading.classes:
+                name = self.model.classes[k]
+                found[name] = (*found.get(name, ()), reading.scene.gsd_m)
+        return found
+
+    def merged_classes(self) -> tuple[int, ...]:
+        """Indexes of the classes read in more than one pass (merged across them)."""
+        counts = [sum(k in p.classes for p in self.passes) for k in range(len(self.model.classes))]
+        return tuple(k for k, n in enumerate(counts) if n > 1)
 
     def class_min_score(self) -> dict[str, float]:
         """The score threshold each class is kept from, in the pass that reads it (the run's
@@ -133,9 +157,10 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     # only what the model says of itself: never loaded here on the workers' device
     info = describe_spec(options.model, device=options.device)
     by_gsd = info.min_score_by_gsd if options.min_score is None else None
-    unknown = ", ".join(sorted(set(by_gsd or {}) - set(info.classes)))
-    if unknown:
-        raise UserInputError(f"{options.model}: min_score_by_gsd names {unknown}, not its class")
+    for key, table in (("min_score_by_gsd", by_gsd), ("class_extra_gsd_m", info.class_extra_gsd_m)):
+        unknown = ", ".join(sorted(set(table or {}) - set(info.classes)))
+        if unknown:
+            raise UserInputError(f"{options.model}: {key} names {unknown}, not its class")
     if options.min_score is None:
         tuned = info.min_score if info.min_score is not None else DEFAULT_MIN_SCORE
         options = replace(options, min_score=tuned)
@@ -162,7 +187,24 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
         thresholds = _thresholds_at(options.min_score, info, working.gsd_m) if by_gsd else None
         passes.append(ScenePass(working, grid, classes, thresholds))
         batches.extend((index, tuple(tiles[k : k + size])) for k in range(0, len(tiles), size))
-    return ScenePlan(tuple(passes), tuple(batches), options, info, tuple(notes))
+    plan = ScenePlan(tuple(passes), tuple(batches), options, info, tuple(notes))
+    if plan.merged_classes():
+        plan = replace(plan, batches=_interleaved(plan))
+    return plan
+
+
+def _interleaved(plan: ScenePlan) -> tuple[tuple[int, tuple[Tile, ...]], ...]:
+    """The batches of all passes in the order of the scene rows they start at (each pass's
+    own order kept): the passes then advance down the scene together, so that a class merged
+    across them waits for a band of rows, not for a whole pass."""
+    finest = plan.passes[0].scene.shape_yx[0]
+
+    def start(batch: tuple[int, tuple[Tile, ...]]) -> float:
+        index, tiles = batch
+        scale = finest / plan.passes[index].scene.shape_yx[0]
+        return min(t.window.row_off for t in tiles) * scale
+
+    return tuple(sorted(plan.batches, key=start))
 
 
 def _thresholds_at(
@@ -239,6 +281,19 @@ def _coarsest_for_size(scene: SceneInfo, target: float, tile_px: int) -> float:
     return max(native, min(target, coarsest))
 
 
+def _add_reading(targets: dict[float, list[int]], gsd: float, k: int) -> None:
+    """Read class ``k`` at ``gsd``: in a reading within :data:`SAME_READING` of it if there is
+    one (which moves to the finer of the two GSDs), else in a new one."""
+    same = next((t for t in targets if abs(t - gsd) <= SAME_READING * min(t, gsd)), None)
+    if same is None:
+        targets[gsd] = [k]
+    elif gsd < same:  # the shared reading moves to the finer GSD
+        shared = targets.pop(same)
+        targets[gsd] = shared if k in shared else [*shared, k]
+    elif k not in targets[same]:
+        targets[same].append(k)
+
+
 def _readings(
     scene: SceneInfo, info: ModelInfo, options: RunOptions
 ) -> tuple[list[tuple[SceneInfo, tuple[int, ...]]], list[str]]:
@@ -259,14 +314,12 @@ def _readings(
                 f"({gsd_range[1]:.3g} m)"
             )
             continue
-        target = _coarsest_for_size(scene, clamp_gsd(native, gsd_range), options.tile_px)
-        same = next((t for t in targets if abs(t - target) <= SAME_READING * min(t, target)), None)
-        if same is None:
-            targets[target] = [k]
-        elif target < same:  # the shared reading moves to the finer GSD
-            targets[target] = [*targets.pop(same), k]
-        else:
-            targets[same].append(k)
+        first = _coarsest_for_size(scene, clamp_gsd(native, gsd_range), options.tile_px)
+        _add_reading(targets, first, k)
+        for extra in (info.class_extra_gsd_m or {}).get(info.classes[k], ()):
+            gsd = _coarsest_for_size(scene, clamp_gsd(extra, gsd_range), options.tile_px)
+            if gsd >= first * EXTRA_READING_RATIO:
+                _add_reading(targets, gsd, k)
     if not targets:
         coarsest = max(r[1] for r in ranges if r is not None)
         raise UserInputError(

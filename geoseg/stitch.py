@@ -348,6 +348,7 @@ class StreamingStitcher:
         self._undecided = Counter[TileIndex]()
         self._pending: list[_Candidate] = []
         self._kept: list[_Candidate] = []
+        self._first_open_row = 0  # tile rows above it are all finished
 
     @property
     def n_tiles_added(self) -> int:
@@ -362,6 +363,29 @@ class StreamingStitcher:
     def n_objects_held(self) -> int:
         """Objects waiting for their duplicate test, or kept and remembered for later ones."""
         return len(self._pending) + len(self._kept)
+
+    def frontier_row(self) -> float:
+        """No object this stitcher hands back from now on starts above this row (its
+        bounding box's top, in working-grid pixels): every later object is made of fragments
+        it holds or of tiles not yet added. ``inf`` once it has finished; without a grid,
+        ``-inf`` until then."""
+        if self._done:
+            return float("inf")
+        if self._grid is None:
+            return float("-inf")
+        tops = [b[1] for b in (c.bounds for c in self._pending)]
+        if self._fragments:
+            polygons = np.array([f.polygon_px for f in self._fragments.values()], dtype=object)
+            tops.append(float(shapely.bounds(polygons)[:, 1].min()))
+        n_rows, n_cols = self._grid.shape_tiles_yx
+        while self._first_open_row < n_rows and all(
+            (self._first_open_row, j) in self._finished for j in range(n_cols)
+        ):
+            self._first_open_row += 1
+        if self._first_open_row < n_rows:
+            unfinished = self._grid.tile(self._first_open_row, 0).window.row_off
+            tops.append(float(unfinished))
+        return min(tops, default=float("inf"))
 
     def add(
         self, tiles: Iterable[TileIndex], fragments: Sequence[Fragment]

@@ -237,3 +237,22 @@ class NearlySameScaleOracle(ClassScaleOracle):
 
 def nearly_same_scale_oracle() -> NearlySameScaleOracle:
     return NearlySameScaleOracle()
+
+
+class TwoReadingOracle(ClassScaleOracle):
+    """As :class:`ClassScaleOracle`, and buildings read at 2 m too (merged with the first
+    reading) where the scene is at least 1.5 times finer."""
+
+    class_extra_gsd_m: ClassVar[dict[str, list[float]]] = {"building": [2.0]}
+
+
+def two_reading_oracle() -> TwoReadingOracle:
+    return TwoReadingOracle()
+
+
+class MisnamedExtraOracle(ClassScaleOracle):
+    class_extra_gsd_m: ClassVar[dict[str, list[float]]] = {"boat": [2.0]}
+
+
+def misnamed_extra_oracle() -> MisnamedExtraOracle:
+    return MisnamedExtraOracle()

@@ -90,9 +90,16 @@ def stream(
     """Objects from feeding the batches in turn (finish() then has nothing left)."""
     stitcher = StreamingStitcher(grid)
     out: list[StitchedObject] = []
+    frontier = stitcher.frontier_row()
     for batch in batches:
-        out += stitcher.add(batch, [f for t in batch for f in per_tile[t]])
+        found = stitcher.add(batch, [f for t in batch for f in per_tile[t]])
+        # no object starts above the row the stitcher promised before this batch
+        assert all(o.polygon_px.bounds[1] >= frontier for o in found)
+        assert stitcher.frontier_row() >= frontier
+        frontier = stitcher.frontier_row()
+        out += found
     left = stitcher.finish()
+    assert stitcher.frontier_row() == float("inf")
     assert not left  # the last tile's add() settles everything
     assert stitcher.n_fragments_held == 0 and stitcher.n_objects_held == 0
     return out

@@ -1,10 +1,13 @@
-"""Set the GSD range each class of a geoseg checkpoint works at (``class_gsd_m``).
+"""Set the GSD range each class of a geoseg checkpoint works at (``class_gsd_m``), and the
+other GSDs a class is also read at (``class_extra_gsd_m``).
 
 ``geoseg train`` records, per class, the GSDs of the chips it learned the class from. A model
 may find a class well only at part of that range (fields are wider than a tile at 0.5 m): this
 rewrites the ranges that ``geoseg run`` reads each class at, and nothing else::
 
     python tools/set_class_gsd.py default.pt field=2:10 building=0.3:10 ship=0.5:10
+    python tools/set_class_gsd.py default.pt --also building=0.6   # read twice, merged
+    python tools/set_class_gsd.py default.pt --also building=      # read once again
 
 The file is rewritten atomically; weights, thresholds and training records are kept.
 """
@@ -26,10 +29,26 @@ def parse_range(text: str) -> tuple[str, tuple[float, float]]:
         raise argparse.ArgumentTypeError(f"{text!r}: write CLASS=MIN:MAX in metres") from None
 
 
+def parse_extra(text: str) -> tuple[str, list[float]]:
+    name, _, gsds = text.partition("=")
+    try:
+        return name, [float(g) for g in gsds.split(",") if g.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write CLASS=GSD[,GSD...] in metres") from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("ranges", nargs="+", type=parse_range, metavar="CLASS=MIN:MAX")
+    parser.add_argument("ranges", nargs="*", type=parse_range, metavar="CLASS=MIN:MAX")
+    parser.add_argument(
+        "--also",
+        action="append",
+        type=parse_extra,
+        default=[],
+        metavar="CLASS=GSD[,GSD]",
+        help="also read CLASS at these GSDs where the scene is 1.5 x finer (empty: none)",
+    )
     args = parser.parse_args()
     payload = read_checkpoint(args.checkpoint)
     ranges = dict(payload.get("class_gsd_m") or {})
@@ -37,8 +56,14 @@ def main() -> int:
         if name not in payload["classes"] or not 0 < low <= high:
             parser.error(f"{name}={low}:{high}: not a class of the model, or not 0 < MIN <= MAX")
         ranges[name] = [low, high]
-    update_checkpoint(args.checkpoint, class_gsd_m=ranges)
-    print(f"{args.checkpoint}: class GSD ranges {ranges}")
+    extra = dict(payload.get("class_extra_gsd_m") or {})
+    for name, gsds in args.also:
+        if name not in payload["classes"] or any(g <= 0 for g in gsds):
+            parser.error(f"--also {name}: not a class of the model, or a GSD not above 0")
+        extra[name] = gsds
+    extra = {name: gsds for name, gsds in extra.items() if gsds}
+    update_checkpoint(args.checkpoint, class_gsd_m=ranges, class_extra_gsd_m=extra or None)
+    print(f"{args.checkpoint}: class GSD ranges {ranges}, also read at {extra}")
     return 0
 
 

@@ -12,8 +12,10 @@ lists and dicts, so :func:`torch.load` reads it with ``weights_only=True`` (no p
      "state_dict": {...},        # the network's tensors
      "train": {...},             # what made it: options, epochs, data, validation figures
      "min_score": {"ship": 0.3, ...},  # optional: score thresholds tuned on validation data
-     "min_score_by_gsd": {"ship": [[1.0, 0.5]]}}  # optional: other thresholds for a class
+     "min_score_by_gsd": {"ship": [[1.0, 0.5]]},  # optional: other thresholds for a class
                                                   # read at a GSD up to 1.0 m
+     "class_extra_gsd_m": {"building": [0.6]}}  # optional: also read a class at these GSDs
+                                                # (where the scene is 1.5x finer), merged
 
 A training checkpoint (the ``last.pt`` that ``geoseg train`` resumes from) also holds
 ``"resume"``: optimizer state and the epoch reached; it loads as a model all the same.
@@ -29,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from geoseg.config import as_min_score, as_min_score_by_gsd
+from geoseg.config import as_extra_gsd, as_min_score, as_min_score_by_gsd
 from geoseg.errors import UserInputError, first_line
 
 __all__ = ["FORMAT", "VERSION", "read_checkpoint", "save_checkpoint", "update_checkpoint"]
@@ -54,6 +56,7 @@ def save_checkpoint(
     min_score: float | Mapping[str, float] | None = None,
     class_gsd_m: Mapping[str, Any] | None = None,
     min_score_by_gsd: Mapping[str, Any] | None = None,
+    class_extra_gsd_m: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint to ``path`` atomically (a temporary file, then :func:`os.replace`).
 
@@ -79,6 +82,9 @@ def save_checkpoint(
     steps = as_min_score_by_gsd(min_score_by_gsd, str(path))
     if steps:
         payload["min_score_by_gsd"] = {c: [list(step) for step in s] for c, s in steps.items()}
+    extra = as_extra_gsd(class_extra_gsd_m, str(path))
+    if extra:
+        payload["class_extra_gsd_m"] = {c: list(gsds) for c, gsds in extra.items()}
     if resume is not None:
         payload["resume"] = dict(resume)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,9 +104,10 @@ def save_checkpoint(
 
 def update_checkpoint(path: str | Path, **changes: Any) -> Path:
     """Rewrite the checkpoint at ``path`` atomically with some of its run settings replaced
-    (``min_score``, ``min_score_by_gsd``, ``class_gsd_m``, ``gsd_range_m``; ``None`` drops
-    one); weights, training records and everything else are kept."""
-    settings = ("min_score", "min_score_by_gsd", "class_gsd_m", "gsd_range_m")
+    (``min_score``, ``min_score_by_gsd``, ``class_gsd_m``, ``class_extra_gsd_m``,
+    ``gsd_range_m``; ``None`` drops one); weights, training records and everything else are
+    kept."""
+    settings = ("min_score", "min_score_by_gsd", "class_gsd_m", "class_extra_gsd_m", "gsd_range_m")
     unknown = sorted(set(changes) - set(settings))
     if unknown:
         raise TypeError(f"update_checkpoint cannot change {', '.join(unknown)}")

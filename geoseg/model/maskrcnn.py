@@ -48,7 +48,7 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from geoseg.config import as_min_score_by_gsd
+from geoseg.config import as_extra_gsd, as_min_score_by_gsd
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
 from geoseg.gpu import CPU_BATCH
 from geoseg.model.checkpoint import read_checkpoint
@@ -352,6 +352,7 @@ class MaskRCNNSegmenter:
         min_score: float | Mapping[str, float] | None = None,
         class_gsd_range_m: Mapping[str, tuple[float, float]] | None = None,
         min_score_by_gsd: Mapping[str, Any] | None = None,
+        class_extra_gsd_m: Mapping[str, Any] | None = None,
     ) -> None:
         self.classes = tuple(classes)
         self.arch = arch
@@ -362,6 +363,7 @@ class MaskRCNNSegmenter:
         self.min_score = min_score  # the thresholds tuned on validation data, if any
         self.class_gsd_range_m = dict(class_gsd_range_m) if class_gsd_range_m else None
         self.min_score_by_gsd = as_min_score_by_gsd(min_score_by_gsd, name)
+        self.class_extra_gsd_m = as_extra_gsd(class_extra_gsd_m, name)
         self.normalization = dict(normalization or network_normalization(arch))
         self._device = resolve_device(device)
         # tiles per forward pass: on a GPU every tile of a call (the planner sized the call
@@ -522,6 +524,7 @@ def segmenter_from_payload(
         min_score=tuned,
         class_gsd_range_m=class_gsd or None,
         min_score_by_gsd=as_min_score_by_gsd(payload.get("min_score_by_gsd"), source),
+        class_extra_gsd_m=as_extra_gsd(payload.get("class_extra_gsd_m"), source),
     )
 
 

@@ -37,7 +37,10 @@ Optional attributes that geoseg reads when present: ``name`` (str), ``checksum``
 ``class_gsd_range_m`` (the same per class, ``{class name: (min, max)}``: geoseg then reads
 the scene once per working GSD, each class clamped to its own range), ``min_score_by_gsd``
 (``{class name: [(up to m, threshold), ...]}``: when ``--min-score`` is not given, a class
-read at a GSD up to a step's takes that step's threshold instead of its ``min_score``) and
+read at a GSD up to a step's takes that step's threshold instead of its ``min_score``),
+``class_extra_gsd_m`` (``{class name: [GSD m, ...]}``: where the scene is at least 1.5 times
+finer, the class is also read at these GSDs and the readings' objects merged, each object
+kept once from the reading that scored it best; see :mod:`geoseg.reading_merge`) and
 ``input_bands``
 (how many bands ``predict`` wants; geoseg repeats a single band or keeps the first bands to
 match). ``predict`` gets the lowest of the run's thresholds as ``min_score``.
@@ -66,7 +69,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from geoseg.config import GsdThresholds, as_min_score, as_min_score_by_gsd
+from geoseg.config import GsdThresholds, as_extra_gsd, as_min_score, as_min_score_by_gsd
 from geoseg.errors import ModelError, UserInputError
 from geoseg.model.box_masks import Crop, box_mask_crops, label_image_crops
 from geoseg.model.checksum import file_sha256
@@ -251,6 +254,7 @@ class ModelInfo:
     min_score: float | dict[str, float] | None = None
     class_gsd_range_m: dict[str, tuple[float, float]] | None = None
     min_score_by_gsd: GsdThresholds | None = None
+    class_extra_gsd_m: dict[str, tuple[float, ...]] | None = None
 
 
 def describe_model(model: Segmenter, spec: str) -> ModelInfo:
@@ -266,6 +270,7 @@ def describe_model(model: Segmenter, spec: str) -> ModelInfo:
         min_score=as_min_score(getattr(model, "min_score", None)),
         class_gsd_range_m=_class_ranges(getattr(model, "class_gsd_range_m", None)),
         min_score_by_gsd=as_min_score_by_gsd(getattr(model, "min_score_by_gsd", None), spec),
+        class_extra_gsd_m=as_extra_gsd(getattr(model, "class_extra_gsd_m", None), spec),
     )
 
 
@@ -321,6 +326,7 @@ def _describe_uncached(spec: str, path: Path | None, device: str) -> ModelInfo:
             min_score=as_min_score(payload.get("min_score")),
             class_gsd_range_m=_class_ranges(payload.get("class_gsd_m")),
             min_score_by_gsd=as_min_score_by_gsd(payload.get("min_score_by_gsd"), str(path)),
+            class_extra_gsd_m=as_extra_gsd(payload.get("class_extra_gsd_m"), str(path)),
         )
     if ":" in spec and spec != "default" and not _factory_takes_device(spec):
         return describe_model(load_segmenter(spec, device=device), spec)

@@ -1,0 +1,171 @@
+"""A class read at two GSDs comes out once per object, merged across the readings, while the
+readings stream: the merge holds a band of objects, not the scene's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dask
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+from affine import Affine
+from shapely.geometry import box
+
+from geoseg.assemble import SceneAssembler
+from geoseg.config import RunOptions, as_extra_gsd
+from geoseg.errors import UserInputError
+from geoseg.pipeline import plan_scene, run_scene, scene_tasks
+from geoseg.reading_merge import ReadingMerger, merge_readings, seen_twice
+from geoseg.stitch import StitchedObject
+from geoseg.testing import write_coded_scene
+from tests.conftest import assert_same_shape, truth_polygon
+
+HALF_METRE = Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000)
+FINE, COARSE = Affine(1, 0, 0, 0, -1, 0), Affine(2, 0, 0, 0, -2, 0)  # pass 1 is twice coarser
+
+
+def obj(x0: float, y0: float, x1: float, y1: float, score: float, label: int = 0):
+    return StitchedObject(box(x0, y0, x1, y1), label, score, 1)
+
+
+def test_two_outlines_are_one_object_by_iou_or_by_nesting() -> None:
+    square = box(0, 0, 10, 10)
+    assert seen_twice(square, box(5, 0, 15, 10))  # IoU 50 / 150 = 0.33
+    assert not seen_twice(square, box(6, 0, 16, 10))  # IoU 0.25, 40% of the smaller
+    assert seen_twice(square, box(0, 0, 2, 2))  # IoU 0.04, but wholly inside
+    assert not seen_twice(square, box(8, 8, 12, 12))  # 4 of 16: a quarter of the smaller
+    assert not seen_twice(box(0, 0, 1, 1), box(1, 0, 2, 1))  # touching: no shared area
+
+
+def test_the_best_scored_reading_wins_and_the_greedy_order_decides_chains() -> None:
+    fine = [obj(0, 0, 10, 10, 0.6), obj(30, 0, 40, 10, 0.9), obj(44, 0, 54, 10, 0.7)]
+    # in the coarse pass's pixels (2 x): the first square again, better scored; a copy of the
+    # second, worse scored, drawn wider so that it also overlaps the third
+    coarse = [obj(0, 0, 5, 5, 0.8), obj(15, 0, 25, 5, 0.75), obj(60, 0, 65, 5, 0.5, label=1)]
+    got = merge_readings([fine, coarse], [FINE, COARSE], [0])
+    assert [o.score for o in got[0]] == [0.9, 0.7]  # 0.6 lost to the coarse copy
+    # the coarse 0.75 lost to the fine 0.9, so it does not count against the fine 0.7
+    assert sorted(o.score for o in got[1]) == [0.5, 0.8]  # class 1 is not merged: kept
+
+
+def test_streaming_gives_the_objects_of_the_merge_at_once_and_holds_a_band() -> None:
+    rng = np.random.default_rng(0)
+    per_pass: list[list[StitchedObject]] = [[], []]
+    for k, scale in ((0, 1.0), (1, 2.0)):
+        for _ in range(300):
+            y, x = rng.uniform(0, 3000), rng.uniform(0, 200)
+            h, w = rng.uniform(4, 30, size=2)
+            per_pass[k].append(
+                obj(
+                    x / scale,
+                    y / scale,
+                    (x + w) / scale,
+                    (y + h) / scale,
+                    float(rng.uniform(0.3, 1.0)),
+                    label=int(rng.integers(0, 2)),
+                )
+            )
+    want = merge_readings(per_pass, [FINE, COARSE], [0, 1])
+    merger = ReadingMerger([FINE, COARSE], [0, 1])
+    got: list[list[StitchedObject]] = [[], []]
+    most = 0
+    for row in range(0, 3100, 50):  # both passes finish everything that starts above row
+        for k, scale in ((0, 1.0), (1, 2.0)):
+            merger.add(
+                k, [o for o in per_pass[k] if row - 50 <= o.polygon_px.bounds[1] * scale < row]
+            )
+        for k, o in merger.advance([row, row / 2]):
+            got[k].append(o)
+        most = max(most, merger.n_held)
+    for k, o in merger.finish():
+        got[k].append(o)
+    assert merger.n_held == 0
+    for mine, theirs in zip(got, want, strict=True):
+        assert sorted(o.polygon_px.wkb for o in mine) == sorted(o.polygon_px.wkb for o in theirs)
+    assert most < 100  # of 600: about the objects within reach of a 50-row band
+
+
+def tall_scene(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A 0.5 m scene 960 px tall: 12 buildings down its length, aligned to 4-pixel blocks (so
+    that the 2 m reading sees them exactly too), a field and a ship."""
+    ids = np.zeros((960, 160), dtype=np.int32)
+    for k in range(12):
+        ids[8 + 80 * k : 48 + 80 * k, 16 + 8 * k : 80 + 8 * k] = k + 1
+    ids[40:120, 112:156] = 13  # a field
+    ids[500:512, 120:128] = 14  # a ship
+    class_of = {k + 1: 0 for k in range(12)} | {13: 1, 14: 2}
+    path = write_coded_scene(
+        tmp_path / "tall.tif", ids, class_of, transform=HALF_METRE, crs="EPSG:32633"
+    )
+    return path, ids
+
+
+def test_a_class_read_at_two_gsds_comes_out_once_and_exact(tmp_path: Path) -> None:
+    path, ids = tall_scene(tmp_path)
+    options = RunOptions(
+        model="tests.models:two_reading_oracle", tile_px=64, overlap_px=16, simplify_px=0
+    )
+    plan = plan_scene(path, options)
+    assert [(p.scene.gsd_m, p.classes) for p in plan.passes] == [(0.5, (0, 2)), (2.0, (0, 1))]
+    assert plan.merged_classes() == (0,)
+    starts = [  # the passes' batches interleaved down the scene
+        min(t.window.row_off for t in tiles) * (4 if k else 1) for k, tiles in plan.batches
+    ]
+    assert starts == sorted(starts) and {k for k, _ in plan.batches[:6]} == {0, 1}
+    result = run_scene(path, tmp_path / "out", options=options)
+    assert result.counts == {"building": 12, "field": 1, "ship": 1}
+    assert result.class_readings_m == {"building": (0.5, 2.0), "field": (2.0,), "ship": (0.5,)}
+    frame = gpd.read_file(tmp_path / "out" / "tall.gpkg", layer="building")
+    for k in range(1, 13):
+        truth = truth_polygon(ids, k, HALF_METRE)
+        (got,) = [g for g in frame.geometry if g.intersects(truth.representative_point())]
+        assert_same_shape(got, truth)
+    meta = pyogrio.read_info(tmp_path / "out" / "tall.gpkg", layer="building")["layer_metadata"]
+    assert json.loads(meta["geoseg_class_readings_m"]) == {"building": [0.5, 2.0]}
+
+
+def test_the_merge_streams_as_the_batches_finish(tmp_path: Path) -> None:
+    path, _ = tall_scene(tmp_path)
+    options = RunOptions(
+        model="tests.models:two_reading_oracle",
+        tile_px=64,
+        overlap_px=16,
+        simplify_px=0,
+        batch_size=1,
+    )
+    plan = plan_scene(path, options)
+    (results,) = dask.compute(scene_tasks(plan), scheduler="threads")
+    held = []
+    with SceneAssembler(plan, tmp_path / "out") as assembler:
+        for result in results:  # in plan order, as the batches are run
+            assembler.add(result)
+            held.append(assembler.n_merging)
+        assert assembler.finish(seconds=1.0).counts["building"] == 12
+    # 24 buildings come in (12 from each reading): the merge holds those near the frontier
+    assert 0 < max(held) <= 6
+
+
+def test_extra_readings_only_where_the_scene_is_finer_enough(tmp_path: Path) -> None:
+    ids = np.zeros((256, 256), dtype=np.int32)
+    ids[20:60, 30:90] = 1
+    at_1_5 = Affine(1.5, 0, 500_000, 0, -1.5, 4_000_000)
+    path = write_coded_scene(tmp_path / "s.tif", ids, {1: 0}, transform=at_1_5, crs="EPSG:32633")
+    plan = plan_scene(
+        path, RunOptions(model="tests.models:two_reading_oracle", tile_px=128, overlap_px=32)
+    )
+    assert plan.class_readings_m()["building"] == (1.5,)  # 2 m is only 1.33 x coarser
+    path, _ = tall_scene(tmp_path)
+    plan = plan_scene(path, RunOptions(model="tests.models:two_reading_oracle", gsd_m=1.0))
+    assert len(plan.passes) == 1 and not plan.merged_classes()  # --gsd: one reading
+
+
+def test_extra_readings_of_an_unknown_class_or_bad_gsds_are_refused(tmp_path: Path) -> None:
+    path, _ = tall_scene(tmp_path)
+    with pytest.raises(UserInputError, match="class_extra_gsd_m names boat"):
+        plan_scene(path, RunOptions(model="tests.models:misnamed_extra_oracle"))
+    with pytest.raises(UserInputError, match=r"m\.pt: class_extra_gsd_m"):
+        as_extra_gsd({"building": [0.6, -1]}, "m.pt")
+    assert as_extra_gsd({"building": [1.2, 0.6]}) == {"building": (0.6, 1.2)}
