@@ -89,6 +89,8 @@ class SceneAssembler:
         self._stitchers = [StreamingStitcher(p.grid, merge_iou=merge_iou) for p in plan.passes]
         merged = plan.merged_classes()
         self._merger = ReadingMerger(_transforms(plan), merged) if merged else None
+        # the passes that read a merged class: only their frontiers hold its objects back
+        self._merging = [any(k in merged for k in p.classes) for p in plan.passes]
         self._final: list[list[StitchedObject]] = [[] for _ in plan.passes]  # not written yet
         self._measures = GeoMeasures(plan.scene.crs)
         self._n_tiles = 0
@@ -124,7 +126,10 @@ class SceneAssembler:
         self._n_skipped += result.n_skipped
         self._take(result.pass_index, final)
         if self._merger is not None:
-            frontiers = [s.frontier_row() for s in self._stitchers]
+            frontiers = [
+                s.frontier_row() if merging else float("inf")
+                for s, merging in zip(self._stitchers, self._merging, strict=True)
+            ]
             for k, obj in self._merger.advance(frontiers):
                 self._final[k].append(obj)
         for k, waiting in enumerate(self._final):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from geoseg.config import RunOptions
@@ -57,3 +58,24 @@ def test_a_300_m_scene_stops_at_once_with_a_clear_message(
     err = capsys.readouterr().err.strip()
     assert done.value.code == 2
     assert "RGB.byte.tif: GSD 300 m is too coarse" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("gsd_m", "buildings_at"),
+    [(0.3, (0.3, 0.6)), (0.5, (0.5,)), (10.0, (10.0,))],
+)
+def test_the_default_model_reads_buildings_twice_on_very_fine_scenes(
+    tmp_path: Path, gsd_m: float, buildings_at: tuple[float, ...]
+) -> None:
+    """Buildings on a 0.3 m scene are read at 0.3 and 0.6 m and merged (Nairobi 0.20 -> 0.32,
+    model card); a 0.5 m scene is too close to 0.6 m for a second reading to pay."""
+    from affine import Affine
+
+    from geoseg.pipeline import plan_scene
+    from geoseg.testing import write_coded_scene
+
+    ids = np.zeros((1024, 1024), dtype=np.int32)
+    transform = Affine(gsd_m, 0, 500_000, 0, -gsd_m, 4_000_000)
+    scene = write_coded_scene(tmp_path / "s.tif", ids, {}, transform=transform, crs="EPSG:32633")
+    plan = plan_scene(scene, RunOptions())
+    assert plan.class_readings_m()["building"] == pytest.approx(buildings_at, rel=1e-2)
