@@ -4,6 +4,7 @@ readings stream: the merge holds a band of objects, not the scene's."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import dask
@@ -23,6 +24,9 @@ from geoseg.stitch import StitchedObject
 from geoseg.testing import write_coded_scene
 from tests.conftest import assert_same_shape, truth_polygon
 
+TWO_READINGS = RunOptions(
+    model="tests.models:two_reading_oracle", tile_px=64, overlap_px=16, simplify_px=0
+)
 HALF_METRE = Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000)
 FINE, COARSE = Affine(1, 0, 0, 0, -1, 0), Affine(2, 0, 0, 0, -2, 0)  # pass 1 is twice coarser
 
@@ -105,9 +109,7 @@ def tall_scene(tmp_path: Path) -> tuple[Path, np.ndarray]:
 
 def test_a_class_read_at_two_gsds_comes_out_once_and_exact(tmp_path: Path) -> None:
     path, ids = tall_scene(tmp_path)
-    options = RunOptions(
-        model="tests.models:two_reading_oracle", tile_px=64, overlap_px=16, simplify_px=0
-    )
+    options = TWO_READINGS
     plan = plan_scene(path, options)
     assert [(p.scene.gsd_m, p.classes) for p in plan.passes] == [(0.5, (0, 2)), (2.0, (0, 1))]
     assert plan.merged_classes() == (0,)
@@ -129,14 +131,7 @@ def test_a_class_read_at_two_gsds_comes_out_once_and_exact(tmp_path: Path) -> No
 
 def test_the_merge_streams_as_the_batches_finish(tmp_path: Path) -> None:
     path, _ = tall_scene(tmp_path)
-    options = RunOptions(
-        model="tests.models:two_reading_oracle",
-        tile_px=64,
-        overlap_px=16,
-        simplify_px=0,
-        batch_size=1,
-    )
-    plan = plan_scene(path, options)
+    plan = plan_scene(path, replace(TWO_READINGS, batch_size=1))
     (results,) = dask.compute(scene_tasks(plan), scheduler="threads")
     held = []
     with SceneAssembler(plan, tmp_path / "out") as assembler:
