@@ -55,10 +55,12 @@ __all__ = [
     "SceneInfo",
     "check_unchanged",
     "clamp_gsd",
+    "crs_unit_m",
     "file_stamp",
     "fit_gsd",
     "normalize",
     "open_scene",
+    "projection_scale",
     "read_env",
     "read_tiles",
 ]
@@ -117,7 +119,7 @@ class SceneInfo:
         if crs.is_geographic:
             return None
         units = _pixel_units(self.file_transform)
-        if abs(units * _unit_m(crs) / self.file_gsd_m - 1) <= SCALE_TOLERANCE:
+        if abs(units * crs_unit_m(crs) / self.file_gsd_m - 1) <= SCALE_TOLERANCE:
             return None
         return (
             f"Scene pixels are {units:.3g} units of {crs.name}, {self.file_gsd_m:.3g} m on the "
@@ -364,7 +366,7 @@ def pixel_size_m(transform: Affine, crs: CRS, shape_yx: tuple[int, int]) -> floa
         _, _, dx = geod.inv(lon, lat, lon + math.hypot(transform.a, transform.d), lat)
         _, _, dy = geod.inv(lon, lat, lon, lat + math.hypot(transform.b, transform.e))
         return float((abs(dx) + abs(dy)) / 2)
-    size = _pixel_units(transform) * _unit_m(crs)
+    size = _pixel_units(transform) * crs_unit_m(crs)
     scale = projection_scale(crs, centre)
     return float(size / scale if abs(scale - 1) > SCALE_TOLERANCE else size)
 
@@ -374,7 +376,7 @@ def _pixel_units(transform: Affine) -> float:
     return (math.hypot(transform.a, transform.d) + math.hypot(transform.b, transform.e)) / 2
 
 
-def _unit_m(crs: CRS) -> float:
+def crs_unit_m(crs: CRS) -> float:
     """Metres in one unit of a projected CRS's axes."""
     return crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
 

@@ -440,24 +440,17 @@ def _crs_units_per_metre(ref: gpd.GeoDataFrame) -> float:
     """Length units of ``ref``'s CRS per true metre near the references: the unit's size and
     the projection's scale factor there when it is off by more than 1 % (Web Mercator at 60
     degrees: 2)."""
-    crs = ref.crs
-    axes = crs.axis_info
-    unit = axes[0].unit_conversion_factor if axes and crs.is_projected else 1.0
-    scale = 1.0
-    if crs.is_projected and not ref.empty:
-        import pyproj
+    from geoseg.scene import SCALE_TOLERANCE, crs_unit_m, projection_scale
 
-        x0, y0, x1, y1 = ref.total_bounds
-        try:
-            to_lonlat = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-            lon, lat = to_lonlat.transform((x0 + x1) / 2, (y0 + y1) / 2)
-            factor = float(pyproj.Proj(crs).get_factors(lon, lat).areal_scale) ** 0.5
-        except Exception as exc:  # an engineering CRS, or one pyproj cannot invert
-            log.info("no scale factor for %s (%s): taking 1", crs, first_line(exc))
-        else:
-            # UTM (0.9996 to 1.001) and its like count as true metres, as for the areas
-            scale = factor if np.isfinite(factor) and abs(factor - 1) > 0.01 else 1.0
-    return scale / unit
+    crs = ref.crs
+    if not crs.is_projected:
+        return 1.0
+    if ref.empty:
+        return 1.0 / crs_unit_m(crs)
+    x0, y0, x1, y1 = ref.total_bounds
+    scale = projection_scale(crs, ((x0 + x1) / 2, (y0 + y1) / 2))
+    # UTM (0.9996 to 1.001) and its like count as true metres, as the scene's GSDs do
+    return (scale if abs(scale - 1) > SCALE_TOLERANCE else 1.0) / crs_unit_m(crs)
 
 
 # -- preparing the frames -----------------------------------------------------------------
