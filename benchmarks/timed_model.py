@@ -3,8 +3,8 @@
 Used by ``bench_scene.py``: the run is started with ``--model timed_model:timed`` (this folder on
 ``PYTHONPATH``), ``GEOSEG_BENCH_INNER`` naming the model to wrap and ``GEOSEG_BENCH_TIMES`` a
 file that receives one JSON line per process at exit: the ``(start, stop)`` of every call, in
-``time.perf_counter`` seconds. Everything else (classes, name, checksum, GSD ranges per class and extra readings,
-thresholds, bands) is the wrapped model's.
+``time.perf_counter`` seconds. Everything else (classes, name, checksum, GSD ranges per class
+and extra readings, thresholds, bands) is the wrapped model's.
 """
 
 from __future__ import annotations
