@@ -61,21 +61,23 @@ def test_a_300_m_scene_stops_at_once_with_a_clear_message(
 
 
 @pytest.mark.parametrize(
-    ("gsd_m", "buildings_at"),
-    [(0.3, (0.3, 0.6)), (0.5, (0.5,)), (10.0, (10.0,))],
+    ("gsd_m", "buildings_at", "ships_at"),
+    [(0.3, (0.3, 0.6), (0.3, 2.0)), (0.5, (0.5,), (0.5, 2.0)), (10.0, (10.0,), (5.0,))],
 )
-def test_the_default_model_reads_buildings_twice_on_very_fine_scenes(
-    tmp_path: Path, gsd_m: float, buildings_at: tuple[float, ...]
+def test_the_default_model_reads_buildings_and_ships_twice_on_very_fine_scenes(
+    tmp_path: Path, gsd_m: float, buildings_at: tuple[float, ...], ships_at: tuple[float, ...]
 ) -> None:
     """Buildings on a 0.3 m scene are read at 0.3 and 0.6 m and merged (Nairobi 0.20 -> 0.32,
-    model card); a 0.5 m scene is too close to 0.6 m for a second reading to pay."""
+    model card), and ships on scenes of 1.3 m or finer at 2 m too (large ships whole, not as
+    their deck cargo); a 0.5 m scene is too close to 0.6 m for a second building reading."""
     from affine import Affine
 
     from geoseg.pipeline import plan_scene
     from geoseg.testing import write_coded_scene
 
-    ids = np.zeros((1024, 1024), dtype=np.int32)
+    ids = np.zeros((2048, 2048), dtype=np.int32)  # wide enough for 2 m at 0.3 m
     transform = Affine(gsd_m, 0, 500_000, 0, -gsd_m, 4_000_000)
     scene = write_coded_scene(tmp_path / "s.tif", ids, {}, transform=transform, crs="EPSG:32633")
     plan = plan_scene(scene, RunOptions())
     assert plan.class_readings_m()["building"] == pytest.approx(buildings_at, rel=1e-2)
+    assert plan.class_readings_m()["ship"] == pytest.approx(ships_at, rel=1e-2)
