@@ -62,6 +62,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     class_gsd_m: dict[str, float] = field(default_factory=dict)
     class_readings_m: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    class_readings_min_score: dict[str, tuple[float, ...]] = field(default_factory=dict)
     class_min_score: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -170,6 +171,7 @@ class SceneAssembler:
             notes=list(self.plan.notes),
             class_gsd_m=self.plan.class_gsd_m(),
             class_readings_m=self.plan.class_readings_m(),
+            class_readings_min_score=self.plan.class_readings_min_score(),
             class_min_score=self.plan.class_min_score(),
         )
 
@@ -203,8 +205,9 @@ class SceneAssembler:
 def run_metadata(plan: ScenePlan) -> dict[str, str]:
     """What every output layer records about the run (GeoPackage layer metadata)."""
     class_gsd = plan.class_gsd_m()
-    twice = {
-        name: [round(g, 6) for g in gsds]
+    scores = plan.class_readings_min_score()
+    twice = {  # {class: [[GSD, threshold], ...]} for the classes read at several GSDs
+        name: [[round(g, 6), s] for g, s in zip(gsds, scores[name], strict=True)]
         for name, gsds in plan.class_readings_m().items()
         if len(gsds) > 1
     }

@@ -120,15 +120,22 @@ class ScenePlan:
         return tuple(k for k, n in enumerate(counts) if n > 1)
 
     def class_min_score(self) -> dict[str, float]:
-        """The score threshold each class is kept from, in the pass that reads it (the run's
-        ``min_score``, or the model's by read GSD; classes not searched are left out)."""
+        """The score threshold each class is kept from, in the pass that reads it (its finest
+        where it is read at several; the run's ``min_score``, or the model's by read GSD;
+        classes not searched are left out)."""
+        return {name: scores[0] for name, scores in self.class_readings_min_score().items()}
+
+    def class_readings_min_score(self) -> dict[str, tuple[float, ...]]:
+        """The score threshold of each class in each pass that reads it, finest first (in the
+        order of :meth:`class_readings_m`)."""
         base = score_thresholds(self.options.min_score, self.model.classes)
-        names = self.model.classes
-        return {
-            names[k]: (p.min_score or {}).get(names[k], float(base[k]))
-            for p in self.passes
-            for k in p.classes
-        }
+        found: dict[str, tuple[float, ...]] = {}
+        for reading in self.passes:
+            for k in reading.classes:
+                name = self.model.classes[k]
+                score = (reading.min_score or {}).get(name, float(base[k]))
+                found[name] = (*found.get(name, ()), score)
+        return found
 
     def batch_tiles(self, batch_index: int) -> tuple[Tile, ...]:
         """The tiles of one batch (all of them, the skipped ones too)."""

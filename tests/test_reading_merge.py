@@ -126,7 +126,7 @@ def test_a_class_read_at_two_gsds_comes_out_once_and_exact(tmp_path: Path) -> No
         (got,) = [g for g in frame.geometry if g.intersects(truth.representative_point())]
         assert_same_shape(got, truth)
     meta = pyogrio.read_info(tmp_path / "out" / "tall.gpkg", layer="building")["layer_metadata"]
-    assert json.loads(meta["geoseg_class_readings_m"]) == {"building": [0.5, 2.0]}
+    assert json.loads(meta["geoseg_class_readings_m"]) == {"building": [[0.5, 0.5], [2.0, 0.5]]}
 
 
 def test_the_merge_streams_as_the_batches_finish(tmp_path: Path) -> None:
@@ -164,3 +164,14 @@ def test_extra_readings_of_an_unknown_class_or_bad_gsds_are_refused(tmp_path: Pa
     with pytest.raises(UserInputError, match=r"m\.pt: class_extra_gsd_m"):
         as_extra_gsd({"building": [0.6, -1]}, "m.pt")
     assert as_extra_gsd({"building": [1.2, 0.6]}) == {"building": (0.6, 1.2)}
+
+
+def test_the_summary_names_both_readings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from geoseg.cli import main
+
+    path, _ = tall_scene(tmp_path)
+    args = ["run", str(path), "-o", str(tmp_path / "out"), "--tile-size", "64", "--overlap", "16"]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--model", "tests.models:two_reading_oracle", "--no-webmap"])
+    assert done.value.code == 0
+    assert "12 building (at 0.5 and 2 m, merged, score >= 0.50)" in capsys.readouterr().out

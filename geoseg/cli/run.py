@@ -121,12 +121,15 @@ def _how_read(result: Any, name: str) -> str:
     """`` (at 5 m, score >= 0.65)``: the GSD a class was read at and the score it was kept
     from, where the run recorded them."""
     parts = []
-    readings = getattr(result, "class_readings_m", {}).get(name)
-    if readings and len(readings) > 1:
+    readings = getattr(result, "class_readings_m", {}).get(name, ())
+    scores = getattr(result, "class_readings_min_score", {}).get(name, ())
+    if len(readings) > 1:
         parts.append(f"at {' and '.join(f'{g:.3g}' for g in readings)} m, merged")
     elif name in result.class_gsd_m:
         parts.append(f"at {result.class_gsd_m[name]:.3g} m")
-    if name in result.class_min_score:
+    if len(set(scores)) > 1:
+        parts.append(f"score >= {' and '.join(f'{s:.2f}' for s in scores)}")
+    elif name in result.class_min_score:
         parts.append(f"score >= {result.class_min_score[name]:.2f}")
     return f" ({', '.join(parts)})" if parts else ""
 
