@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 from affine import Affine
-from shapely import affinity
 from shapely.geometry.base import BaseGeometry
 
 from geoseg.stitch import StitchedObject
@@ -91,10 +90,11 @@ class ReadingMerger:
         if not objects:
             return
         t = self._to_common[pass_index]
-        coefficients = [t.a, t.b, t.d, t.e, t.c, t.f]
-        outlines = [affinity.affine_transform(o.polygon_px, coefficients) for o in objects]
-        bounds = shapely.bounds(np.array(outlines, dtype=object))
-        keys = shapely.to_wkb(np.array(outlines, dtype=object)).tolist()
+        matrix, offset = np.array([[t.a, t.d], [t.b, t.e]]), np.array([t.c, t.f])
+        polygons = np.array([o.polygon_px for o in objects], dtype=object)
+        outlines = shapely.transform(polygons, lambda xy: xy @ matrix + offset)  # one call
+        bounds = shapely.bounds(outlines)
+        keys = shapely.to_wkb(outlines).tolist()
         for obj, outline, box, key in zip(objects, outlines, bounds.tolist(), keys, strict=True):
             self._serial += 1
             rank = (-obj.score, pass_index, obj.label, *box, key, self._serial)
