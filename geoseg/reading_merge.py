@@ -65,7 +65,7 @@ class ReadingMerger:
 
     ``transforms``: each pass's working-grid transform (pass pixels to scene coordinates);
     ``classes``: the class indexes to merge. :meth:`add` takes a pass's final objects of those
-    classes, :meth:`advance` the passes' frontiers, and both return the objects now kept, as
+    classes; :meth:`advance` takes the passes' frontiers and returns the objects now kept, as
     ``(pass index, object)``; :meth:`finish` returns the rest.
     """
 
