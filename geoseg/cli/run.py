@@ -121,8 +121,8 @@ def _how_read(result: Any, name: str) -> str:
     """`` (at 5 m, score >= 0.65)``: the GSD a class was read at and the score it was kept
     from, where the run recorded them."""
     parts = []
-    readings = getattr(result, "class_readings_m", {}).get(name, ())
-    scores = getattr(result, "class_readings_min_score", {}).get(name, ())
+    readings = result.class_readings_m.get(name, ())
+    scores = result.class_readings_min_score.get(name, ())
     if len(readings) > 1:
         parts.append(f"at {' and '.join(f'{g:.3g}' for g in readings)} m, merged")
     elif name in result.class_gsd_m:
