@@ -16,7 +16,14 @@ from geoseg.testing import write_coded_scene
 
 ORACLE = "geoseg.testing:OracleSegmenter"
 UTM = "EPSG:32633"
-UTM_TRANSFORM = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 4_000_000.0)
+
+
+def utm_transform(gsd_m: float) -> Affine:
+    """A north-up grid of ``gsd_m`` metres in :data:`UTM`, where the coded scenes here lie."""
+    return Affine(gsd_m, 0.0, 500_000.0, 0.0, -gsd_m, 4_000_000.0)
+
+
+UTM_TRANSFORM = utm_transform(0.5)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from geoseg.learn.synth import write_scene
 from geoseg.model.checkpoint import read_checkpoint
 from geoseg.model.maskrcnn import DEFAULT_WEIGHTS, load_default
 from geoseg.pipeline import run_scene
+from tests.conftest import utm_transform
 
 CLASSES = ("building", "field", "ship")
 
@@ -65,19 +67,18 @@ def test_a_300_m_scene_stops_at_once_with_a_clear_message(
     [(0.3, (0.3, 0.6), (0.3, 2.0)), (0.5, (0.5,), (0.5, 2.0)), (10.0, (10.0,), (5.0,))],
 )
 def test_the_default_model_reads_buildings_and_ships_twice_on_very_fine_scenes(
-    tmp_path: Path, gsd_m: float, buildings_at: tuple[float, ...], ships_at: tuple[float, ...]
+    coded_scene: Callable[..., Path],
+    gsd_m: float,
+    buildings_at: tuple[float, ...],
+    ships_at: tuple[float, ...],
 ) -> None:
     """Buildings on a 0.3 m scene are read at 0.3 and 0.6 m and merged (Nairobi 0.20 -> 0.32,
     model card), and ships on scenes of 1.3 m or finer at 2 m too (large ships whole, not as
     their deck cargo); a 0.5 m scene is too close to 0.6 m for a second building reading."""
-    from affine import Affine
-
     from geoseg.pipeline import plan_scene
-    from geoseg.testing import write_coded_scene
 
     ids = np.zeros((2048, 2048), dtype=np.int32)  # wide enough for 2 m at 0.3 m
-    transform = Affine(gsd_m, 0, 500_000, 0, -gsd_m, 4_000_000)
-    scene = write_coded_scene(tmp_path / "s.tif", ids, {}, transform=transform, crs="EPSG:32633")
+    scene = coded_scene(ids, {}, transform=utm_transform(gsd_m))
     plan = plan_scene(scene, RunOptions())
     assert plan.class_readings_m()["building"] == pytest.approx(buildings_at, rel=1e-2)
     assert plan.class_readings_m()["ship"] == pytest.approx(ships_at, rel=1e-2)

@@ -4,6 +4,7 @@ readings stream: the merge holds a band of objects, not the scene's."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,13 +22,11 @@ from geoseg.errors import UserInputError
 from geoseg.pipeline import plan_scene, run_scene, scene_tasks
 from geoseg.reading_merge import ReadingMerger, merge_readings, seen_twice
 from geoseg.stitch import StitchedObject
-from geoseg.testing import write_coded_scene
-from tests.conftest import assert_same_shape, truth_polygon
+from tests.conftest import UTM_TRANSFORM, assert_same_shape, truth_polygon, utm_transform
 
 TWO_READINGS = RunOptions(
     model="tests.models:two_reading_oracle", tile_px=64, overlap_px=16, simplify_px=0
 )
-HALF_METRE = Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000)
 FINE, COARSE = Affine(1, 0, 0, 0, -1, 0), Affine(2, 0, 0, 0, -2, 0)  # pass 1 is twice coarser
 
 
@@ -92,7 +91,7 @@ def test_streaming_gives_the_objects_of_the_merge_at_once_and_holds_a_band() -> 
     assert most < 100  # of 600: about the objects within reach of a 50-row band
 
 
-def tall_scene(tmp_path: Path) -> tuple[Path, np.ndarray]:
+def tall_scene(coded_scene: Callable[..., Path]) -> tuple[Path, np.ndarray]:
     """A 0.5 m scene 960 px tall: 12 buildings down its length, aligned to 4-pixel blocks (so
     that the 2 m reading sees them exactly too), a field and a ship."""
     ids = np.zeros((960, 160), dtype=np.int32)
@@ -101,36 +100,36 @@ def tall_scene(tmp_path: Path) -> tuple[Path, np.ndarray]:
     ids[40:120, 112:156] = 13  # a field
     ids[500:512, 120:128] = 14  # a ship
     class_of = {k + 1: 0 for k in range(12)} | {13: 1, 14: 2}
-    path = write_coded_scene(
-        tmp_path / "tall.tif", ids, class_of, transform=HALF_METRE, crs="EPSG:32633"
-    )
-    return path, ids
+    return coded_scene(ids, class_of, name="tall.tif"), ids
 
 
-def test_a_class_read_at_two_gsds_comes_out_once_and_exact(tmp_path: Path) -> None:
-    path, ids = tall_scene(tmp_path)
-    options = TWO_READINGS
-    plan = plan_scene(path, options)
+def test_a_class_read_at_two_gsds_comes_out_once_and_exact(
+    tmp_path: Path, coded_scene: Callable[..., Path]
+) -> None:
+    path, ids = tall_scene(coded_scene)
+    plan = plan_scene(path, TWO_READINGS)
     assert [(p.scene.gsd_m, p.classes) for p in plan.passes] == [(0.5, (0, 2)), (2.0, (0, 1))]
     assert plan.merged_classes() == (0,)
     starts = [  # the passes' batches interleaved down the scene
         min(t.window.row_off for t in tiles) * (4 if k else 1) for k, tiles in plan.batches
     ]
     assert starts == sorted(starts) and {k for k, _ in plan.batches[:6]} == {0, 1}
-    result = run_scene(path, tmp_path / "out", options=options)
+    result = run_scene(path, tmp_path / "out", options=TWO_READINGS)
     assert result.counts == {"building": 12, "field": 1, "ship": 1}
     assert result.class_readings_m == {"building": (0.5, 2.0), "field": (2.0,), "ship": (0.5,)}
     frame = gpd.read_file(tmp_path / "out" / "tall.gpkg", layer="building")
     for k in range(1, 13):
-        truth = truth_polygon(ids, k, HALF_METRE)
+        truth = truth_polygon(ids, k, UTM_TRANSFORM)
         (got,) = [g for g in frame.geometry if g.intersects(truth.representative_point())]
         assert_same_shape(got, truth)
     meta = pyogrio.read_info(tmp_path / "out" / "tall.gpkg", layer="building")["layer_metadata"]
     assert json.loads(meta["geoseg_class_readings_m"]) == {"building": [[0.5, 0.5], [2.0, 0.5]]}
 
 
-def test_the_merge_streams_as_the_batches_finish(tmp_path: Path) -> None:
-    path, _ = tall_scene(tmp_path)
+def test_the_merge_streams_as_the_batches_finish(
+    tmp_path: Path, coded_scene: Callable[..., Path]
+) -> None:
+    path, _ = tall_scene(coded_scene)
     plan = plan_scene(path, replace(TWO_READINGS, batch_size=1))
     (results,) = dask.compute(scene_tasks(plan), scheduler="threads")
     held = []
@@ -143,22 +142,25 @@ def test_the_merge_streams_as_the_batches_finish(tmp_path: Path) -> None:
     assert 0 < max(held) <= 6
 
 
-def test_extra_readings_only_where_the_scene_is_finer_enough(tmp_path: Path) -> None:
+def test_extra_readings_only_where_the_scene_is_finer_enough(
+    coded_scene: Callable[..., Path],
+) -> None:
     ids = np.zeros((256, 256), dtype=np.int32)
     ids[20:60, 30:90] = 1
-    at_1_5 = Affine(1.5, 0, 500_000, 0, -1.5, 4_000_000)
-    path = write_coded_scene(tmp_path / "s.tif", ids, {1: 0}, transform=at_1_5, crs="EPSG:32633")
+    path = coded_scene(ids, {1: 0}, name="s.tif", transform=utm_transform(1.5))
     plan = plan_scene(
         path, RunOptions(model="tests.models:two_reading_oracle", tile_px=128, overlap_px=32)
     )
     assert plan.class_readings_m()["building"] == (1.5,)  # 2 m is only 1.33 x coarser
-    path, _ = tall_scene(tmp_path)
+    path, _ = tall_scene(coded_scene)
     plan = plan_scene(path, RunOptions(model="tests.models:two_reading_oracle", gsd_m=1.0))
     assert len(plan.passes) == 1 and not plan.merged_classes()  # --gsd: one reading
 
 
-def test_extra_readings_of_an_unknown_class_or_bad_gsds_are_refused(tmp_path: Path) -> None:
-    path, _ = tall_scene(tmp_path)
+def test_extra_readings_of_an_unknown_class_or_bad_gsds_are_refused(
+    coded_scene: Callable[..., Path],
+) -> None:
+    path, _ = tall_scene(coded_scene)
     with pytest.raises(UserInputError, match="class_extra_gsd_m names boat"):
         plan_scene(path, RunOptions(model="tests.models:misnamed_extra_oracle"))
     with pytest.raises(UserInputError, match=r"m\.pt: class_extra_gsd_m"):
@@ -166,10 +168,12 @@ def test_extra_readings_of_an_unknown_class_or_bad_gsds_are_refused(tmp_path: Pa
     assert as_extra_gsd({"building": [1.2, 0.6]}) == {"building": (0.6, 1.2)}
 
 
-def test_the_summary_names_both_readings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_the_summary_names_both_readings(
+    tmp_path: Path, coded_scene: Callable[..., Path], capsys: pytest.CaptureFixture
+) -> None:
     from geoseg.cli import main
 
-    path, _ = tall_scene(tmp_path)
+    path, _ = tall_scene(coded_scene)
     args = ["run", str(path), "-o", str(tmp_path / "out"), "--tile-size", "64", "--overlap", "16"]
     with pytest.raises(SystemExit) as done:
         main([*args, "--model", "tests.models:two_reading_oracle", "--no-webmap"])

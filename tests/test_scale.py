@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from geoseg.config import RunOptions
 from geoseg.errors import UserInputError
 from geoseg.pipeline import plan_scene, run_scene
 from geoseg.testing import write_coded_scene
-from tests.conftest import assert_same_shape, truth_polygon
+from tests.conftest import assert_same_shape, truth_polygon, utm_transform
 
 FINE = Affine(0.25, 0, 500_000, 0, -0.25, 4_000_000)
 
@@ -143,17 +144,18 @@ def test_a_small_scene_is_read_no_coarser_than_half_a_tile_across(tmp_path: Path
     [(0.5, None, 1), (2.0, None, 0), (2.0, {"ship": 0.55}, 1), (0.5, {"ship": 0.65}, 0)],
 )
 def test_a_class_threshold_can_depend_on_the_gsd_it_is_read_at(
-    tmp_path: Path, gsd_m: float, min_score: dict[str, float] | None, ships: int
+    tmp_path: Path,
+    coded_scene: Callable[..., Path],
+    gsd_m: float,
+    min_score: dict[str, float] | None,
+    ships: int,
 ) -> None:
     """Ships scored 0.6: kept when read at 0.5 m (threshold 0.5 up to 1 m), dropped at 2 m
     (0.7); ``--min-score`` overrides both."""
     ids = np.zeros((128, 128), dtype=np.int32)
     ids[40:56, 40:72] = 1  # a ship
     ids[80:112, 80:112] = 2  # a building, scored 0.6 too: kept everywhere
-    transform = Affine(gsd_m, 0, 500_000, 0, -gsd_m, 4_000_000)
-    path = write_coded_scene(
-        tmp_path / "s.tif", ids, {1: 2, 2: 0}, transform=transform, crs="EPSG:32633"
-    )
+    path = coded_scene(ids, {1: 2, 2: 0}, name="s.tif", transform=utm_transform(gsd_m))
     options = RunOptions(
         model="tests.models:gsd_threshold_oracle", tile_px=64, overlap_px=16, min_score=min_score
     )
@@ -177,16 +179,16 @@ def test_thresholds_by_gsd_for_an_unknown_class_are_refused(tmp_path: Path) -> N
         plan_scene(path, RunOptions(model="tests.models:misnamed_threshold_oracle"))
 
 
-def test_classes_at_nearly_the_same_gsd_share_one_reading(tmp_path: Path) -> None:
+def test_classes_at_nearly_the_same_gsd_share_one_reading(
+    tmp_path: Path, coded_scene: Callable[..., Path]
+) -> None:
     """Buildings from 0.2986 m and ships from 0.3 m on a 0.2986 m scene: one reading at
     0.2986 m for both (not a second pass over the scene for 0.5%), each object once."""
-    transform = Affine(0.2986, 0, 500_000, 0, -0.2986, 4_000_000)
+    transform = utm_transform(0.2986)
     ids = np.zeros((256, 256), dtype=np.int32)
     ids[20:60, 30:90] = 1  # a building
     ids[150:170, 100:180] = 2  # a ship
-    path = write_coded_scene(
-        tmp_path / "z19.tif", ids, {1: 0, 2: 2}, transform=transform, crs="EPSG:32633"
-    )
+    path = coded_scene(ids, {1: 0, 2: 2}, name="z19.tif", transform=transform)
     options = RunOptions(
         model="tests.models:nearly_same_scale_oracle", tile_px=128, overlap_px=32, simplify_px=0
     )
