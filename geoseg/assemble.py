@@ -205,11 +205,10 @@ class SceneAssembler:
 def run_metadata(plan: ScenePlan) -> dict[str, str]:
     """What every output layer records about the run (GeoPackage layer metadata)."""
     class_gsd = plan.class_gsd_m()
-    scores = plan.class_readings_min_score()
     twice = {  # {class: [[GSD, threshold], ...]} for the classes read at several GSDs
-        name: [[round(g, 6), s] for g, s in zip(gsds, scores[name], strict=True)]
-        for name, gsds in plan.class_readings_m().items()
-        if len(gsds) > 1
+        name: [[round(g, 6), s] for g, s in readings]
+        for name, readings in plan.class_readings().items()
+        if len(readings) > 1
     }
     merged = {"geoseg_class_readings_m": json.dumps(twice)} if twice else {}
     return {

@@ -100,42 +100,39 @@ class ScenePlan:
     def n_tiles(self) -> int:
         return sum(len(p.grid) for p in self.passes)
 
+    def class_readings(self) -> dict[str, tuple[tuple[float, float], ...]]:
+        """Each class's readings as ``(GSD, score threshold)``, finest first: the run's
+        ``min_score``, or the model's by read GSD (classes not searched are left out)."""
+        base = score_thresholds(self.options.min_score, self.model.classes)
+        found: dict[str, tuple[tuple[float, float], ...]] = {}
+        for reading in self.passes:  # finest first
+            for k in reading.classes:
+                name = self.model.classes[k]
+                score = (reading.min_score or {}).get(name, float(base[k]))
+                found[name] = (*found.get(name, ()), (reading.scene.gsd_m, score))
+        return found
+
     def class_gsd_m(self) -> dict[str, float]:
-        """The GSD each class is read at, its finest where it is read at several (classes
-        not searched are left out)."""
+        """The GSD each class is read at, its finest where it is read at several."""
         return {name: gsds[0] for name, gsds in self.class_readings_m().items()}
 
     def class_readings_m(self) -> dict[str, tuple[float, ...]]:
         """Every GSD each class is read at, finest first."""
-        found: dict[str, tuple[float, ...]] = {}
-        for reading in self.passes:  # finest first
-            for k in reading.classes:
-                name = self.model.classes[k]
-                found[name] = (*found.get(name, ()), reading.scene.gsd_m)
-        return found
+        return {name: tuple(g for g, _ in r) for name, r in self.class_readings().items()}
+
+    def class_min_score(self) -> dict[str, float]:
+        """The score threshold each class is kept from, its finest reading's where it is read
+        at several."""
+        return {name: scores[0] for name, scores in self.class_readings_min_score().items()}
+
+    def class_readings_min_score(self) -> dict[str, tuple[float, ...]]:
+        """The score threshold of each class in each of its readings, finest first."""
+        return {name: tuple(s for _, s in r) for name, r in self.class_readings().items()}
 
     def merged_classes(self) -> tuple[int, ...]:
         """Indexes of the classes read in more than one pass (merged across them)."""
         counts = [sum(k in p.classes for p in self.passes) for k in range(len(self.model.classes))]
         return tuple(k for k, n in enumerate(counts) if n > 1)
-
-    def class_min_score(self) -> dict[str, float]:
-        """The score threshold each class is kept from, in the pass that reads it (its finest
-        where it is read at several; the run's ``min_score``, or the model's by read GSD;
-        classes not searched are left out)."""
-        return {name: scores[0] for name, scores in self.class_readings_min_score().items()}
-
-    def class_readings_min_score(self) -> dict[str, tuple[float, ...]]:
-        """The score threshold of each class in each pass that reads it, finest first (in the
-        order of :meth:`class_readings_m`)."""
-        base = score_thresholds(self.options.min_score, self.model.classes)
-        found: dict[str, tuple[float, ...]] = {}
-        for reading in self.passes:
-            for k in reading.classes:
-                name = self.model.classes[k]
-                score = (reading.min_score or {}).get(name, float(base[k]))
-                found[name] = (*found.get(name, ()), score)
-        return found
 
     def batch_tiles(self, batch_index: int) -> tuple[Tile, ...]:
         """The tiles of one batch (all of them, the skipped ones too)."""
