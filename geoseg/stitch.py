@@ -373,18 +373,19 @@ class StreamingStitcher:
             return float("inf")
         if self._grid is None:
             return float("-inf")
-        tops = [b[1] for b in (c.bounds for c in self._pending)]
+        tops = [c.bounds[1] for c in self._pending]
         if self._fragments:
             polygons = np.array([f.polygon_px for f in self._fragments.values()], dtype=object)
             tops.append(float(shapely.bounds(polygons)[:, 1].min()))
-        n_rows, n_cols = self._grid.shape_tiles_yx
-        while self._first_open_row < n_rows and all(
+        assert self._axes is not None
+        row_starts = self._axes[0]
+        n_cols = len(self._axes[2])
+        while self._first_open_row < len(row_starts) and all(
             (self._first_open_row, j) in self._finished for j in range(n_cols)
         ):
             self._first_open_row += 1
-        if self._first_open_row < n_rows:
-            unfinished = self._grid.tile(self._first_open_row, 0).window.row_off
-            tops.append(float(unfinished))
+        if self._first_open_row < len(row_starts):
+            tops.append(float(row_starts[self._first_open_row]))  # an unfinished tile's top
         return min(tops, default=float("inf"))
 
     def add(
