@@ -14,7 +14,9 @@ from geoseg.errors import UserInputError
 __all__ = [
     "DEFAULT_MIN_SCORE",
     "RunOptions",
+    "as_class_ranges",
     "as_extra_gsd",
+    "as_mask_threshold",
     "as_min_score",
     "as_min_score_by_gsd",
     "score_thresholds",
@@ -65,6 +67,14 @@ class RunOptions:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (tuples as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def as_class_ranges(value: Any) -> dict[str, tuple[float, float]] | None:
+    """A model's per-class GSD ranges (``{class: (min m, max m)}``) as plain values; ``None``
+    when it has none."""
+    if not value:
+        return None
+    return {str(c): (float(r[0]), float(r[1])) for c, r in dict(value).items()}
 
 
 def as_min_score(value: Any) -> float | dict[str, float] | None:
@@ -119,6 +129,24 @@ def as_extra_gsd(value: Any, source: str = "model") -> dict[str, tuple[float, ..
             f"{source}: class_extra_gsd_m {value!r} is not {{class: [GSD in m > 0, ...]}}"
         ) from None
     return {c: gsds for c, gsds in table.items() if gsds} or None
+
+
+def as_mask_threshold(value: Any, source: str = "model") -> dict[str, float] | None:
+    """A model's ``mask_threshold`` (``{class: value}``: the mask probability from which a
+    pixel of the class is in, 0.5 where unset) as plain values; ``None`` when it has none.
+    Anything but values in (0, 1) is a :class:`~geoseg.errors.UserInputError` naming
+    ``source``."""
+    if not value:
+        return None
+    try:
+        table = {str(c): float(t) for c, t in dict(value).items()}
+        if any(not 0 < t < 1 for t in table.values()):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserInputError(
+            f"{source}: mask_threshold {value!r} is not {{class: value between 0 and 1}}"
+        ) from None
+    return table
 
 
 def threshold_at_gsd(threshold: float, steps: Sequence[tuple[float, float]], gsd_m: float) -> float:

@@ -65,6 +65,29 @@ def test_box_form_equals_torchvision_paste_and_full_form(seed: int) -> None:
     assert _polygons(box_form, valid) == _polygons(full_form, valid)
 
 
+def test_mask_thresholds_move_each_instance_s_cut() -> None:
+    rng = np.random.default_rng(11)
+    count = 20
+    boxes = _random_boxes(rng, count)
+    probs = rng.random((count, 28, 28), dtype=np.float32)
+    cuts = rng.uniform(0.2, 0.8, count).astype(np.float32)
+    pasted = paste_masks_in_image(torch.from_numpy(probs)[:, None], torch.from_numpy(boxes), SHAPE)[
+        :, 0
+    ].numpy()
+    common = {"labels": np.zeros(count, int), "scores": np.ones(count, np.float32)}
+    box_form = Instances.from_any(
+        {"boxes": boxes, "masks": probs, "mask_thresholds": cuts, **common},
+        shape_hw=SHAPE,
+        n_classes=1,
+    )
+    np.testing.assert_array_equal(box_form.masks, pasted >= cuts[:, None, None])
+    assert (box_form.masks != (pasted >= 0.5)).any()
+    full_form = Instances.from_any(
+        {"masks": pasted, "mask_thresholds": cuts, **common}, shape_hw=SHAPE, n_classes=1
+    )
+    np.testing.assert_array_equal(full_form.masks, pasted > cuts[:, None, None])
+
+
 def test_bool_and_non_square_box_masks_follow_the_rule() -> None:
     rng = np.random.default_rng(7)
     boxes = _random_boxes(rng, 10)
@@ -118,6 +141,8 @@ def test_label_image_form_equals_full_form() -> None:
         {"label_image": np.zeros((48, 41), np.int32)},
         {"label_image": np.full(SHAPE, 3, np.int32)},
         {"label_image": np.zeros(SHAPE, np.float32)},
+        {"boxes": np.zeros((2, 4)), "masks": np.zeros((2, 28, 28)), "mask_thresholds": [0.5]},
+        {"masks": np.zeros((2, *SHAPE)), "mask_thresholds": [0.5, 1.0]},
     ],
 )
 def test_bad_shapes_are_one_line_model_errors(output: dict) -> None:

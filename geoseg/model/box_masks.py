@@ -15,7 +15,10 @@ MASK_PADDING_PX = 1
 
 
 def box_mask_crops(
-    boxes_xyxy: np.ndarray, masks: np.ndarray, shape_hw: tuple[int, int]
+    boxes_xyxy: np.ndarray,
+    masks: np.ndarray,
+    shape_hw: tuple[int, int],
+    thresholds: np.ndarray | None = None,
 ) -> list[Crop]:
     """Resize box-local masks ``(K, h, w)`` into their boxes ``(K, 4)`` (float ``x0, y0, x1,
     y1`` in tile pixels), exactly as torchvision's ``paste_masks_in_image`` does.
@@ -26,7 +29,8 @@ def box_mask_crops(
     (``x0i, y0i, x1i, y1i``); the padded mask is resized bilinearly (``align_corners=False``)
     to ``max(y1i - y0i + 1, 1)`` rows by ``max(x1i - x0i + 1, 1)`` columns, placed with its
     first pixel at ``(y0i, x0i)``, cut to the tile, and a pixel is in where the value is
-    >= 0.5. Bool masks count as 0 and 1.
+    >= 0.5, or >= the instance's value of ``thresholds`` ``(K,)``. Bool masks count as 0
+    and 1.
     """
     import torch  # the model layer; only this form needs it
     from torch.nn import functional as F
@@ -50,6 +54,7 @@ def box_mask_crops(
         [centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], dim=1
     )
     corners = grown.to(dtype=torch.int64).tolist()
+    cuts = [0.5] * count if thresholds is None else [float(t) for t in thresholds]
     crops: list[Crop] = []
     for k, (x0, y0, x1, y1) in enumerate(corners):
         r0, r1 = max(y0, 0), min(y1 + 1, height)
@@ -61,7 +66,7 @@ def box_mask_crops(
         resized = F.interpolate(
             padded[k][None, None], size=size, mode="bilinear", align_corners=False
         )
-        inside = resized[0, 0, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0] >= 0.5
+        inside = resized[0, 0, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0] >= cuts[k]
         crops.append((r0, c0, inside.numpy()))
     return crops
 

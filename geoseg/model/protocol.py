@@ -26,6 +26,10 @@ A segmenter is any object with
   - ``label_image``: ``(H, W)`` int, 0 background, ``i`` instance ``i - 1`` of ``labels`` and
     ``scores`` (for models whose instances never overlap).
 
+  With either form of ``masks``, an instance set may also carry ``mask_thresholds`` (float
+  ``(K,)``, each in (0, 1)): each instance's mask value from which a pixel is in, in place
+  of 0.5 (the built-in Mask R-CNN gives them where its checkpoint sets ``mask_threshold``).
+
   ``predict`` may also accept a keyword ``min_score``: geoseg then passes ``--min-score``, so
   the model can drop lower-scored instances before building their masks. Wrong shapes or
   types are reported as a one-line :class:`~geoseg.errors.ModelError`.
@@ -69,7 +73,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from geoseg.config import GsdThresholds, as_extra_gsd, as_min_score, as_min_score_by_gsd
+from geoseg.config import (
+    GsdThresholds,
+    as_class_ranges,
+    as_extra_gsd,
+    as_min_score,
+    as_min_score_by_gsd,
+)
 from geoseg.errors import ModelError, UserInputError
 from geoseg.model.box_masks import Crop, box_mask_crops, label_image_crops
 from geoseg.model.checksum import file_sha256
@@ -166,9 +176,10 @@ class Instances:
             masks = masks[:, 0]
         if count == 0:
             return cls(np.zeros((0, *shape_hw), dtype=bool), labels, scores)
+        cuts = _mask_thresholds(obj, count)
         if _has(obj, "boxes") and masks.shape[1:] != shape_hw:
             boxes = _boxes(_field(obj, "boxes"), masks, count)
-            crops = box_mask_crops(boxes, masks, shape_hw)
+            crops = box_mask_crops(boxes, masks, shape_hw, cuts)
             return cls.from_crops(crops, labels, scores, shape_hw=shape_hw)
         if masks.shape != (count, *shape_hw):
             raise ModelError(
@@ -177,7 +188,7 @@ class Instances:
                 f"{shape_hw[1]}), or box-local masks with 'boxes' ({count}, 4)"
             )
         if masks.dtype != bool:
-            masks = masks > 0.5
+            masks = masks > (0.5 if cuts is None else cuts[:, None, None])
         return cls(masks, labels, scores)
 
 
@@ -203,6 +214,18 @@ def _labels_scores(obj: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
         raise ModelError(f"model returned label {labels.max()} outside its {n_classes} classes")
     return labels, scores
+
+
+def _mask_thresholds(obj: Any, count: int) -> np.ndarray | None:
+    if not _has(obj, "mask_thresholds"):
+        return None
+    cuts = _to_numpy(_field(obj, "mask_thresholds")).astype(np.float32).reshape(-1)
+    if len(cuts) != count or not ((cuts > 0) & (cuts < 1)).all():
+        raise ModelError(
+            f"model returned mask_thresholds {cuts.shape} for {count} instances: expected "
+            f"({count},) values between 0 and 1"
+        )
+    return cuts
 
 
 def _label_image(value: Any, count: int, shape_hw: tuple[int, int]) -> np.ndarray:
@@ -268,16 +291,10 @@ def describe_model(model: Segmenter, spec: str) -> ModelInfo:
         untrained=bool(getattr(model, "untrained", False)),
         gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
         min_score=as_min_score(getattr(model, "min_score", None)),
-        class_gsd_range_m=_class_ranges(getattr(model, "class_gsd_range_m", None)),
+        class_gsd_range_m=as_class_ranges(getattr(model, "class_gsd_range_m", None)),
         min_score_by_gsd=as_min_score_by_gsd(getattr(model, "min_score_by_gsd", None), spec),
         class_extra_gsd_m=as_extra_gsd(getattr(model, "class_extra_gsd_m", None), spec),
     )
-
-
-def _class_ranges(value: Any) -> dict[str, tuple[float, float]] | None:
-    if not value:
-        return None
-    return {str(c): (float(r[0]), float(r[1])) for c, r in dict(value).items()}
 
 
 def _spec_checksum(spec: str) -> str:
@@ -324,7 +341,7 @@ def _describe_uncached(spec: str, path: Path | None, device: str) -> ModelInfo:
             untrained=bool(payload.get("train", {}).get("untrained", False)),
             gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
             min_score=as_min_score(payload.get("min_score")),
-            class_gsd_range_m=_class_ranges(payload.get("class_gsd_m")),
+            class_gsd_range_m=as_class_ranges(payload.get("class_gsd_m")),
             min_score_by_gsd=as_min_score_by_gsd(payload.get("min_score_by_gsd"), str(path)),
             class_extra_gsd_m=as_extra_gsd(payload.get("class_extra_gsd_m"), str(path)),
         )
