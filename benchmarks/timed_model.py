@@ -40,6 +40,8 @@ class TimedSegmenter:
             "class_gsd_range_m",
             "min_score_by_gsd",
             "class_extra_gsd_m",
+            "mask_threshold",
+            "mask_threshold_by_gsd",
         ):
             if hasattr(inner, name):
                 setattr(self, name, getattr(inner, name))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ __all__ = [
     "as_class_ranges",
     "as_extra_gsd",
     "as_mask_threshold",
+    "as_mask_threshold_by_gsd",
     "as_min_score",
     "as_min_score_by_gsd",
     "score_thresholds",
@@ -98,18 +99,34 @@ def as_min_score_by_gsd(value: Any, source: str = "model") -> GsdThresholds | No
     values, steps sorted finest first; ``None`` when it has none. A table that is not steps of
     a positive GSD and a threshold in [0, 1] is a :class:`~geoseg.errors.UserInputError`
     naming ``source``."""
+    return _gsd_steps(value, source, "min_score_by_gsd", "score 0-1", lambda v: 0 <= v <= 1)
+
+
+def as_mask_threshold_by_gsd(value: Any, source: str = "model") -> GsdThresholds | None:
+    """A model's ``mask_threshold_by_gsd`` (``{class: [[up to m, value], ...]}``: a class read
+    at that GSD or finer is cut at that mask probability) as plain values, finest first;
+    ``None`` when it has none. Values must lie in (0, 1), else a
+    :class:`~geoseg.errors.UserInputError` naming ``source``."""
+    return _gsd_steps(
+        value, source, "mask_threshold_by_gsd", "value in (0, 1)", lambda v: 0 < v < 1
+    )
+
+
+def _gsd_steps(
+    value: Any, source: str, key: str, wanted: str, valid: Callable[[float], bool]
+) -> GsdThresholds | None:
     if not value:
         return None
     table = {}
     try:
         for name, steps in dict(value).items():
-            pairs = tuple(sorted((float(gsd), float(score)) for gsd, score in steps))
-            if any(not (gsd > 0 and 0 <= score <= 1) for gsd, score in pairs):
+            pairs = tuple(sorted((float(gsd), float(v)) for gsd, v in steps))
+            if any(not (gsd > 0 and valid(v)) for gsd, v in pairs):
                 raise ValueError
             table[str(name)] = pairs
     except (TypeError, ValueError):
         raise UserInputError(
-            f"{source}: min_score_by_gsd {value!r} is not {{class: [[GSD > 0, score 0-1], ...]}}"
+            f"{source}: {key} {value!r} is not {{class: [[GSD > 0, {wanted}], ...]}}"
         ) from None
     return table
 

@@ -109,9 +109,14 @@ def _match_bands(pixels: np.ndarray, want: int | None) -> np.ndarray:
 
 
 def predict_stage(
-    batch: ReadBatch, model_spec: str, device: str, min_score: float | dict[str, float]
+    batch: ReadBatch,
+    model_spec: str,
+    device: str,
+    min_score: float | dict[str, float],
+    mask_threshold: dict[str, float] | None = None,
 ) -> PredictedBatch:
-    """Run the model on a batch (loaded once per process) and cut its output to mask crops."""
+    """Run the model on a batch (loaded once per process) and cut its output to mask crops
+    (each class's masks at its ``mask_threshold`` where given)."""
     if not batch.tiles:
         return PredictedBatch([], 0, batch.n_skipped)
     model = load_segmenter(model_spec, device=device)
@@ -127,9 +132,16 @@ def predict_stage(
 
         raise ModelError(f"model returned {len(outputs)} results for {len(batch.tiles)} tiles")
     shape_hw = pixels.shape[2:]
+    cuts = (
+        None
+        if mask_threshold is None
+        else np.array([mask_threshold.get(c, 0.5) for c in model.classes], dtype=np.float32)
+    )
     crops = []
     for tile, valid, raw in zip(batch.tiles, batch.valid, outputs, strict=True):
-        instances = Instances.from_any(raw, shape_hw=shape_hw, n_classes=len(model.classes))
+        instances = Instances.from_any(
+            raw, shape_hw=shape_hw, n_classes=len(model.classes), class_mask_thresholds=cuts
+        )
         crops.append((tile, instances_to_crops(instances, tile, valid, min_score=thresholds)))
     return PredictedBatch(crops, len(batch.tiles), batch.n_skipped)
 
@@ -197,6 +209,7 @@ def scene_tasks(
                     opts.model,
                     opts.device,
                     min_score,
+                    reading.mask_threshold,
                     dask_key_name=f"geoseg-predict-{suffix}",
                 )
             tasks.append(

@@ -63,13 +63,16 @@ too small in the scene to be found, and upsampling would only multiply the tiles
 @dataclass(frozen=True, slots=True)
 class ScenePass:
     """One reading of the scene: its working grid (at one GSD), the tile grid on it, the
-    indexes of the classes this pass keeps and, where the model's thresholds depend on the GSD
-    (``min_score_by_gsd``) and ``--min-score`` was not given, this pass's thresholds."""
+    indexes of the classes this pass keeps, where the model's thresholds depend on the GSD
+    (``min_score_by_gsd``) and ``--min-score`` was not given, this pass's thresholds, and where
+    the model sets mask thresholds (``mask_threshold``, ``mask_threshold_by_gsd``), the value
+    each class's masks are cut at in this pass."""
 
     scene: SceneInfo
     grid: TileGrid
     classes: tuple[int, ...]
     min_score: dict[str, float] | None = None
+    mask_threshold: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +164,12 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     # only what the model says of itself: never loaded here on the workers' device
     info = describe_spec(options.model, device=options.device)
     by_gsd = info.min_score_by_gsd if options.min_score is None else None
-    for key, table in (("min_score_by_gsd", by_gsd), ("class_extra_gsd_m", info.class_extra_gsd_m)):
+    for key, table in (
+        ("min_score_by_gsd", by_gsd),
+        ("class_extra_gsd_m", info.class_extra_gsd_m),
+        ("mask_threshold", info.mask_threshold),
+        ("mask_threshold_by_gsd", info.mask_threshold_by_gsd),
+    ):
         unknown = ", ".join(sorted(set(table or {}) - set(info.classes)))
         if unknown:
             raise UserInputError(f"{options.model}: {key} names {unknown}, not its class")
@@ -189,7 +197,9 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
         )
         tiles = grid.in_bands(_band_rows(working, options))
         thresholds = _thresholds_at(options.min_score, info, working.gsd_m) if by_gsd else None
-        passes.append(ScenePass(working, grid, classes, thresholds))
+        passes.append(
+            ScenePass(working, grid, classes, thresholds, _mask_cuts_at(info, working.gsd_m))
+        )
         batches.extend((index, tuple(tiles[k : k + size])) for k in range(0, len(tiles), size))
     plan = ScenePlan(tuple(passes), tuple(batches), options, info, tuple(notes))
     if plan.merged_classes():
@@ -220,6 +230,19 @@ def _thresholds_at(
     return {
         name: threshold_at_gsd(float(base[k]), steps.get(name, ()), gsd_m)
         for k, name in enumerate(info.classes)
+    }
+
+
+def _mask_cuts_at(info: ModelInfo, gsd_m: float) -> dict[str, float] | None:
+    """The mask value each class is cut at when read at ``gsd_m`` (``mask_threshold``, or a
+    step of ``mask_threshold_by_gsd``; 0.5 where neither says); ``None`` for a model that sets
+    neither."""
+    if not (info.mask_threshold or info.mask_threshold_by_gsd):
+        return None
+    base, steps = info.mask_threshold or {}, info.mask_threshold_by_gsd or {}
+    return {
+        name: threshold_at_gsd(base.get(name, 0.5), steps.get(name, ()), gsd_m)
+        for name in info.classes
     }
 
 

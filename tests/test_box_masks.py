@@ -86,6 +86,15 @@ def test_mask_thresholds_move_each_instance_s_cut() -> None:
         {"masks": pasted, "mask_thresholds": cuts, **common}, shape_hw=SHAPE, n_classes=1
     )
     np.testing.assert_array_equal(full_form.masks, pasted > cuts[:, None, None])
+    labels = np.arange(count) % 2  # the run's cut per class replaces the instances' own
+    by_class = Instances.from_any(
+        {"boxes": boxes, "masks": probs, "mask_thresholds": cuts, **common, "labels": labels},
+        shape_hw=SHAPE,
+        n_classes=2,
+        class_mask_thresholds=np.array([0.3, 0.7]),
+    )
+    want = pasted >= np.where(labels == 0, 0.3, 0.7).astype(np.float32)[:, None, None]
+    np.testing.assert_array_equal(by_class.masks, want)
 
 
 def test_bool_and_non_square_box_masks_follow_the_rule() -> None:

@@ -126,46 +126,36 @@ def test_thresholds_by_gsd_survive_the_checkpoint(model: MaskRCNNSegmenter, tmp_
         assert "\n" not in str(info.value)
 
 
-def test_mask_thresholds_cut_each_class_where_the_checkpoint_says(
-    model: MaskRCNNSegmenter, tiles: np.ndarray, tmp_path: Path
-) -> None:
+def test_mask_thresholds_survive_the_checkpoint(model: MaskRCNNSegmenter, tmp_path: Path) -> None:
     path = _save(model, tmp_path / "m.pt")
-    update_checkpoint(path, mask_threshold={"building": 0.3, "ship": 0.7})
+    update_checkpoint(path, mask_threshold={"ship": 0.7})
+    update_checkpoint(path, mask_threshold_by_gsd={"building": [[1.0, 0.35], [0.5, 0.3]]})
+    steps = {"building": ((0.5, 0.3), (1.0, 0.35))}  # finest first
     loaded = load_checkpoint(path, device="cpu")
-    assert loaded.mask_threshold == {"building": 0.3, "ship": 0.7}
-    plain = model.predict(tiles)
-    n_changed = 0
-    for before, after in zip(plain, loaded.predict(tiles), strict=True):
-        np.testing.assert_array_equal(before["masks"], after["masks"])  # same probabilities
-        cuts = np.array([0.3, 0.5, 0.7], np.float32)[after["labels"]]
-        np.testing.assert_array_equal(after["mask_thresholds"], cuts)
-        was = Instances.from_any(before, shape_hw=(64, 64), n_classes=3).masks
-        now = Instances.from_any(after, shape_hw=(64, 64), n_classes=3).masks
-        labels = after["labels"]
-        assert (now[labels == 0] >= was[labels == 0]).all()  # building: grown
-        assert (now[labels == 2] <= was[labels == 2]).all()  # ship: shrunk
-        np.testing.assert_array_equal(now[labels == 1], was[labels == 1])  # field: 0.5
-        n_changed += int((now != was).any(axis=(1, 2)).sum())
-    assert n_changed > 0
-    update_checkpoint(path, mask_threshold=None)
-    assert "mask_threshold" not in read_checkpoint(path)
-    assert "mask_thresholds" not in load_checkpoint(path, device="cpu").predict(tiles)[0]
+    assert loaded.mask_threshold == {"ship": 0.7} and loaded.mask_threshold_by_gsd == steps
+    for info in (describe_spec(str(path)), describe_model(loaded, str(path))):
+        assert info.mask_threshold == {"ship": 0.7} and info.mask_threshold_by_gsd == steps
+    update_checkpoint(path, mask_threshold=None, mask_threshold_by_gsd=None)
+    payload = read_checkpoint(path)
+    assert "mask_threshold" not in payload and "mask_threshold_by_gsd" not in payload
+    assert payload["gsd_range_m"] == [0.5, 10.0]  # the other settings kept
 
 
 @pytest.mark.parametrize(
-    ("table", "match"),
-    [({"ship": 1.0}, r"m\.pt: mask_threshold \{"), ({"boat": 0.4}, "mask_threshold names boat")],
+    ("key", "table"),
+    [("mask_threshold", {"ship": 1.0}), ("mask_threshold_by_gsd", {"ship": [[1.0, 0.0]]})],
 )
 def test_bad_mask_thresholds_are_refused(
-    model: MaskRCNNSegmenter, tmp_path: Path, table: dict, match: str
+    model: MaskRCNNSegmenter, tmp_path: Path, key: str, table: dict
 ) -> None:
     path = _save(model, tmp_path / "m.pt")
     payload = read_checkpoint(path)
-    payload["mask_threshold"] = table
+    payload[key] = table
     torch.save(payload, path)
-    with pytest.raises(UserInputError, match=match) as info:
-        load_checkpoint(path, device="cpu")
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    for read in (describe_spec, load_checkpoint):
+        with pytest.raises(UserInputError, match=rf"m\.pt: {key} ") as info:
+            read(str(path))
+        assert "\n" not in str(info.value)
 
 
 def test_arch_survives_the_checkpoint(tmp_path: Path) -> None:

@@ -179,6 +179,40 @@ def test_thresholds_by_gsd_for_an_unknown_class_are_refused(tmp_path: Path) -> N
         plan_scene(path, RunOptions(model="tests.models:misnamed_threshold_oracle"))
 
 
+@pytest.mark.parametrize(("gsd_m", "grown"), [(0.5, True), (2.0, False)])
+def test_a_class_mask_threshold_can_depend_on_the_gsd_it_is_read_at(
+    tmp_path: Path, coded_scene: Callable[..., Path], gsd_m: float, grown: bool
+) -> None:
+    """Masks 0.6 on each object and 0.4 in a ring around it: buildings read at 1 m or finer
+    are cut at 0.35 and come out with the ring, elsewhere at 0.5 and exact; ships never."""
+    ids = np.zeros((128, 128), dtype=np.int32)
+    ids[40:56, 40:72] = 1  # a ship
+    ids[80:112, 80:112] = 2  # a building
+    path = coded_scene(ids, {1: 2, 2: 0}, name="s.tif", transform=utm_transform(gsd_m))
+    options = RunOptions(
+        model="tests.models:soft_mask_oracle", tile_px=64, overlap_px=16, simplify_px=0
+    )
+    plan = plan_scene(path, options)
+    cut = 0.35 if grown else 0.5
+    building_pass = next(p for p in plan.passes if 0 in p.classes)
+    assert building_pass.mask_threshold == {"building": cut, "field": 0.5, "ship": 0.5}
+    run_scene(path, tmp_path / "out", options=options)
+    found = {
+        name: gpd.read_file(tmp_path / "out" / "s.gpkg", layer=name).geometry.union_all()
+        for name in ("building", "ship")
+    }
+    ring = 4 * 32 * gsd_m**2  # one pixel along each side of a 32 x 32 square, no corners
+    want_building = 32 * 32 * gsd_m**2 + (ring if grown else 0.0)
+    assert found["building"].area == pytest.approx(want_building)
+    assert found["ship"].area == pytest.approx(16 * 32 * gsd_m**2)
+
+
+def test_mask_thresholds_for_an_unknown_class_are_refused(tmp_path: Path) -> None:
+    path, _ = fine_scene(tmp_path)
+    with pytest.raises(UserInputError, match="mask_threshold names boat"):
+        plan_scene(path, RunOptions(model="tests.models:misnamed_mask_oracle"))
+
+
 def test_classes_at_nearly_the_same_gsd_share_one_reading(
     tmp_path: Path, coded_scene: Callable[..., Path]
 ) -> None:

@@ -16,8 +16,10 @@ lists and dicts, so :func:`torch.load` reads it with ``weights_only=True`` (no p
                                                   # read at a GSD up to 1.0 m
      "class_extra_gsd_m": {"building": [0.6]},  # optional: also read a class at these GSDs
                                                 # (where the scene is 1.5x finer), merged
-     "mask_threshold": {"building": 0.4}}  # optional: a class's mask probability from
+     "mask_threshold": {"building": 0.4},  # optional: a class's mask probability from
                                            # which a pixel is in (0.5 where unset)
+     "mask_threshold_by_gsd": {"building": [[1.0, 0.35]]}}  # optional: other values for a
+                                                          # class read at up to 1.0 m
 
 A training checkpoint (the ``last.pt`` that ``geoseg train`` resumes from) also holds
 ``"resume"``: optimizer state and the epoch reached; it loads as a model all the same.
@@ -33,7 +35,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from geoseg.config import as_extra_gsd, as_mask_threshold, as_min_score, as_min_score_by_gsd
+from geoseg.config import (
+    as_extra_gsd,
+    as_mask_threshold,
+    as_mask_threshold_by_gsd,
+    as_min_score,
+    as_min_score_by_gsd,
+)
 from geoseg.errors import UserInputError, first_line
 
 __all__ = ["FORMAT", "VERSION", "read_checkpoint", "save_checkpoint", "update_checkpoint"]
@@ -60,6 +68,7 @@ def save_checkpoint(
     min_score_by_gsd: Mapping[str, Any] | None = None,
     class_extra_gsd_m: Mapping[str, Any] | None = None,
     mask_threshold: Mapping[str, float] | None = None,
+    mask_threshold_by_gsd: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint to ``path`` atomically (a temporary file, then :func:`os.replace`).
 
@@ -91,6 +100,9 @@ def save_checkpoint(
     cuts = as_mask_threshold(mask_threshold, str(path))
     if cuts:
         payload["mask_threshold"] = cuts
+    cut_steps = as_mask_threshold_by_gsd(mask_threshold_by_gsd, str(path))
+    if cut_steps:
+        payload["mask_threshold_by_gsd"] = {c: [list(st) for st in s] for c, s in cut_steps.items()}
     if resume is not None:
         payload["resume"] = dict(resume)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,14 +123,15 @@ def save_checkpoint(
 def update_checkpoint(path: str | Path, **changes: Any) -> Path:
     """Rewrite the checkpoint at ``path`` atomically with some of its run settings replaced
     (``min_score``, ``min_score_by_gsd``, ``class_gsd_m``, ``class_extra_gsd_m``,
-    ``mask_threshold``, ``gsd_range_m``; ``None`` drops one); weights, training records and
-    everything else are kept."""
+    ``mask_threshold``, ``mask_threshold_by_gsd``, ``gsd_range_m``; ``None`` drops one);
+    weights, training records and everything else are kept."""
     settings = (
         "min_score",
         "min_score_by_gsd",
         "class_gsd_m",
         "class_extra_gsd_m",
         "mask_threshold",
+        "mask_threshold_by_gsd",
         "gsd_range_m",
     )
     unknown = sorted(set(changes) - set(settings))

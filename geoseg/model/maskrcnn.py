@@ -52,6 +52,7 @@ from geoseg.config import (
     as_class_ranges,
     as_extra_gsd,
     as_mask_threshold,
+    as_mask_threshold_by_gsd,
     as_min_score_by_gsd,
 )
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
@@ -336,9 +337,9 @@ class MaskRCNNSegmenter:
     (float32 ``(K, 28, 28)`` mask probabilities in those boxes, not pasted into the tile),
     ``labels`` (int64 indices into ``classes``) and ``scores`` (float32), for instances
     scored at least :data:`SCORE_FLOOR`. ``Instances.from_any(...).masks`` gives the same
-    full-tile masks as torchvision's own (pasted) output, or, where ``mask_threshold`` sets
-    a class's mask probability from which a pixel is in (``{class: value}``; 0.5 unset), the
-    output also holds ``mask_thresholds`` and its masks are cut there.
+    full-tile masks as torchvision's own (pasted) output. The run settings a checkpoint
+    recommends (score thresholds, GSD ranges, extra readings, mask thresholds) are attributes
+    that :func:`geoseg.model.describe_model` reads; ``geoseg run`` applies them.
     """
 
     input_bands = 3
@@ -361,6 +362,7 @@ class MaskRCNNSegmenter:
         min_score_by_gsd: Mapping[str, Any] | None = None,
         class_extra_gsd_m: Mapping[str, Any] | None = None,
         mask_threshold: Mapping[str, float] | None = None,
+        mask_threshold_by_gsd: Mapping[str, Any] | None = None,
     ) -> None:
         self.classes = tuple(classes)
         self.arch = arch
@@ -373,7 +375,7 @@ class MaskRCNNSegmenter:
         self.min_score_by_gsd = as_min_score_by_gsd(min_score_by_gsd, name)
         self.class_extra_gsd_m = as_extra_gsd(class_extra_gsd_m, name)
         self.mask_threshold = as_mask_threshold(mask_threshold, name)
-        self._mask_cuts = _mask_cuts(self.mask_threshold, self.classes, name)
+        self.mask_threshold_by_gsd = as_mask_threshold_by_gsd(mask_threshold_by_gsd, name)
         self.normalization = dict(normalization or network_normalization(arch))
         self._device = resolve_device(device)
         # tiles per forward pass: on a GPU every tile of a call (the planner sized the call
@@ -401,7 +403,7 @@ class MaskRCNNSegmenter:
         with self._lock, torch.inference_mode():
             self.network.roi_heads.score_thresh = max(SCORE_FLOOR, float(min_score))
             for found in self._in_passes(tiles, self._detect):
-                out.extend(_to_instances(det, self._mask_cuts) for det in found)
+                out.extend(_to_instances(det) for det in found)
         return out
 
     def _in_passes(self, tiles: np.ndarray, forward: Callable[[torch.Tensor], T]) -> Iterator[T]:
@@ -474,21 +476,6 @@ class MaskRCNNSegmenter:
         return torch.cat([f.float().mean(dim=(2, 3)) for f in levels], dim=1).cpu()
 
 
-def _mask_cuts(
-    table: Mapping[str, float] | None, classes: Sequence[str], source: str
-) -> torch.Tensor | None:
-    """``mask_threshold`` as one value per class index (0.5 where unset)."""
-    if table is None:
-        return None
-    unknown = sorted(set(table) - set(classes))
-    if unknown:
-        raise UserInputError(
-            f"{source}: mask_threshold names {', '.join(unknown)}, not a class of the model "
-            f"({', '.join(classes)})"
-        )
-    return torch.tensor([table.get(c, 0.5) for c in classes], dtype=torch.float32)
-
-
 def _three_bands(tiles: np.ndarray) -> np.ndarray:
     bands = tiles.shape[1]
     if bands == 3:
@@ -500,22 +487,15 @@ def _three_bands(tiles: np.ndarray) -> np.ndarray:
     raise ModelError(f"the Mask R-CNN wants 1 or 3 bands; got {bands} (choose them with --bands)")
 
 
-def _to_instances(
-    det: Mapping[str, torch.Tensor], mask_cuts: torch.Tensor | None = None
-) -> dict[str, np.ndarray]:
-    """The protocol's box form: boxes, 28 x 28 mask probabilities, labels, scores, and each
-    instance's mask threshold where ``mask_cuts`` (one per class index) is given."""
+def _to_instances(det: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The protocol's box form: boxes, 28 x 28 mask probabilities, labels, scores."""
     keep = det["scores"] >= SCORE_FLOOR
-    labels = (det["labels"][keep] - 1).to(torch.int64).cpu()
-    out = {
+    return {
         "boxes": det["boxes"][keep].float().cpu().numpy(),
         "masks": det["masks"][keep][:, 0].float().cpu().numpy(),
-        "labels": labels.numpy(),
+        "labels": (det["labels"][keep] - 1).to(torch.int64).cpu().numpy(),
         "scores": det["scores"][keep].float().cpu().numpy(),
     }
-    if mask_cuts is not None:
-        out["mask_thresholds"] = mask_cuts[labels].numpy()
-    return out
 
 
 def segmenter_from_payload(
@@ -540,8 +520,6 @@ def segmenter_from_payload(
         ) from exc
     gsd = payload.get("gsd_range_m")
     tuned = payload.get("min_score")
-    cuts = as_mask_threshold(payload.get("mask_threshold"), source)
-    _mask_cuts(cuts, classes, source)  # an unknown class is named with the file
     return MaskRCNNSegmenter(
         network,
         classes=classes,
@@ -556,7 +534,10 @@ def segmenter_from_payload(
         class_gsd_range_m=as_class_ranges(payload.get("class_gsd_m")),
         min_score_by_gsd=as_min_score_by_gsd(payload.get("min_score_by_gsd"), source),
         class_extra_gsd_m=as_extra_gsd(payload.get("class_extra_gsd_m"), source),
-        mask_threshold=cuts,
+        mask_threshold=as_mask_threshold(payload.get("mask_threshold"), source),
+        mask_threshold_by_gsd=as_mask_threshold_by_gsd(
+            payload.get("mask_threshold_by_gsd"), source
+        ),
     )
 
 

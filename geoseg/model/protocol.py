@@ -28,7 +28,7 @@ A segmenter is any object with
 
   With either form of ``masks``, an instance set may also carry ``mask_thresholds`` (float
   ``(K,)``, each in (0, 1)): each instance's mask value from which a pixel is in, in place
-  of 0.5 (the built-in Mask R-CNN gives them where its checkpoint sets ``mask_threshold``).
+  of 0.5.
 
   ``predict`` may also accept a keyword ``min_score``: geoseg then passes ``--min-score``, so
   the model can drop lower-scored instances before building their masks. Wrong shapes or
@@ -44,8 +44,11 @@ the scene once per working GSD, each class clamped to its own range), ``min_scor
 read at a GSD up to a step's takes that step's threshold instead of its ``min_score``),
 ``class_extra_gsd_m`` (``{class name: [GSD m, ...]}``: where the scene is at least 1.5 times
 finer, the class is also read at these GSDs and the readings' objects merged, each object
-kept once from the reading that scored it best; see :mod:`geoseg.reading_merge`) and
-``input_bands``
+kept once from the reading that scored it best; see :mod:`geoseg.reading_merge`),
+``mask_threshold`` (``{class name: value}``: the mask value from which a pixel of the class
+is in, 0.5 where unset, for probabilities; it replaces any ``mask_thresholds`` of the output),
+``mask_threshold_by_gsd`` (``{class name: [(up to m, value), ...]}``: the same for a class
+read at a GSD up to a step's) and ``input_bands``
 (how many bands ``predict`` wants; geoseg repeats a single band or keeps the first bands to
 match). ``predict`` gets the lowest of the run's thresholds as ``min_score``.
 
@@ -77,6 +80,8 @@ from geoseg.config import (
     GsdThresholds,
     as_class_ranges,
     as_extra_gsd,
+    as_mask_threshold,
+    as_mask_threshold_by_gsd,
     as_min_score,
     as_min_score_by_gsd,
 )
@@ -160,9 +165,18 @@ class Instances:
         return out
 
     @classmethod
-    def from_any(cls, obj: Any, *, shape_hw: tuple[int, int], n_classes: int) -> Instances:
+    def from_any(
+        cls,
+        obj: Any,
+        *,
+        shape_hw: tuple[int, int],
+        n_classes: int,
+        class_mask_thresholds: np.ndarray | None = None,
+    ) -> Instances:
         """Accept an object with attributes or a mapping in any of the module doc's three
-        forms, convert to NumPy and check shapes (a one-line :class:`ModelError` if wrong)."""
+        forms, convert to NumPy and check shapes (a one-line :class:`ModelError` if wrong).
+        ``class_mask_thresholds`` (one per class index), when given, is where the masks of
+        each class are cut, in place of the output's ``mask_thresholds`` or 0.5."""
         labels, scores = _labels_scores(obj, n_classes)
         count = len(labels)
         shape_hw = (int(shape_hw[0]), int(shape_hw[1]))
@@ -176,7 +190,11 @@ class Instances:
             masks = masks[:, 0]
         if count == 0:
             return cls(np.zeros((0, *shape_hw), dtype=bool), labels, scores)
-        cuts = _mask_thresholds(obj, count)
+        cuts = (
+            _mask_thresholds(obj, count)
+            if class_mask_thresholds is None
+            else np.asarray(class_mask_thresholds, dtype=np.float32)[labels]
+        )
         if _has(obj, "boxes") and masks.shape[1:] != shape_hw:
             boxes = _boxes(_field(obj, "boxes"), masks, count)
             crops = box_mask_crops(boxes, masks, shape_hw, cuts)
@@ -278,6 +296,8 @@ class ModelInfo:
     class_gsd_range_m: dict[str, tuple[float, float]] | None = None
     min_score_by_gsd: GsdThresholds | None = None
     class_extra_gsd_m: dict[str, tuple[float, ...]] | None = None
+    mask_threshold: dict[str, float] | None = None
+    mask_threshold_by_gsd: GsdThresholds | None = None
 
 
 def describe_model(model: Segmenter, spec: str) -> ModelInfo:
@@ -294,6 +314,10 @@ def describe_model(model: Segmenter, spec: str) -> ModelInfo:
         class_gsd_range_m=as_class_ranges(getattr(model, "class_gsd_range_m", None)),
         min_score_by_gsd=as_min_score_by_gsd(getattr(model, "min_score_by_gsd", None), spec),
         class_extra_gsd_m=as_extra_gsd(getattr(model, "class_extra_gsd_m", None), spec),
+        mask_threshold=as_mask_threshold(getattr(model, "mask_threshold", None), spec),
+        mask_threshold_by_gsd=as_mask_threshold_by_gsd(
+            getattr(model, "mask_threshold_by_gsd", None), spec
+        ),
     )
 
 
@@ -344,6 +368,10 @@ def _describe_uncached(spec: str, path: Path | None, device: str) -> ModelInfo:
             class_gsd_range_m=as_class_ranges(payload.get("class_gsd_m")),
             min_score_by_gsd=as_min_score_by_gsd(payload.get("min_score_by_gsd"), str(path)),
             class_extra_gsd_m=as_extra_gsd(payload.get("class_extra_gsd_m"), str(path)),
+            mask_threshold=as_mask_threshold(payload.get("mask_threshold"), str(path)),
+            mask_threshold_by_gsd=as_mask_threshold_by_gsd(
+                payload.get("mask_threshold_by_gsd"), str(path)
+            ),
         )
     if ":" in spec and spec != "default" and not _factory_takes_device(spec):
         return describe_model(load_segmenter(spec, device=device), spec)
