@@ -211,6 +211,9 @@ def run_metadata(plan: ScenePlan) -> dict[str, str]:
         if len(readings) > 1
     }
     merged = {"geoseg_class_readings_m": json.dumps(twice)} if twice else {}
+    cuts = plan.class_mask_threshold()
+    if cuts:
+        merged["geoseg_class_mask_threshold"] = json.dumps(cuts)
     return {
         "geoseg_version": _version(),
         "geoseg_model": plan.model.name,

@@ -132,6 +132,17 @@ class ScenePlan:
         """The score threshold of each class in each of its readings, finest first."""
         return {name: tuple(s for _, s in r) for name, r in self.class_readings().items()}
 
+    def class_mask_threshold(self) -> dict[str, float]:
+        """The mask value each class's masks are cut at, its finest reading's where it is read
+        at several; empty where the model sets none (every mask cut at 0.5, or as it says)."""
+        found: dict[str, float] = {}
+        for reading in self.passes:  # finest first
+            for k in reading.classes:
+                name = self.model.classes[k]
+                if reading.mask_threshold is not None and name not in found:
+                    found[name] = reading.mask_threshold[name]
+        return found
+
     def merged_classes(self) -> tuple[int, ...]:
         """Indexes of the classes read in more than one pass (merged across them)."""
         counts = [sum(k in p.classes for p in self.passes) for k in range(len(self.model.classes))]

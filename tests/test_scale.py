@@ -205,6 +205,8 @@ def test_a_class_mask_threshold_can_depend_on_the_gsd_it_is_read_at(
     want_building = 32 * 32 * gsd_m**2 + (ring if grown else 0.0)
     assert found["building"].area == pytest.approx(want_building)
     assert found["ship"].area == pytest.approx(16 * 32 * gsd_m**2)
+    metadata = pyogrio.read_info(tmp_path / "out" / "s.gpkg", layer="building")["layer_metadata"]
+    assert json.loads(metadata["geoseg_class_mask_threshold"])["building"] == cut
 
 
 def test_mask_thresholds_for_an_unknown_class_are_refused(tmp_path: Path) -> None:
