@@ -173,10 +173,19 @@ def test_a_class_threshold_can_depend_on_the_gsd_it_is_read_at(
     assert json.loads(metadata["geoseg_class_min_score"])["ship"] == wanted
 
 
-def test_thresholds_by_gsd_for_an_unknown_class_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        ("misnamed_threshold_oracle", "min_score_by_gsd names boat"),
+        ("misnamed_mask_oracle", "mask_threshold names boat"),
+    ],
+)
+def test_thresholds_for_an_unknown_class_are_refused(
+    tmp_path: Path, model: str, match: str
+) -> None:
     path, _ = fine_scene(tmp_path)
-    with pytest.raises(UserInputError, match="min_score_by_gsd names boat"):
-        plan_scene(path, RunOptions(model="tests.models:misnamed_threshold_oracle"))
+    with pytest.raises(UserInputError, match=match):
+        plan_scene(path, RunOptions(model=f"tests.models:{model}"))
 
 
 @pytest.mark.parametrize(("gsd_m", "grown"), [(0.5, True), (2.0, False)])
@@ -207,12 +216,6 @@ def test_a_class_mask_threshold_can_depend_on_the_gsd_it_is_read_at(
     assert found["ship"].area == pytest.approx(16 * 32 * gsd_m**2)
     metadata = pyogrio.read_info(tmp_path / "out" / "s.gpkg", layer="building")["layer_metadata"]
     assert json.loads(metadata["geoseg_class_mask_threshold"])["building"] == cut
-
-
-def test_mask_thresholds_for_an_unknown_class_are_refused(tmp_path: Path) -> None:
-    path, _ = fine_scene(tmp_path)
-    with pytest.raises(UserInputError, match="mask_threshold names boat"):
-        plan_scene(path, RunOptions(model="tests.models:misnamed_mask_oracle"))
 
 
 def test_classes_at_nearly_the_same_gsd_share_one_reading(
