@@ -12,6 +12,7 @@ import numpy as np
 from geoseg.errors import UserInputError
 
 __all__ = [
+    "DEFAULT_MASK_THRESHOLD",
     "DEFAULT_MIN_SCORE",
     "RunOptions",
     "as_class_ranges",
@@ -26,6 +27,8 @@ __all__ = [
 
 DEFAULT_MIN_SCORE = 0.5
 """The score threshold for a model that recommends none."""
+DEFAULT_MASK_THRESHOLD = 0.5
+"""The mask value from which a pixel is in, for a class whose model sets none."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from geoseg.config import DEFAULT_MIN_SCORE, RunOptions, score_thresholds, threshold_at_gsd
+from geoseg.config import (
+    DEFAULT_MASK_THRESHOLD,
+    DEFAULT_MIN_SCORE,
+    GsdThresholds,
+    RunOptions,
+    score_thresholds,
+    threshold_at_gsd,
+)
 from geoseg.errors import UserInputError
 from geoseg.formats import check_formats
 from geoseg.gpu import auto_batch_size
@@ -237,23 +244,30 @@ def _thresholds_at(
 ) -> dict[str, float]:
     """The model's thresholds for classes read at ``gsd_m`` (its ``min_score_by_gsd``)."""
     base = score_thresholds(min_score, info.classes)
-    steps = info.min_score_by_gsd or {}
-    return {
-        name: threshold_at_gsd(float(base[k]), steps.get(name, ()), gsd_m)
-        for k, name in enumerate(info.classes)
-    }
+    return _values_at(info.classes, base, info.min_score_by_gsd, gsd_m)
 
 
 def _mask_cuts_at(info: ModelInfo, gsd_m: float) -> dict[str, float] | None:
     """The mask value each class is cut at when read at ``gsd_m`` (``mask_threshold``, or a
-    step of ``mask_threshold_by_gsd``; 0.5 where neither says); ``None`` for a model that sets
-    neither."""
+    step of ``mask_threshold_by_gsd``; :data:`DEFAULT_MASK_THRESHOLD` where neither says);
+    ``None`` for a model that sets neither."""
     if not (info.mask_threshold or info.mask_threshold_by_gsd):
         return None
-    base, steps = info.mask_threshold or {}, info.mask_threshold_by_gsd or {}
+    base = [(info.mask_threshold or {}).get(c, DEFAULT_MASK_THRESHOLD) for c in info.classes]
+    return _values_at(info.classes, base, info.mask_threshold_by_gsd, gsd_m)
+
+
+def _values_at(
+    classes: Sequence[str],
+    base: Sequence[float],
+    steps: GsdThresholds | None,
+    gsd_m: float,
+) -> dict[str, float]:
+    """Each class's value when read at ``gsd_m``: its step of ``steps`` that reaches that GSD,
+    else its ``base`` value (one per class, in order)."""
     return {
-        name: threshold_at_gsd(base.get(name, 0.5), steps.get(name, ()), gsd_m)
-        for name in info.classes
+        name: threshold_at_gsd(float(value), (steps or {}).get(name, ()), gsd_m)
+        for name, value in zip(classes, base, strict=True)
     }
 
 
