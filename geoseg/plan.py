@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -115,12 +115,17 @@ class ScenePlan:
         ``min_score``, or the model's by read GSD (classes not searched are left out)."""
         base = score_thresholds(self.options.min_score, self.model.classes)
         found: dict[str, tuple[tuple[float, float], ...]] = {}
-        for reading in self.passes:  # finest first
-            for k in reading.classes:
-                name = self.model.classes[k]
-                score = (reading.min_score or {}).get(name, float(base[k]))
-                found[name] = (*found.get(name, ()), (reading.scene.gsd_m, score))
+        for k, name, reading in self._class_passes():
+            score = (reading.min_score or {}).get(name, float(base[k]))
+            found[name] = (*found.get(name, ()), (reading.scene.gsd_m, score))
         return found
+
+    def _class_passes(self) -> Iterator[tuple[int, str, ScenePass]]:
+        """``(class index, class name, pass)`` for each pass that keeps a class, finest
+        pass first."""
+        for reading in self.passes:
+            for k in reading.classes:
+                yield k, self.model.classes[k], reading
 
     def class_gsd_m(self) -> dict[str, float]:
         """The GSD each class is read at, its finest where it is read at several."""
@@ -143,11 +148,9 @@ class ScenePlan:
         """The mask value each class's masks are cut at, its finest reading's where it is read
         at several; empty where the model sets none (every mask cut at 0.5, or as it says)."""
         found: dict[str, float] = {}
-        for reading in self.passes:  # finest first
-            for k in reading.classes:
-                name = self.model.classes[k]
-                if reading.mask_threshold is not None and name not in found:
-                    found[name] = reading.mask_threshold[name]
+        for _, name, reading in self._class_passes():
+            if reading.mask_threshold is not None and name not in found:
+                found[name] = reading.mask_threshold[name]
         return found
 
     def merged_classes(self) -> tuple[int, ...]:
