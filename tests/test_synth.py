@@ -14,6 +14,8 @@ from rasterio import features
 from geoseg.cli import main
 from geoseg.errors import UserInputError
 from geoseg.learn.synth import CLASSES, make_scene, render_scene, write_scene
+from geoseg.learn.synth import labels as synth_labels
+from geoseg.learn.synth.constants import MIN_FIELD_AREA_M2
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +49,47 @@ def test_make_scene_returns_georeferenced_image_and_labels():
     assert labels.total_bounds[1] >= top - 128 and labels.total_bounds[3] <= top
 
 
-def test_labels_match_the_painted_pixels_exactly(scene):
-    burnt = features.rasterize(
+def _burnt(scene) -> np.ndarray:
+    return features.rasterize(
         zip(scene.labels.geometry, scene.labels["id"], strict=True),
         out_shape=scene.ids_yx.shape,
         transform=scene.transform,
         dtype="int32",
     )
-    np.testing.assert_array_equal(burnt, scene.ids_yx)
+
+
+def test_labels_match_the_painted_pixels_exactly(scene):
+    np.testing.assert_array_equal(_burnt(scene), scene.ids_yx)
     assert set(np.unique(scene.ids_yx)) == {0, *scene.labels["id"]}
     assert np.bincount(scene.ids_yx.ravel())[1:].min() >= 12
+
+
+def test_field_scraps_are_neither_labelled_nor_drawn(monkeypatch):
+    """Roads and the scene's edge cut scraps of a few m² from the parcels; at 0.5 m they
+    would be hundreds of pixels. A field piece under 300 m² is left out and its ground
+    painted as the land around it; everything else stays as it was."""
+    scene = render_scene((256, 256), gsd_m=0.5, seed=2)
+    monkeypatch.setattr(synth_labels, "MIN_FIELD_AREA_M2", 0.0)
+    with_scraps = render_scene((256, 256), gsd_m=0.5, seed=2)
+
+    def fields(s):
+        return s.labels[s.labels["class"] == "field"]
+
+    assert (fields(with_scraps).area < MIN_FIELD_AREA_M2).sum() >= 3
+    assert len(fields(scene)) and fields(scene).area.min() >= MIN_FIELD_AREA_M2
+    assert (
+        len(fields(with_scraps)) - len(fields(scene))
+        == (fields(with_scraps).area < MIN_FIELD_AREA_M2).sum()
+    )
+    others = [
+        s.labels[s.labels["class"] != "field"].geometry.to_numpy() for s in (scene, with_scraps)
+    ]
+    assert len(others[0]) == len(others[1]) and shapely.equals(*others).all()
+    np.testing.assert_array_equal(_burnt(scene), scene.ids_yx)
+    scraps = (with_scraps.ids_yx > 0) & (scene.ids_yx == 0)
+    assert scraps.sum() >= 12
+    np.testing.assert_array_equal(scene.image[:, ~scraps], with_scraps.image[:, ~scraps])
+    assert not np.array_equal(scene.image[:, scraps], with_scraps.image[:, scraps])
 
 
 def test_same_seed_same_scene_other_seed_other_scene():

@@ -6,7 +6,9 @@ Objects are polygons there; each is clipped to the scene (its largest part kept)
 map coordinates, and that very polygon is rasterized (pixel centres inside) to paint it. So
 the labels match the pixels exactly; objects never overlap (terraced houses and ships moored
 side by side touch). An object under a cloud stays labelled; one with fewer than
-``MIN_OBJECT_PIXELS`` pixels in the scene is neither labelled nor drawn.
+``MIN_OBJECT_PIXELS`` pixels in the scene, or a field piece of less than
+``MIN_FIELD_AREA_M2`` (300 m²) in it, is neither labelled nor drawn: its ground is painted
+as the land around it.
 
 Sizes follow the ground sampling distance (GSD): buildings 8-30 m, ships 20-250 m, fields
 100-800 m across, roads 4-10 m wide; at 1 m GSD or finer half the piers are marina berths,

@@ -7,6 +7,9 @@ LABEL_LAYER = "labels"
 MIN_BUILDING_WIDTH_PX = 6.0
 MIN_SHIP_BEAM_PX = 4.0
 MIN_OBJECT_PIXELS = 12
+# a field piece smaller than this is a scrap, not a parcel: of the 1,453 hand-drawn NAIP
+# parcels none is under 100 m² and 1 % under 356 m²
+MIN_FIELD_AREA_M2 = 300.0
 MAX_BUILDINGS = 400
 MAX_SHIPS = 40
 MAX_FIELDS = 300
