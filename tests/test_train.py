@@ -257,7 +257,7 @@ def test_synthetic_scenes_join_the_training(tmp_path: Path) -> None:
         TrainOptions(synthetic=1, synthetic_seed=5).validate()
 
 
-def test_fine_tuning_keeps_the_gsds_its_start_learned(
+def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
     labelled: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from geoseg.model.checkpoint import save_checkpoint
@@ -271,6 +271,10 @@ def test_fine_tuning_keeps_the_gsds_its_start_learned(
         classes=start.classes,
         normalization=NORMALIZATION,
         gsd_range_m=(0.5, 10.0),
+        class_extra_gsd_m={"building": [0.6]},
+        mask_threshold={"ship": 0.4},
+        mask_threshold_by_gsd={"building": [(1.0, 0.35)]},
+        min_score_by_gsd={"ship": [(1.0, 0.5)]},
     )
     image, labels = labelled  # 1 m
     options = TrainOptions(
@@ -285,7 +289,13 @@ def test_fine_tuning_keeps_the_gsds_its_start_learned(
     )
     result = train([image], [LabelSource(str(labels))], tmp_path / "ft.pt", options=options)
     assert result.gsd_range_m == (0.5, 10.0)
-    assert load_segmenter(str(tmp_path / "ft.pt"), device="cpu").gsd_range_m == (0.5, 10.0)
+    tuned = load_segmenter(str(tmp_path / "ft.pt"), device="cpu")
+    assert tuned.gsd_range_m == (0.5, 10.0)
+    # how the start is read is kept; its score thresholds are tuned anew
+    assert tuned.class_extra_gsd_m == {"building": (0.6,)}
+    assert tuned.mask_threshold == {"ship": 0.4}
+    assert tuned.mask_threshold_by_gsd == {"building": ((1.0, 0.35),)}
+    assert not tuned.min_score_by_gsd
     fresh = train(
         [image],
         [LabelSource(str(labels))],
@@ -293,6 +303,7 @@ def test_fine_tuning_keeps_the_gsds_its_start_learned(
         options=TrainOptions(**{**_kw(options), "init": "none", "arch": TINY}),
     )
     assert fresh.gsd_range_m == (1.0, 1.0)
+    assert not load_segmenter(str(tmp_path / "fresh.pt"), device="cpu").class_extra_gsd_m
 
 
 def test_augmented_chips_keep_pixels_and_labels_together() -> None:

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 MIN_TUNING_REFS = 20
+# how a checkpoint is read, carried into a model fine-tuned from it (its classes only)
+READ_SETTINGS = ("class_extra_gsd_m", "mask_threshold", "mask_threshold_by_gsd")
 """Real validation objects a class needs before ``tune_on="real"`` sets its threshold."""
 SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
 """The score thresholds tried on the validation chips; the best for each class (F1) is
@@ -257,7 +259,10 @@ def train(
         "options": options,
         "sources": sources,
         "init": init_note,
+        "reading": {k: start[k] for k in READ_SETTINGS if k in start},
     }
+    if meta["reading"]:
+        log.info("keeping how %s is read: %s", init_note, meta["reading"])
     validation = Validation({}, None)
     for epoch in range(start_epoch + 1, options.epochs + 1):
         summary = _train_epoch(
@@ -488,10 +493,10 @@ def _resume_state(path: Path, setup: Mapping[str, Any]) -> dict[str, Any] | None
 def _initial_network(
     options: TrainOptions, resume: Mapping[str, Any] | None
 ) -> tuple[MaskRCNNArch, torch.nn.Module, str, dict[str, Any]]:
-    """The network to train, its arch, a note on where it started, and the GSDs of the
-    checkpoint it started from (``gsd_range_m`` and ``class_gsd_m``, read from the payload
-    loaded here; empty from random or backbone-only weights): fine-tuning the default on
-    0.3 m imagery keeps the 0.5-10 m it learned as well."""
+    """The network to train, its arch, a note on where it started, and what it keeps of the
+    checkpoint it started from (:func:`_start_settings`; empty from random or backbone-only
+    weights): fine-tuning the default on 0.3 m imagery keeps the 0.5-10 m it learned as
+    well, and its second readings and mask thresholds."""
     n_classes = len(options.classes)
     if resume is not None:
         arch = MaskRCNNArch.from_dict(resume["arch"])
@@ -499,7 +504,7 @@ def _initial_network(
         network = build_network(arch, n_classes)
         network.load_state_dict(resume["state_dict"])
         note = str(resume.get("train", {}).get("init", "resumed"))
-        return arch, network, note, _start_gsds(resume)
+        return arch, network, note, _start_settings(resume, options.classes)
     torch.manual_seed(options.seed)
     init = options.init
     if init == "none":
@@ -524,7 +529,7 @@ def _initial_network(
     network.load_state_dict(fits, strict=False)
     skipped = len(own) - len(fits)
     log.info("initialised from %s (%d tensors; %d left random)", init, len(fits), skipped)
-    return arch, network, Path(init).name, _start_gsds(payload)
+    return arch, network, Path(init).name, _start_settings(payload, options.classes)
 
 
 def _is_backbone_state_dict(init: str) -> bool:
@@ -543,8 +548,16 @@ def _is_backbone_state_dict(init: str) -> bool:
     )
 
 
-def _start_gsds(payload: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: payload[k] for k in ("gsd_range_m", "class_gsd_m") if payload.get(k)}
+def _start_settings(payload: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
+    """What a run keeps of the checkpoint it starts from: the GSDs it learned and how it is
+    read (:data:`READ_SETTINGS`, for the classes this run trains). Score thresholds are tuned
+    anew on this run's validation chips, so ``min_score`` and ``min_score_by_gsd`` are not."""
+    out = {k: payload[k] for k in ("gsd_range_m", "class_gsd_m") if payload.get(k)}
+    for key in READ_SETTINGS:
+        kept = {c: v for c, v in (payload.get(key) or {}).items() if c in classes}
+        if kept:
+            out[key] = kept
+    return out
 
 
 def _gsd_range(payload: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -850,6 +863,7 @@ def _save(
         "class_gsd_m": meta["class_gsd"],
         "train": train_info,
         "min_score": validation.min_score,
+        **meta["reading"],
     }
     resume = {
         "epoch": epoch,
