@@ -174,6 +174,35 @@ def threshold_at_gsd(threshold: float, steps: Sequence[tuple[float, float]], gsd
     return next((score for up_to, score in steps if gsd_m <= up_to * (1 + 1e-9)), threshold)
 
 
+def class_values_at(
+    classes: Sequence[str],
+    base: Sequence[float],
+    steps: GsdThresholds | None,
+    gsd_m: float,
+) -> dict[str, float]:
+    """Each class's value when read at ``gsd_m``: its step of ``steps`` that reaches that GSD,
+    else its ``base`` value (one per class, in order)."""
+    return {
+        name: threshold_at_gsd(float(value), (steps or {}).get(name, ()), gsd_m)
+        for name, value in zip(classes, base, strict=True)
+    }
+
+
+def mask_cuts_at(
+    classes: Sequence[str],
+    mask_threshold: Mapping[str, float] | None,
+    mask_threshold_by_gsd: GsdThresholds | None,
+    gsd_m: float,
+) -> dict[str, float] | None:
+    """The mask value each class is cut at when read at ``gsd_m`` (``mask_threshold``, or a
+    step of ``mask_threshold_by_gsd``; :data:`DEFAULT_MASK_THRESHOLD` where neither says);
+    ``None`` where neither is set."""
+    if not (mask_threshold or mask_threshold_by_gsd):
+        return None
+    base = [(mask_threshold or {}).get(c, DEFAULT_MASK_THRESHOLD) for c in classes]
+    return class_values_at(classes, base, mask_threshold_by_gsd, gsd_m)
+
+
 def score_thresholds(
     min_score: float | Mapping[str, float] | None, classes: Sequence[str]
 ) -> np.ndarray:

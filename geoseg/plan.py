@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from geoseg.config import (
-    DEFAULT_MASK_THRESHOLD,
     DEFAULT_MIN_SCORE,
-    GsdThresholds,
     RunOptions,
+    class_values_at,
+    mask_cuts_at,
     score_thresholds,
-    threshold_at_gsd,
 )
 from geoseg.errors import UserInputError
 from geoseg.formats import check_formats
@@ -219,7 +218,15 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
         tiles = grid.in_bands(_band_rows(working, options))
         thresholds = _thresholds_at(options.min_score, info, working.gsd_m) if by_gsd else None
         passes.append(
-            ScenePass(working, grid, classes, thresholds, _mask_cuts_at(info, working.gsd_m))
+            ScenePass(
+                working,
+                grid,
+                classes,
+                thresholds,
+                mask_cuts_at(
+                    info.classes, info.mask_threshold, info.mask_threshold_by_gsd, working.gsd_m
+                ),
+            )
         )
         batches.extend((index, tuple(tiles[k : k + size])) for k in range(0, len(tiles), size))
     plan = ScenePlan(tuple(passes), tuple(batches), options, info, tuple(notes))
@@ -247,31 +254,7 @@ def _thresholds_at(
 ) -> dict[str, float]:
     """The model's thresholds for classes read at ``gsd_m`` (its ``min_score_by_gsd``)."""
     base = score_thresholds(min_score, info.classes)
-    return _values_at(info.classes, base, info.min_score_by_gsd, gsd_m)
-
-
-def _mask_cuts_at(info: ModelInfo, gsd_m: float) -> dict[str, float] | None:
-    """The mask value each class is cut at when read at ``gsd_m`` (``mask_threshold``, or a
-    step of ``mask_threshold_by_gsd``; :data:`DEFAULT_MASK_THRESHOLD` where neither says);
-    ``None`` for a model that sets neither."""
-    if not (info.mask_threshold or info.mask_threshold_by_gsd):
-        return None
-    base = [(info.mask_threshold or {}).get(c, DEFAULT_MASK_THRESHOLD) for c in info.classes]
-    return _values_at(info.classes, base, info.mask_threshold_by_gsd, gsd_m)
-
-
-def _values_at(
-    classes: Sequence[str],
-    base: Sequence[float],
-    steps: GsdThresholds | None,
-    gsd_m: float,
-) -> dict[str, float]:
-    """Each class's value when read at ``gsd_m``: its step of ``steps`` that reaches that GSD,
-    else its ``base`` value (one per class, in order)."""
-    return {
-        name: threshold_at_gsd(float(value), (steps or {}).get(name, ()), gsd_m)
-        for name, value in zip(classes, base, strict=True)
-    }
+    return class_values_at(info.classes, base, info.min_score_by_gsd, gsd_m)
 
 
 BAND_CACHE_BYTES = READ_ENV["GDAL_CACHEMAX"] * 2**20 // 2

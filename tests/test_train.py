@@ -28,6 +28,7 @@ from geoseg.learn.chips import (
 from geoseg.learn.train import (
     SCORE_GRID,
     LabelSource,
+    MaskCuts,
     TrainOptions,
     f1_scores,
     match_instances,
@@ -304,6 +305,19 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
     )
     assert fresh.gsd_range_m == (1.0, 1.0)
     assert not load_segmenter(str(tmp_path / "fresh.pt"), device="cpu").class_extra_gsd_m
+
+
+def test_validation_cuts_masks_where_a_run_would() -> None:
+    """Validation chips are cut at the values ``geoseg run`` uses at their GSD, so the score
+    thresholds it tunes fit the outlines a run draws."""
+    reading = {"mask_threshold": {"ship": 0.4}, "mask_threshold_by_gsd": {"building": [[1, 0.35]]}}
+    cut = MaskCuts.of(reading, ("building", "field", "ship"))
+    np.testing.assert_allclose(cut.at(0.5), [0.35, 0.5, 0.4])
+    np.testing.assert_allclose(cut.at(1.0), [0.35, 0.5, 0.4])
+    np.testing.assert_allclose(cut.at(2.0), [0.5, 0.5, 0.4])
+    assert MaskCuts.of({}, ("building",)).at(0.5) is None
+    with pytest.raises(UserInputError, match="start"):
+        MaskCuts.of({"mask_threshold": {"ship": 1.5}}, ("ship",))
 
 
 def test_augmented_chips_keep_pixels_and_labels_together() -> None:

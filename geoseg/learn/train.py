@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoseg.config import DEFAULT_MIN_SCORE
+from geoseg.config import (
+    DEFAULT_MIN_SCORE,
+    GsdThresholds,
+    as_mask_threshold,
+    as_mask_threshold_by_gsd,
+    mask_cuts_at,
+)
 from geoseg.errors import UserInputError
 from geoseg.learn.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
 from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
@@ -263,19 +269,22 @@ def train(
     }
     if meta["reading"]:
         log.info("keeping how %s is read: %s", init_note, meta["reading"])
+    cut = MaskCuts.of(meta["reading"], options.classes)
     validation = Validation({}, None)
     for epoch in range(start_epoch + 1, options.epochs + 1):
         summary = _train_epoch(
             network, optimizer, train_chips, options, device, epoch, steps, total_steps, emit
         )
         if options.val_every and epoch % options.val_every == 0 and epoch < options.epochs:
-            validation = _validate(network, val_chips, options, device, epoch, emit, synthetic)
+            validation = _validate(network, val_chips, options, device, epoch, emit, synthetic, cut)
             summary["val_f1"] = {c: m["f1"] for c, m in validation.scores.items()}
             summary["val_min_score"] = validation.min_score
         history.append(summary)
         _append_history(side / "history.jsonl", summary)
         _save(output, side, network, optimizer, epoch, history, validation, meta)
-    validation = _validate(network, val_chips, options, device, options.epochs, emit, synthetic)
+    validation = _validate(
+        network, val_chips, options, device, options.epochs, emit, synthetic, cut
+    )
     _save(output, side, network, optimizer, options.epochs, history, validation, meta)
     return TrainResult(
         output=output,
@@ -680,6 +689,29 @@ class Validation:
     min_score: dict[str, float] | None
 
 
+@dataclass(frozen=True)
+class MaskCuts:
+    """The mask values a run cuts each class at (a model's ``mask_threshold`` and
+    ``mask_threshold_by_gsd``), so that validation draws the outlines ``geoseg run`` would."""
+
+    classes: tuple[str, ...]
+    base: dict[str, float] | None = None
+    by_gsd: GsdThresholds | None = None
+
+    @classmethod
+    def of(cls, reading: Mapping[str, Any], classes: Sequence[str]) -> MaskCuts:
+        return cls(
+            tuple(classes),
+            as_mask_threshold(reading.get("mask_threshold"), "the start"),
+            as_mask_threshold_by_gsd(reading.get("mask_threshold_by_gsd"), "the start"),
+        )
+
+    def at(self, gsd_m: float) -> np.ndarray | None:
+        """One value per class index for a chip read at ``gsd_m``; ``None``: 0.5 for all."""
+        cuts = mask_cuts_at(self.classes, self.base, self.by_gsd, gsd_m)
+        return None if cuts is None else np.array([cuts[c] for c in self.classes], np.float32)
+
+
 def _validate(
     network: torch.nn.Module,
     chips: Sequence[Chip],
@@ -688,6 +720,7 @@ def _validate(
     epoch: int,
     emit: Progress,
     synthetic: frozenset[str] = frozenset(),
+    cut: MaskCuts | None = None,
 ) -> Validation:
     if not chips:
         return Validation({}, None)
@@ -704,7 +737,12 @@ def _validate(
         batch = chips[start : start + options.batch_size]
         pixels = np.stack([c.pixels.astype(np.float32) / 255.0 for c in batch])
         for chip, pred in zip(batch, segmenter.predict(pixels), strict=True):
-            found = Instances.from_any(pred, shape_hw=chip.valid.shape, n_classes=n_classes)
+            found = Instances.from_any(
+                pred,
+                shape_hw=chip.valid.shape,
+                n_classes=n_classes,
+                class_mask_thresholds=cut.at(chip.gsd_m) if cut else None,
+            )
             masks = found.masks & chip.valid
             ref_masks, _, ref_cls = targets_from_ids(chip.ids, chip.classes)
             for k in range(n_classes):
