@@ -70,12 +70,12 @@ log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 MIN_TUNING_REFS = 20
-# how a checkpoint is read, carried into a model fine-tuned from it (its classes only)
-READ_SETTINGS = ("class_extra_gsd_m", "mask_threshold", "mask_threshold_by_gsd")
 """Real validation objects a class needs before ``tune_on="real"`` sets its threshold."""
 SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
 """The score thresholds tried on the validation chips; the best for each class (F1) is
 recorded in the checkpoint as the model's ``min_score``."""
+READ_SETTINGS = ("class_extra_gsd_m", "mask_threshold", "mask_threshold_by_gsd")
+"""How a checkpoint is read: kept in a model fine-tuned from it, for the classes it trains."""
 
 
 @dataclass(frozen=True, slots=True)
