@@ -203,6 +203,14 @@ def mask_cuts_at(
     return class_values_at(classes, base, mask_threshold_by_gsd, gsd_m)
 
 
+def mask_cut_array(cuts: Mapping[str, float] | None, classes: Sequence[str]) -> np.ndarray | None:
+    """Per-class mask values (as :func:`mask_cuts_at` gives them) as one float32 per class
+    index, :data:`DEFAULT_MASK_THRESHOLD` where a class has none; ``None`` stays ``None``."""
+    if cuts is None:
+        return None
+    return np.array([cuts.get(c, DEFAULT_MASK_THRESHOLD) for c in classes], dtype=np.float32)
+
+
 def score_thresholds(
     min_score: float | Mapping[str, float] | None, classes: Sequence[str]
 ) -> np.ndarray:

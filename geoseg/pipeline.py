@@ -38,7 +38,7 @@ from geoseg.assemble import (
 )
 from geoseg.commit import check_writable, scene_lock
 from geoseg.compute import Progress, compute_tasks, iter_results
-from geoseg.config import DEFAULT_MASK_THRESHOLD, RunOptions, score_thresholds
+from geoseg.config import RunOptions, mask_cut_array, score_thresholds
 from geoseg.fragments import MaskCrop, instances_to_crops
 from geoseg.grid import Tile
 from geoseg.model.protocol import Instances, load_segmenter
@@ -132,14 +132,7 @@ def predict_stage(
 
         raise ModelError(f"model returned {len(outputs)} results for {len(batch.tiles)} tiles")
     shape_hw = pixels.shape[2:]
-    cuts = (
-        None
-        if mask_threshold is None
-        else np.array(
-            [mask_threshold.get(c, DEFAULT_MASK_THRESHOLD) for c in model.classes],
-            dtype=np.float32,
-        )
-    )
+    cuts = mask_cut_array(mask_threshold, model.classes)
     crops = []
     for tile, valid, raw in zip(batch.tiles, batch.valid, outputs, strict=True):
         instances = Instances.from_any(

@@ -22,10 +22,11 @@ from geoseg.grid import PixelWindow
 from geoseg.learn.coreset import Candidate, pick_random, pick_uncertain_diverse
 from geoseg.learn.select import SelectOptions, candidate_windows, select
 from geoseg.learn.train import LabelSource, TrainOptions, train
-from geoseg.learn.uncertainty import embed_tiles, pixel_embedding, tile_uncertainty
+from geoseg.learn.uncertainty import embed_tiles, pixel_embedding, tile_uncertainty, two_views
 from geoseg.model.maskrcnn import MaskRCNNArch, untrained_segmenter
 from geoseg.model.protocol import Instances
-from geoseg.testing import write_coded_scene
+from geoseg.testing import encode_instances, write_coded_scene
+from tests import models
 
 UTM = "EPSG:32633"
 DOUBTFUL = "tests.models:doubtful_oracle"
@@ -243,6 +244,29 @@ def test_uncertainty_rises_with_middling_scores_and_flip_disagreement() -> None:
     assert sure < 0.2 < middling and sure < 0.2 < unstable
     faint = tile_uncertainty(Instances(mask, np.array([0]), np.array([0.15], np.float32)), none)
     assert faint < 0.3
+
+
+def test_flip_views_cut_masks_where_a_run_would() -> None:
+    """The two views select compares are cut at the model's mask thresholds for the GSD the
+    tiles are read at: a soft mask's ring is in where buildings are cut at 0.35 (1 m or
+    finer), out at 2 m and where no GSD is given (0.5)."""
+    ids = np.zeros((48, 48), dtype=np.int32)
+    ids[10:20, 12:30] = 1  # a building, 180 px
+    ids[30:40, 5:15] = 2  # a ship, 100 px
+    tiles = (encode_instances(ids, {1: 0, 2: 2}).astype(np.float32) / 255)[None]
+    valid = np.ones((1, 48, 48), dtype=bool)
+    model = models.soft_mask_oracle()
+
+    def areas(gsd_m: float | None) -> dict[int, list[int]]:
+        plain, mirrored = two_views(model, tiles, valid, gsd_m)[0]
+        return {
+            int(k): sorted(int(v.masks[v.labels == k].sum()) for v in (plain, mirrored))
+            for k in (0, 2)
+        }
+
+    ring = 2 * (10 + 18)  # the one-pixel ring (4-connected) around a 10 x 18 building
+    assert areas(0.5) == {0: [180 + ring] * 2, 2: [100, 100]}
+    assert areas(2.0) == areas(None) == {0: [180, 180], 2: [100, 100]}
 
 
 def test_k_center_spreads_picks_and_skips_overlaps() -> None:

@@ -153,7 +153,7 @@ def score_windows(
     embeddings = np.zeros((len(keep), 0), dtype=np.float32)
     if score:
         model = load_segmenter(model_spec, device=device)
-        views = two_views(model, pixels[keep], valid[keep])
+        views = two_views(model, pixels[keep], valid[keep], scene.gsd_m)
         doubts = np.array([tile_uncertainty(*v) for v in views])
         counts = np.array([len(v[0].scores) for v in views])
         embeddings = embed_tiles(model, pixels[keep], valid[keep])

@@ -35,6 +35,7 @@ from geoseg.config import (
     GsdThresholds,
     as_mask_threshold,
     as_mask_threshold_by_gsd,
+    mask_cut_array,
     mask_cuts_at,
 )
 from geoseg.errors import UserInputError
@@ -709,7 +710,7 @@ class MaskCuts:
     def at(self, gsd_m: float) -> np.ndarray | None:
         """One value per class index for a chip read at ``gsd_m``; ``None``: 0.5 for all."""
         cuts = mask_cuts_at(self.classes, self.base, self.by_gsd, gsd_m)
-        return None if cuts is None else np.array([cuts[c] for c in self.classes], np.float32)
+        return mask_cut_array(cuts, self.classes)
 
 
 def _validate(

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.model.protocol import Instances
+from geoseg.config import mask_cut_array, mask_cuts_at
+from geoseg.model.protocol import Instances, describe_model
 
 __all__ = [
     "EMBED_DIM",
@@ -65,20 +66,39 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
 
-def two_views(model: Any, tiles: np.ndarray, valid: np.ndarray) -> list[tuple[Instances, ...]]:
+def two_views(
+    model: Any, tiles: np.ndarray, valid: np.ndarray, gsd_m: float | None = None
+) -> list[tuple[Instances, ...]]:
     """Per tile, the model's instances on the tile and on its mirror image (mirrored back),
-    scored at least :data:`SCORE_FLOOR`, masks cut to the valid pixels."""
+    scored at least :data:`SCORE_FLOOR`, masks cut to the valid pixels. Tiles read at
+    ``gsd_m`` have their mask probabilities cut where ``geoseg run`` would cut them there
+    (the model's mask thresholds); without a GSD, at 0.5."""
     tiles = _match_bands(np.ascontiguousarray(tiles, dtype=np.float32), model)
     mirrored = np.ascontiguousarray(tiles[..., ::-1])
     plain, flipped = _predict(model, tiles), _predict(model, mirrored)
     shape_hw = tiles.shape[2:]
+    n_classes = len(model.classes)
+    cuts = _mask_cuts(model, gsd_m)
     out = []
     for k in range(len(tiles)):
-        a = Instances.from_any(plain[k], shape_hw=shape_hw, n_classes=len(model.classes))
-        b = Instances.from_any(flipped[k], shape_hw=shape_hw, n_classes=len(model.classes))
+        a, b = (
+            Instances.from_any(
+                view[k], shape_hw=shape_hw, n_classes=n_classes, class_mask_thresholds=cuts
+            )
+            for view in (plain, flipped)
+        )
         b = Instances(np.ascontiguousarray(b.masks[..., ::-1]), b.labels, b.scores)
         out.append(tuple(_cut(v, valid[k]) for v in (a, b)))
     return out
+
+
+def _mask_cuts(model: Any, gsd_m: float | None) -> np.ndarray | None:
+    """The mask value of each class index at ``gsd_m``; ``None`` (0.5) where unset."""
+    if gsd_m is None:
+        return None
+    info = describe_model(model, str(getattr(model, "name", "model")))
+    cuts = mask_cuts_at(info.classes, info.mask_threshold, info.mask_threshold_by_gsd, gsd_m)
+    return mask_cut_array(cuts, info.classes)
 
 
 def _cut(found: Instances, valid: np.ndarray) -> Instances:
