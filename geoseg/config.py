@@ -14,6 +14,7 @@ from geoseg.errors import UserInputError
 __all__ = [
     "DEFAULT_MASK_THRESHOLD",
     "DEFAULT_MIN_SCORE",
+    "MaskCuts",
     "RunOptions",
     "as_class_ranges",
     "as_extra_gsd",
@@ -209,6 +210,32 @@ def mask_cut_array(cuts: Mapping[str, float] | None, classes: Sequence[str]) -> 
     if cuts is None:
         return None
     return np.array([cuts.get(c, DEFAULT_MASK_THRESHOLD) for c in classes], dtype=np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class MaskCuts:
+    """The mask values a model cuts each class at (its ``mask_threshold`` and
+    ``mask_threshold_by_gsd``) by the GSD a tile is read at: what ``geoseg run`` cuts at, for
+    training validation and ``geoseg select`` to draw the same outlines."""
+
+    classes: tuple[str, ...]
+    base: dict[str, float] | None = None
+    by_gsd: GsdThresholds | None = None
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any], classes: Sequence[str], source: str) -> MaskCuts:
+        """From a checkpoint's (unchecked) settings; bad values name ``source``."""
+        return cls(
+            tuple(classes),
+            as_mask_threshold(settings.get("mask_threshold"), source),
+            as_mask_threshold_by_gsd(settings.get("mask_threshold_by_gsd"), source),
+        )
+
+    def at(self, gsd_m: float) -> np.ndarray | None:
+        """One value per class index for tiles read at ``gsd_m``; ``None``: 0.5 for all."""
+        return mask_cut_array(
+            mask_cuts_at(self.classes, self.base, self.by_gsd, gsd_m), self.classes
+        )
 
 
 def score_thresholds(

@@ -311,13 +311,13 @@ def test_validation_cuts_masks_where_a_run_would() -> None:
     """Validation chips are cut at the values ``geoseg run`` uses at their GSD, so the score
     thresholds it tunes fit the outlines a run draws."""
     reading = {"mask_threshold": {"ship": 0.4}, "mask_threshold_by_gsd": {"building": [[1, 0.35]]}}
-    cut = MaskCuts.of(reading, ("building", "field", "ship"))
+    cut = MaskCuts.of(reading, ("building", "field", "ship"), "the start")
     np.testing.assert_allclose(cut.at(0.5), [0.35, 0.5, 0.4])
     np.testing.assert_allclose(cut.at(1.0), [0.35, 0.5, 0.4])
     np.testing.assert_allclose(cut.at(2.0), [0.5, 0.5, 0.4])
-    assert MaskCuts.of({}, ("building",)).at(0.5) is None
+    assert MaskCuts.of({}, ("building",), "the start").at(0.5) is None
     with pytest.raises(UserInputError, match="start"):
-        MaskCuts.of({"mask_threshold": {"ship": 1.5}}, ("ship",))
+        MaskCuts.of({"mask_threshold": {"ship": 1.5}}, ("ship",), "the start")
 
 
 def test_augmented_chips_keep_pixels_and_labels_together() -> None:

@@ -30,14 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoseg.config import (
-    DEFAULT_MIN_SCORE,
-    GsdThresholds,
-    as_mask_threshold,
-    as_mask_threshold_by_gsd,
-    mask_cut_array,
-    mask_cuts_at,
-)
+from geoseg.config import DEFAULT_MIN_SCORE, MaskCuts
 from geoseg.errors import UserInputError
 from geoseg.learn.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
 from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
@@ -270,7 +263,7 @@ def train(
     }
     if meta["reading"]:
         log.info("keeping how %s is read: %s", init_note, meta["reading"])
-    cut = MaskCuts.of(meta["reading"], options.classes)
+    cut = MaskCuts.of(meta["reading"], options.classes, "the start")
     validation = Validation({}, None)
     for epoch in range(start_epoch + 1, options.epochs + 1):
         summary = _train_epoch(
@@ -688,29 +681,6 @@ class Validation:
 
     scores: dict[str, dict[str, Any]]
     min_score: dict[str, float] | None
-
-
-@dataclass(frozen=True)
-class MaskCuts:
-    """The mask values a run cuts each class at (a model's ``mask_threshold`` and
-    ``mask_threshold_by_gsd``), so that validation draws the outlines ``geoseg run`` would."""
-
-    classes: tuple[str, ...]
-    base: dict[str, float] | None = None
-    by_gsd: GsdThresholds | None = None
-
-    @classmethod
-    def of(cls, reading: Mapping[str, Any], classes: Sequence[str]) -> MaskCuts:
-        return cls(
-            tuple(classes),
-            as_mask_threshold(reading.get("mask_threshold"), "the start"),
-            as_mask_threshold_by_gsd(reading.get("mask_threshold_by_gsd"), "the start"),
-        )
-
-    def at(self, gsd_m: float) -> np.ndarray | None:
-        """One value per class index for a chip read at ``gsd_m``; ``None``: 0.5 for all."""
-        cuts = mask_cuts_at(self.classes, self.base, self.by_gsd, gsd_m)
-        return mask_cut_array(cuts, self.classes)
 
 
 def _validate(

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.config import mask_cut_array, mask_cuts_at
+from geoseg.config import MaskCuts
 from geoseg.model.protocol import Instances, describe_model
 
 __all__ = [
@@ -97,8 +97,7 @@ def _mask_cuts(model: Any, gsd_m: float | None) -> np.ndarray | None:
     if gsd_m is None:
         return None
     info = describe_model(model, str(getattr(model, "name", "model")))
-    cuts = mask_cuts_at(info.classes, info.mask_threshold, info.mask_threshold_by_gsd, gsd_m)
-    return mask_cut_array(cuts, info.classes)
+    return MaskCuts(info.classes, info.mask_threshold, info.mask_threshold_by_gsd).at(gsd_m)
 
 
 def _cut(found: Instances, valid: np.ndarray) -> Instances:
