@@ -250,6 +250,17 @@ def two_reading_oracle() -> TwoReadingOracle:
     return TwoReadingOracle()
 
 
+class FineShipsOracle(ClassScaleOracle):
+    """As :class:`ClassScaleOracle`, and ships read at 0.25 m too (merged with the first
+    reading) where the scene is 1.5 to 2 times coarser."""
+
+    class_extra_gsd_m: ClassVar[dict[str, list[float]]] = {"ship": [0.25]}
+
+
+def fine_ships_oracle() -> FineShipsOracle:
+    return FineShipsOracle()
+
+
 class MisnamedExtraOracle(ClassScaleOracle):
     class_extra_gsd_m: ClassVar[dict[str, list[float]]] = {"boat": [2.0]}
 

@@ -157,6 +157,47 @@ def test_extra_readings_only_where_the_scene_is_finer_enough(
     assert len(plan.passes) == 1 and not plan.merged_classes()  # --gsd: one reading
 
 
+@pytest.mark.parametrize(
+    ("gsd_m", "ship_readings"),
+    [(0.3, (0.3,)), (0.4, (0.25, 0.4)), (0.5, (0.25, 0.5)), (0.6, (0.6,))],
+)
+def test_a_finer_extra_reading_only_up_to_twice_the_scene_s_detail(
+    coded_scene: Callable[..., Path], gsd_m: float, ship_readings: tuple[float, ...]
+) -> None:
+    ids = np.zeros((256, 256), dtype=np.int32)
+    ids[100:112, 40:48] = 1
+    path = coded_scene(ids, {1: 2}, name="s.tif", transform=utm_transform(gsd_m))
+    options = RunOptions(model="tests.models:fine_ships_oracle", tile_px=128, overlap_px=32)
+    readings = plan_scene(path, options).class_readings_m()
+    # 0.3 m: 0.25 m is only 1.2 x finer; 0.6 m: it would be 2.4 x the scene's detail
+    assert readings["ship"] == ship_readings and readings["building"] == (gsd_m,)
+
+
+def test_a_class_also_read_finer_comes_out_once_and_whole(
+    tmp_path: Path, coded_scene: Callable[..., Path]
+) -> None:
+    ids = np.zeros((960, 160), dtype=np.int32)
+    for k in range(12):
+        ids[8 + 80 * k : 48 + 80 * k, 16 + 8 * k : 80 + 8 * k] = k + 2
+    ids[40:120, 112:156] = 14  # a field
+    ids[500:512, 140:148] = 1  # a ship in open water, coded 1: read finer, it decodes as itself
+    class_of = {k + 2: 0 for k in range(12)} | {14: 1, 1: 2}
+    path = coded_scene(ids, class_of, name="tall.tif")
+    options = replace(TWO_READINGS, model="tests.models:fine_ships_oracle")
+    plan = plan_scene(path, options)
+    assert [(p.scene.gsd_m, p.classes) for p in plan.passes] == [
+        (0.25, (2,)),
+        (0.5, (0, 2)),
+        (2.0, (1,)),
+    ]
+    assert plan.merged_classes() == (2,)
+    result = run_scene(path, tmp_path / "out", options=options)
+    assert result.counts == {"building": 12, "field": 1, "ship": 1}
+    assert result.class_readings_m["ship"] == (0.25, 0.5)
+    (got,) = gpd.read_file(tmp_path / "out" / "tall.gpkg", layer="ship").geometry
+    assert_same_shape(got, truth_polygon(ids, 1, UTM_TRANSFORM))
+
+
 def test_extra_readings_of_an_unknown_class_or_bad_gsds_are_refused(
     coded_scene: Callable[..., Path],
 ) -> None:

@@ -47,7 +47,8 @@ def main() -> int:
         type=parse_extra,
         default=[],
         metavar="CLASS=GSD[,GSD]",
-        help="also read CLASS at these GSDs where the scene is 1.5 x finer (empty: none)",
+        help="also read CLASS at these GSDs where they are 1.5 x coarser than its first reading, "
+        "or 1.5 x finer and at most 2 x finer than the scene (empty: none)",
     )
     args = parser.parse_args()
     payload = read_checkpoint(args.checkpoint)

@@ -42,9 +42,11 @@ Optional attributes that geoseg reads when present: ``name`` (str), ``checksum``
 the scene once per working GSD, each class clamped to its own range), ``min_score_by_gsd``
 (``{class name: [(up to m, threshold), ...]}``: when ``--min-score`` is not given, a class
 read at a GSD up to a step's takes that step's threshold instead of its ``min_score``),
-``class_extra_gsd_m`` (``{class name: [GSD m, ...]}``: where the scene is at least 1.5 times
-finer, the class is also read at these GSDs and the readings' objects merged, each object
-kept once from the reading that scored it best; see :mod:`geoseg.reading_merge`),
+``class_extra_gsd_m`` (``{class name: [GSD m, ...]}``: the class is also read at these GSDs
+where they are at least 1.5 times coarser than its first reading, or 1.5 times finer and at
+most 2 times finer than the scene, and the readings' objects merged, each object kept once
+from the reading that scored it best; see :mod:`geoseg.plan` and
+:mod:`geoseg.reading_merge`),
 ``mask_threshold`` (``{class name: value}``: the mask value from which a pixel of the class
 is in, 0.5 where unset, for probabilities; it replaces any ``mask_thresholds`` of the output),
 ``mask_threshold_by_gsd`` (``{class name: [(up to m, value), ...]}``: the same for a class
