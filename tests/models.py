@@ -251,10 +251,11 @@ def two_reading_oracle() -> TwoReadingOracle:
 
 
 class FineShipsOracle(ClassScaleOracle):
-    """As :class:`ClassScaleOracle`, and ships read at 0.25 m too (merged with the first
-    reading) where the scene is 1.5 to 2 times coarser."""
+    """As :class:`ClassScaleOracle`, and ships read at 0.25 m too where the scene is 1.5 to 2
+    times coarser, and at 2 m where it is at least 1.5 times finer (all merged), as the
+    default model reads them at 0.3 and 2 m."""
 
-    class_extra_gsd_m: ClassVar[dict[str, list[float]]] = {"ship": [0.25]}
+    class_extra_gsd_m: ClassVar[dict[str, list[float]]] = {"ship": [0.25, 2.0]}
 
 
 def fine_ships_oracle() -> FineShipsOracle:

@@ -159,12 +159,12 @@ def test_extra_readings_only_where_the_scene_is_finer_enough(
 
 @pytest.mark.parametrize(
     ("gsd_m", "ship_readings"),
-    [(0.3, (0.3,)), (0.4, (0.25, 0.4)), (0.5, (0.25, 0.5)), (0.6, (0.6,))],
+    [(0.3, (0.3, 2.0)), (0.4, (0.25, 0.4, 2.0)), (0.5, (0.25, 0.5, 2.0)), (0.6, (0.6, 2.0))],
 )
 def test_a_finer_extra_reading_only_up_to_twice_the_scene_s_detail(
     coded_scene: Callable[..., Path], gsd_m: float, ship_readings: tuple[float, ...]
 ) -> None:
-    ids = np.zeros((256, 256), dtype=np.int32)
+    ids = np.zeros((1024, 1024), dtype=np.int32)  # wide enough for 2 m
     ids[100:112, 40:48] = 1
     path = coded_scene(ids, {1: 2}, name="s.tif", transform=utm_transform(gsd_m))
     options = RunOptions(model="tests.models:fine_ships_oracle", tile_px=128, overlap_px=32)
@@ -174,13 +174,17 @@ def test_a_finer_extra_reading_only_up_to_twice_the_scene_s_detail(
 
 
 def test_a_class_also_read_finer_comes_out_once_and_whole(
-    tmp_path: Path, coded_scene: Callable[..., Path]
+    tmp_path: Path, coded_scene: Callable[..., Path], capsys: pytest.CaptureFixture
 ) -> None:
+    from geoseg.cli import main
+
     ids = np.zeros((960, 160), dtype=np.int32)
     for k in range(12):
         ids[8 + 80 * k : 48 + 80 * k, 16 + 8 * k : 80 + 8 * k] = k + 2
     ids[40:120, 112:156] = 14  # a field
-    ids[500:512, 140:148] = 1  # a ship in open water, coded 1: read finer, it decodes as itself
+    # a ship in open water, on 4-pixel blocks (exact at 2 m); coded 1, so that read finer
+    # (bilinear) it decodes as itself
+    ids[500:512, 140:148] = 1
     class_of = {k + 2: 0 for k in range(12)} | {14: 1, 1: 2}
     path = coded_scene(ids, class_of, name="tall.tif")
     options = replace(TWO_READINGS, model="tests.models:fine_ships_oracle")
@@ -188,12 +192,16 @@ def test_a_class_also_read_finer_comes_out_once_and_whole(
     assert [(p.scene.gsd_m, p.classes) for p in plan.passes] == [
         (0.25, (2,)),
         (0.5, (0, 2)),
-        (2.0, (1,)),
+        (2.0, (1, 2)),
     ]
     assert plan.merged_classes() == (2,)
-    result = run_scene(path, tmp_path / "out", options=options)
-    assert result.counts == {"building": 12, "field": 1, "ship": 1}
-    assert result.class_readings_m["ship"] == (0.25, 0.5)
+    args = ["run", str(path), "-o", str(tmp_path / "out"), "--tile-size", "64", "--overlap", "16"]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--model", "tests.models:fine_ships_oracle", "--no-webmap"])
+    assert done.value.code == 0
+    summary = capsys.readouterr().out
+    assert "12 building (at 0.5 m" in summary and "1 field (at 2 m" in summary
+    assert "1 ship (at 0.25, 0.5 and 2 m, merged, score >= 0.50)" in summary
     (got,) = gpd.read_file(tmp_path / "out" / "tall.gpkg", layer="ship").geometry
     assert_same_shape(got, truth_polygon(ids, 1, UTM_TRANSFORM))
 

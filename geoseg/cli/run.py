@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,12 @@ def _progress_bar(total: int, verbosity: int) -> Any:
     return tqdm(total=total, unit="tile", desc="tiles", leave=False, dynamic_ncols=True)
 
 
+def _listing(items: Iterable[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    *head, last = items
+    return f"{', '.join(head)} and {last}" if head else last
+
+
 def _how_read(result: Any, name: str) -> str:
     """`` (at 5 m, score >= 0.65)``: the GSD a class was read at and the score it was kept
     from, where the run recorded them."""
@@ -124,11 +131,11 @@ def _how_read(result: Any, name: str) -> str:
     readings = result.class_readings_m.get(name, ())
     scores = result.class_readings_min_score.get(name, ())
     if len(readings) > 1:
-        parts.append(f"at {' and '.join(f'{g:.3g}' for g in readings)} m, merged")
+        parts.append(f"at {_listing(f'{g:.3g}' for g in readings)} m, merged")
     elif name in result.class_gsd_m:
         parts.append(f"at {result.class_gsd_m[name]:.3g} m")
     if len(set(scores)) > 1:
-        parts.append(f"score >= {' and '.join(f'{s:.2f}' for s in scores)}")
+        parts.append(f"score >= {_listing(f'{s:.2f}' for s in scores)}")
     elif name in result.class_min_score:
         parts.append(f"score >= {result.class_min_score[name]:.2f}")
     return f" ({', '.join(parts)})" if parts else ""
