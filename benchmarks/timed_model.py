@@ -40,6 +40,7 @@ class TimedSegmenter:
             "class_gsd_range_m",
             "min_score_by_gsd",
             "class_extra_gsd_m",
+            "class_fine_gsd_m",
             "mask_threshold",
             "mask_threshold_by_gsd",
         ):

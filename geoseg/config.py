@@ -135,10 +135,13 @@ def _gsd_steps(
     return table
 
 
-def as_extra_gsd(value: Any, source: str = "model") -> dict[str, tuple[float, ...]] | None:
-    """A model's ``class_extra_gsd_m`` (``{class: [GSD m, ...]}``, the other GSDs a class is
-    also read at) as plain values, sorted; ``None`` when it has none. Anything but positive
-    GSDs is a :class:`~geoseg.errors.UserInputError` naming ``source``."""
+def as_extra_gsd(
+    value: Any, source: str = "model", key: str = "class_extra_gsd_m"
+) -> dict[str, tuple[float, ...]] | None:
+    """A model's ``class_extra_gsd_m`` or ``class_fine_gsd_m`` (``key``; ``{class: [GSD m,
+    ...]}``, the other GSDs a class is also read at) as plain values, sorted; ``None`` when it
+    has none. Anything but positive GSDs is a :class:`~geoseg.errors.UserInputError` naming
+    ``source``."""
     if not value:
         return None
     try:
@@ -147,7 +150,7 @@ def as_extra_gsd(value: Any, source: str = "model") -> dict[str, tuple[float, ..
             raise ValueError
     except (TypeError, ValueError):
         raise UserInputError(
-            f"{source}: class_extra_gsd_m {value!r} is not {{class: [GSD in m > 0, ...]}}"
+            f"{source}: {key} {value!r} is not {{class: [GSD in m > 0, ...]}}"
         ) from None
     return {c: gsds for c, gsds in table.items() if gsds} or None
 

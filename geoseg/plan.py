@@ -10,12 +10,12 @@ with 512 px tiles). A class whose range ends far finer than the scene
 (more than :data:`MAX_UPSAMPLING`) is not searched, and a scene too coarse for every class is
 refused.
 
-A model may also name other GSDs to read a class at (``class_extra_gsd_m``): where such a GSD
-is at least :data:`EXTRA_READING_RATIO` times coarser than the class's first reading, or that
-many times finer but no more than :data:`MAX_EXTRA_UPSAMPLING` times finer than the scene, the
-class is read at each, and the readings' objects of it are merged (:mod:`geoseg.reading_merge`).
-The passes' batches are then interleaved band by band, so that the merge holds a band of
-objects, not the scene's.
+A model may also name other GSDs to read a class at: coarser ones (``class_extra_gsd_m``),
+where the scene is at least :data:`EXTRA_READING_RATIO` times finer, and finer ones
+(``class_fine_gsd_m``), read upsampled where the scene is :data:`EXTRA_READING_RATIO` to
+:data:`MAX_EXTRA_UPSAMPLING` times coarser. The class is read at each, and the readings'
+objects of it are merged (:mod:`geoseg.reading_merge`). The passes' batches are then
+interleaved band by band, so that the merge holds a band of objects, not the scene's.
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ z19 Web Mercator tile (0.2986 m) read at 0.30 m for ships and at its own GSD for
 would cost a second reading of the whole scene for a 0.5% difference."""
 
 EXTRA_READING_RATIO = 1.5
-"""A class's extra GSD is read only when it is at least this many times coarser or finer than
-its first reading: closer, both readings see nearly the same thing, at the cost of a whole
-reading."""
+"""A class's extra GSD is read only when it is at least this many times coarser (or, a fine
+GSD, finer) than its first reading: closer, both readings see nearly the same thing, at the
+cost of a whole reading."""
 
 MAX_EXTRA_UPSAMPLING = 2.0
-"""An extra GSD finer than the scene is read only up to this many times finer: each halving of
-the GSD makes four times the tiles (the default model's boats read at 0.3 m on 0.45-0.6 m
+"""A class's fine GSD is read only up to this many times finer than the scene: each halving
+of the GSD makes four times the tiles (the default model's boats read at 0.3 m on 0.45-0.6 m
 scenes: model card, "Boats also read at 0.3 m")."""
 
 MAX_UPSAMPLING = 3.0
@@ -196,6 +196,7 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     for key, table in (
         ("min_score_by_gsd", by_gsd),
         ("class_extra_gsd_m", info.class_extra_gsd_m),
+        ("class_fine_gsd_m", info.class_fine_gsd_m),
         ("mask_threshold", info.mask_threshold),
         ("mask_threshold_by_gsd", info.mask_threshold_by_gsd),
     ):
@@ -341,14 +342,6 @@ def _add_reading(targets: dict[float, list[int]], gsd: float, k: int) -> None:
         targets[same].append(k)
 
 
-def _worth_reading(extra: float, first: float, native: float) -> bool:
-    """Whether a class first read at ``first`` is also read at ``extra`` on a scene of GSD
-    ``native``: far enough from the first reading, and not upsampled too much."""
-    if extra >= first * EXTRA_READING_RATIO:
-        return True
-    return first >= extra * EXTRA_READING_RATIO and native <= extra * MAX_EXTRA_UPSAMPLING
-
-
 def _readings(
     scene: SceneInfo, info: ModelInfo, options: RunOptions
 ) -> tuple[list[tuple[SceneInfo, tuple[int, ...]]], list[str]]:
@@ -373,7 +366,11 @@ def _readings(
         _add_reading(targets, first, k)
         for extra in (info.class_extra_gsd_m or {}).get(info.classes[k], ()):
             gsd = _coarsest_for_size(scene, clamp_gsd(extra, gsd_range), options.tile_px)
-            if _worth_reading(gsd, first, native):
+            if gsd >= first * EXTRA_READING_RATIO:
+                _add_reading(targets, gsd, k)
+        for fine in (info.class_fine_gsd_m or {}).get(info.classes[k], ()):
+            gsd = clamp_gsd(fine, gsd_range)
+            if first >= gsd * EXTRA_READING_RATIO and native <= gsd * MAX_EXTRA_UPSAMPLING:
                 _add_reading(targets, gsd, k)
     if not targets:
         coarsest = max(r[1] for r in ranges if r is not None)

@@ -251,11 +251,12 @@ def two_reading_oracle() -> TwoReadingOracle:
 
 
 class FineShipsOracle(ClassScaleOracle):
-    """As :class:`ClassScaleOracle`, and ships read at 0.25 m too where the scene is 1.5 to 2
-    times coarser, and at 2 m where it is at least 1.5 times finer (all merged), as the
-    default model reads them at 0.3 and 2 m."""
+    """As :class:`ClassScaleOracle`, and ships read at 2 m too where the scene is at least 1.5
+    times finer, and at 0.25 m, upsampled, where it is 1.5 to 2 times coarser (all merged), as
+    the default model reads them at 2 and 0.3 m."""
 
-    class_extra_gsd_m: ClassVar[dict[str, list[float]]] = {"ship": [0.25, 2.0]}
+    class_extra_gsd_m: ClassVar[dict[str, list[float]]] = {"ship": [2.0]}
+    class_fine_gsd_m: ClassVar[dict[str, list[float]]] = {"ship": [0.25]}
 
 
 def fine_ships_oracle() -> FineShipsOracle:

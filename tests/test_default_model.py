@@ -68,6 +68,7 @@ def test_a_300_m_scene_stops_at_once_with_a_clear_message(
         (0.3, (0.3, 0.6), (0.3, 2.0)),
         (0.5, (0.5,), (0.3, 0.5, 2.0)),
         (0.7, (0.7,), (0.7, 2.0)),
+        (1.0, (1.0,), (1.0, 2.0)),  # 0.6 m is a coarser reading only: no upsampled buildings
         (10.0, (10.0,), (5.0,)),
     ],
 )

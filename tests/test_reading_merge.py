@@ -214,6 +214,8 @@ def test_extra_readings_of_an_unknown_class_or_bad_gsds_are_refused(
         plan_scene(path, RunOptions(model="tests.models:misnamed_extra_oracle"))
     with pytest.raises(UserInputError, match=r"m\.pt: class_extra_gsd_m"):
         as_extra_gsd({"building": [0.6, -1]}, "m.pt")
+    with pytest.raises(UserInputError, match=r"m\.pt: class_fine_gsd_m"):
+        as_extra_gsd({"ship": [0]}, "m.pt", "class_fine_gsd_m")
     assert as_extra_gsd({"building": [1.2, 0.6]}) == {"building": (0.6, 1.2)}
 
 

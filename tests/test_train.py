@@ -273,6 +273,7 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
         normalization=NORMALIZATION,
         gsd_range_m=(0.5, 10.0),
         class_extra_gsd_m={"building": [0.6]},
+        class_fine_gsd_m={"ship": [0.3], "field": [2.0]},
         mask_threshold={"ship": 0.4},
         mask_threshold_by_gsd={"building": [(1.0, 0.35)]},
         min_score_by_gsd={"ship": [(1.0, 0.5)]},
@@ -294,6 +295,7 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
     assert tuned.gsd_range_m == (0.5, 10.0)
     # how the start is read is kept; its score thresholds are tuned anew
     assert tuned.class_extra_gsd_m == {"building": (0.6,)}
+    assert tuned.class_fine_gsd_m == {"ship": (0.3,)}  # field: not a class it trains
     assert tuned.mask_threshold == {"ship": 0.4}
     assert tuned.mask_threshold_by_gsd == {"building": ((1.0, 0.35),)}
     assert not tuned.min_score_by_gsd

@@ -1,5 +1,6 @@
 """Set the GSD range each class of a geoseg checkpoint works at (``class_gsd_m``), and the
-other GSDs a class is also read at (``class_extra_gsd_m``).
+other GSDs a class is also read at (``class_extra_gsd_m``, coarser; ``class_fine_gsd_m``,
+finer than the scene).
 
 ``geoseg train`` records, per class, the GSDs of the chips it learned the class from. A model
 may find a class well only at part of that range (fields are wider than a tile at 0.5 m): this
@@ -8,6 +9,7 @@ rewrites the ranges that ``geoseg run`` reads each class at, and nothing else::
     python tools/set_class_gsd.py default.pt field=2:10 building=0.3:10 ship=0.5:10
     python tools/set_class_gsd.py default.pt --also building=0.6   # read twice, merged
     python tools/set_class_gsd.py default.pt --also building=      # read once again
+    python tools/set_class_gsd.py default.pt --fine ship=0.3       # and upsampled, merged
 
 The file is rewritten atomically; weights, thresholds and training records are kept.
 """
@@ -41,15 +43,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("ranges", nargs="*", type=parse_range, metavar="CLASS=MIN:MAX")
-    parser.add_argument(
-        "--also",
-        action="append",
-        type=parse_extra,
-        default=[],
-        metavar="CLASS=GSD[,GSD]",
-        help="also read CLASS at these GSDs where they are 1.5 x coarser than its first reading, "
-        "or 1.5 x finer and at most 2 x finer than the scene (empty: none)",
-    )
+    for flag, where in (
+        ("--also", "where the scene is 1.5 x finer"),
+        ("--fine", "upsampled, where the scene is 1.5 to 2 x coarser"),
+    ):
+        parser.add_argument(
+            flag,
+            action="append",
+            type=parse_extra,
+            default=[],
+            metavar="CLASS=GSD[,GSD]",
+            help=f"also read CLASS at these GSDs {where} (empty: none)",
+        )
     args = parser.parse_args()
     payload = read_checkpoint(args.checkpoint)
     ranges = dict(payload.get("class_gsd_m") or {})
@@ -57,14 +62,22 @@ def main() -> int:
         if name not in payload["classes"] or not 0 < low <= high:
             parser.error(f"{name}={low}:{high}: not a class of the model, or not 0 < MIN <= MAX")
         ranges[name] = [low, high]
-    extra = dict(payload.get("class_extra_gsd_m") or {})
-    for name, gsds in args.also:
-        if name not in payload["classes"] or any(g <= 0 for g in gsds):
-            parser.error(f"--also {name}: not a class of the model, or a GSD not above 0")
-        extra[name] = gsds
-    extra = {name: gsds for name, gsds in extra.items() if gsds}
-    update_checkpoint(args.checkpoint, class_gsd_m=ranges, class_extra_gsd_m=extra or None)
-    print(f"{args.checkpoint}: class GSD ranges {ranges}, also read at {extra}")
+    tables = {}
+    for flag, key, given in (
+        ("--also", "class_extra_gsd_m", args.also),
+        ("--fine", "class_fine_gsd_m", args.fine),
+    ):
+        table = dict(payload.get(key) or {})
+        for name, gsds in given:
+            if name not in payload["classes"] or any(g <= 0 for g in gsds):
+                parser.error(f"{flag} {name}: not a class of the model, or a GSD not above 0")
+            table[name] = gsds
+        tables[key] = {name: gsds for name, gsds in table.items() if gsds} or None
+    update_checkpoint(args.checkpoint, class_gsd_m=ranges, **tables)
+    print(
+        f"{args.checkpoint}: class GSD ranges {ranges}, also read at "
+        f"{tables['class_extra_gsd_m'] or {}} and, finer, at {tables['class_fine_gsd_m'] or {}}"
+    )
     return 0
 
 

@@ -68,7 +68,7 @@ MIN_TUNING_REFS = 20
 SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
 """The score thresholds tried on the validation chips; the best for each class (F1) is
 recorded in the checkpoint as the model's ``min_score``."""
-READ_SETTINGS = ("class_extra_gsd_m", "mask_threshold", "mask_threshold_by_gsd")
+READ_SETTINGS = ("class_extra_gsd_m", "class_fine_gsd_m", "mask_threshold", "mask_threshold_by_gsd")
 """How a checkpoint is read: kept in a model fine-tuned from it, for the classes it trains."""
 
 

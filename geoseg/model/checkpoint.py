@@ -67,6 +67,7 @@ def save_checkpoint(
     class_gsd_m: Mapping[str, Any] | None = None,
     min_score_by_gsd: Mapping[str, Any] | None = None,
     class_extra_gsd_m: Mapping[str, Any] | None = None,
+    class_fine_gsd_m: Mapping[str, Any] | None = None,
     mask_threshold: Mapping[str, float] | None = None,
     mask_threshold_by_gsd: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -94,9 +95,11 @@ def save_checkpoint(
     steps = as_min_score_by_gsd(min_score_by_gsd, str(path))
     if steps:
         payload["min_score_by_gsd"] = {c: [list(step) for step in s] for c, s in steps.items()}
-    extra = as_extra_gsd(class_extra_gsd_m, str(path))
-    if extra:
-        payload["class_extra_gsd_m"] = {c: list(gsds) for c, gsds in extra.items()}
+    readings = {"class_extra_gsd_m": class_extra_gsd_m, "class_fine_gsd_m": class_fine_gsd_m}
+    for key, table in readings.items():
+        extra = as_extra_gsd(table, str(path), key)
+        if extra:
+            payload[key] = {c: list(gsds) for c, gsds in extra.items()}
     cuts = as_mask_threshold(mask_threshold, str(path))
     if cuts:
         payload["mask_threshold"] = cuts
@@ -123,13 +126,14 @@ def save_checkpoint(
 def update_checkpoint(path: str | Path, **changes: Any) -> Path:
     """Rewrite the checkpoint at ``path`` atomically with some of its run settings replaced
     (``min_score``, ``min_score_by_gsd``, ``class_gsd_m``, ``class_extra_gsd_m``,
-    ``mask_threshold``, ``mask_threshold_by_gsd``, ``gsd_range_m``; ``None`` drops one);
-    weights, training records and everything else are kept."""
+    ``class_fine_gsd_m``, ``mask_threshold``, ``mask_threshold_by_gsd``, ``gsd_range_m``;
+    ``None`` drops one); weights, training records and everything else are kept."""
     settings = (
         "min_score",
         "min_score_by_gsd",
         "class_gsd_m",
         "class_extra_gsd_m",
+        "class_fine_gsd_m",
         "mask_threshold",
         "mask_threshold_by_gsd",
         "gsd_range_m",

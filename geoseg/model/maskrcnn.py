@@ -361,6 +361,7 @@ class MaskRCNNSegmenter:
         class_gsd_range_m: Mapping[str, tuple[float, float]] | None = None,
         min_score_by_gsd: Mapping[str, Any] | None = None,
         class_extra_gsd_m: Mapping[str, Any] | None = None,
+        class_fine_gsd_m: Mapping[str, Any] | None = None,
         mask_threshold: Mapping[str, float] | None = None,
         mask_threshold_by_gsd: Mapping[str, Any] | None = None,
     ) -> None:
@@ -374,6 +375,7 @@ class MaskRCNNSegmenter:
         self.class_gsd_range_m = dict(class_gsd_range_m) if class_gsd_range_m else None
         self.min_score_by_gsd = as_min_score_by_gsd(min_score_by_gsd, name)
         self.class_extra_gsd_m = as_extra_gsd(class_extra_gsd_m, name)
+        self.class_fine_gsd_m = as_extra_gsd(class_fine_gsd_m, name, "class_fine_gsd_m")
         self.mask_threshold = as_mask_threshold(mask_threshold, name)
         self.mask_threshold_by_gsd = as_mask_threshold_by_gsd(mask_threshold_by_gsd, name)
         self.normalization = dict(normalization or network_normalization(arch))
@@ -534,6 +536,7 @@ def segmenter_from_payload(
         class_gsd_range_m=as_class_ranges(payload.get("class_gsd_m")),
         min_score_by_gsd=as_min_score_by_gsd(payload.get("min_score_by_gsd"), source),
         class_extra_gsd_m=as_extra_gsd(payload.get("class_extra_gsd_m"), source),
+        class_fine_gsd_m=as_extra_gsd(payload.get("class_fine_gsd_m"), source, "class_fine_gsd_m"),
         mask_threshold=as_mask_threshold(payload.get("mask_threshold"), source),
         mask_threshold_by_gsd=as_mask_threshold_by_gsd(
             payload.get("mask_threshold_by_gsd"), source

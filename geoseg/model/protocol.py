@@ -42,11 +42,11 @@ Optional attributes that geoseg reads when present: ``name`` (str), ``checksum``
 the scene once per working GSD, each class clamped to its own range), ``min_score_by_gsd``
 (``{class name: [(up to m, threshold), ...]}``: when ``--min-score`` is not given, a class
 read at a GSD up to a step's takes that step's threshold instead of its ``min_score``),
-``class_extra_gsd_m`` (``{class name: [GSD m, ...]}``: the class is also read at these GSDs
-where they are at least 1.5 times coarser than its first reading, or 1.5 times finer and at
-most 2 times finer than the scene, and the readings' objects merged, each object kept once
-from the reading that scored it best; see :mod:`geoseg.plan` and
-:mod:`geoseg.reading_merge`),
+``class_extra_gsd_m`` (``{class name: [GSD m, ...]}``: where the scene is at least 1.5 times
+finer, the class is also read at these GSDs and the readings' objects merged, each object
+kept once from the reading that scored it best; see :mod:`geoseg.reading_merge`),
+``class_fine_gsd_m`` (``{class name: [GSD m, ...]}``: the same for GSDs finer than the scene,
+read upsampled where the scene is 1.5 to 2 times coarser; see :mod:`geoseg.plan`),
 ``mask_threshold`` (``{class name: value}``: the mask value from which a pixel of the class
 is in, 0.5 where unset, for probabilities; it replaces any ``mask_thresholds`` of the output),
 ``mask_threshold_by_gsd`` (``{class name: [(up to m, value), ...]}``: the same for a class
@@ -298,6 +298,7 @@ class ModelInfo:
     class_gsd_range_m: dict[str, tuple[float, float]] | None = None
     min_score_by_gsd: GsdThresholds | None = None
     class_extra_gsd_m: dict[str, tuple[float, ...]] | None = None
+    class_fine_gsd_m: dict[str, tuple[float, ...]] | None = None
     mask_threshold: dict[str, float] | None = None
     mask_threshold_by_gsd: GsdThresholds | None = None
 
@@ -316,6 +317,9 @@ def describe_model(model: Segmenter, spec: str) -> ModelInfo:
         class_gsd_range_m=as_class_ranges(getattr(model, "class_gsd_range_m", None)),
         min_score_by_gsd=as_min_score_by_gsd(getattr(model, "min_score_by_gsd", None), spec),
         class_extra_gsd_m=as_extra_gsd(getattr(model, "class_extra_gsd_m", None), spec),
+        class_fine_gsd_m=as_extra_gsd(
+            getattr(model, "class_fine_gsd_m", None), spec, "class_fine_gsd_m"
+        ),
         mask_threshold=as_mask_threshold(getattr(model, "mask_threshold", None), spec),
         mask_threshold_by_gsd=as_mask_threshold_by_gsd(
             getattr(model, "mask_threshold_by_gsd", None), spec
@@ -370,6 +374,9 @@ def _describe_uncached(spec: str, path: Path | None, device: str) -> ModelInfo:
             class_gsd_range_m=as_class_ranges(payload.get("class_gsd_m")),
             min_score_by_gsd=as_min_score_by_gsd(payload.get("min_score_by_gsd"), str(path)),
             class_extra_gsd_m=as_extra_gsd(payload.get("class_extra_gsd_m"), str(path)),
+            class_fine_gsd_m=as_extra_gsd(
+                payload.get("class_fine_gsd_m"), str(path), "class_fine_gsd_m"
+            ),
             mask_threshold=as_mask_threshold(payload.get("mask_threshold"), str(path)),
             mask_threshold_by_gsd=as_mask_threshold_by_gsd(
                 payload.get("mask_threshold_by_gsd"), str(path)
