@@ -50,7 +50,9 @@ class RunOptions:
     which two fragments are taken for one object. ``formats``: the vector formats to write
     (``gpkg``, ``geojson``, ``parquet``, ``fgb``). ``preview``/``webmap``: also write
     ``SCENE_preview.png`` and ``SCENE.html``. ``regularize``: square building outlines
-    (right angles along their dominant directions) instead of simplifying them.
+    (right angles along their dominant directions) instead of simplifying them. ``classes``:
+    the class names to search (``None``: every class of the model); the others are not read
+    for, and their layers stay empty.
     """
 
     model: str = "default"
@@ -68,6 +70,7 @@ class RunOptions:
     preview: bool = True
     webmap: bool = True
     regularize: bool = False
+    classes: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (tuples as lists)."""

@@ -203,6 +203,11 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
         unknown = ", ".join(sorted(set(table or {}) - set(info.classes)))
         if unknown:
             raise UserInputError(f"{options.model}: {key} names {unknown}, not its class")
+    unknown = ", ".join(sorted(set(options.classes or ()) - set(info.classes)))
+    if unknown:
+        raise UserInputError(
+            f"--classes {unknown}: not a class of {options.model} ({', '.join(info.classes)})"
+        )
     if options.min_score is None:
         tuned = info.min_score if info.min_score is not None else DEFAULT_MIN_SCORE
         options = replace(options, min_score=tuned)
@@ -346,7 +351,8 @@ def _readings(
     scene: SceneInfo, info: ModelInfo, options: RunOptions
 ) -> tuple[list[tuple[SceneInfo, tuple[int, ...]]], list[str]]:
     """The scene's working grids, finest first, each with the class indexes read on it."""
-    everything = tuple(range(len(info.classes)))
+    wanted = options.classes
+    everything = tuple(k for k, name in enumerate(info.classes) if wanted is None or name in wanted)
     if options.gsd_m is not None:  # --gsd: one reading of every class at that GSD
         return [(scene, everything)], []
     ranges = [(info.class_gsd_range_m or {}).get(name, info.gsd_range_m) for name in info.classes]
@@ -354,7 +360,8 @@ def _readings(
         return [(scene, everything)], []
     native = scene.file_gsd_m
     notes, targets = [], {}
-    for k, gsd_range in enumerate(ranges):
+    for k in everything:
+        gsd_range = ranges[k]
         if gsd_range is not None and native > gsd_range[1] * MAX_UPSAMPLING:
             notes.append(
                 f"{info.classes[k]} not searched: the scene's GSD ({native:.3g} m) is more than "
@@ -373,10 +380,11 @@ def _readings(
             if first >= gsd * EXTRA_READING_RATIO and native <= gsd * MAX_EXTRA_UPSAMPLING:
                 _add_reading(targets, gsd, k)
     if not targets:
-        coarsest = max(r[1] for r in ranges if r is not None)
+        coarsest = max(ranges[k][1] for k in everything if ranges[k] is not None)
+        names = ", ".join(info.classes[k] for k in everything)
         raise UserInputError(
             f"{scene.path}: GSD {native:.3g} m is too coarse for this model, which finds "
-            f"{', '.join(info.classes)} at {coarsest:.3g} m or finer; objects would be under "
+            f"{names} at {coarsest:.3g} m or finer; objects would be under "
             "a pixel. Give --gsd to read it anyway"
         )
     readings = [

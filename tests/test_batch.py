@@ -350,7 +350,7 @@ def test_spec_file_runs_like_the_options(tmp_path: Path) -> None:
     spec = tmp_path / "job.yaml"
     spec.write_text(
         "inputs: [in]\noutdir: out\nmodel: geoseg.testing:OracleSegmenter\n"
-        "tile_size: 96\noverlap: 24\nscheduler: threads\n"
+        "tile_size: 96\noverlap: 24\nscheduler: threads\nclasses: [building, field]\n"
     )
     proc = subprocess.run(
         [sys.executable, "-m", "geoseg", "-q", "batch", "--spec", str(spec)],
@@ -359,7 +359,9 @@ def test_spec_file_runs_like_the_options(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "out" / "scene0.gpkg").exists()
+    gpkg = tmp_path / "out" / "scene0.gpkg"
+    assert not gpd.read_file(gpkg, layer="building").empty
+    assert gpd.read_file(gpkg, layer="ship").empty  # not in the spec's classes
     bad = tmp_path / "bad.yaml"
     bad.write_text("inputs: [in]\ntile_sise: 3\n")
     proc = subprocess.run(

@@ -36,6 +36,7 @@ _SPEC_KEYS = {
     "preview",
     "webmap",
     "regularize",
+    "classes",
     "merge",
     "asset",
     "workers",
@@ -86,8 +87,9 @@ def load_spec(path: Path) -> dict[str, Any]:
         from geoseg.batch.cluster import check_cluster_spec
 
         spec["cluster"] = check_cluster_spec(spec["cluster"], where=f"{path}: cluster")
-    if isinstance(spec.get("bands"), list):
-        spec["bands"] = ",".join(str(b) for b in spec["bands"])
+    for key in ("bands", "classes"):  # lists in the spec, comma lists on the command line
+        if isinstance(spec.get(key), list):
+            spec[key] = ",".join(str(v) for v in spec[key])
     return {_RENAMES.get(k, k): v for k, v in spec.items()}
 
 

@@ -210,6 +210,14 @@ _OPTIONS = [
         help="Write SCENE.html: an offline web map of the objects over the scene.",
     ),
     click.option(
+        "--classes",
+        default=None,
+        callback=comma_list(str, empty="name at least one class"),
+        metavar="building,field,ship",
+        help="Search only these classes of the model (default: all); the others are not "
+        "read for, which saves their readings' tiles, and their layers stay empty.",
+    ),
+    click.option(
         "--regularize",
         is_flag=True,
         default=_DEFAULTS.regularize,
