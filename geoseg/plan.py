@@ -352,15 +352,15 @@ def _readings(
 ) -> tuple[list[tuple[SceneInfo, tuple[int, ...]]], list[str]]:
     """The scene's working grids, finest first, each with the class indexes read on it."""
     wanted = options.classes
-    everything = tuple(k for k, name in enumerate(info.classes) if wanted is None or name in wanted)
+    searched = tuple(k for k, name in enumerate(info.classes) if wanted is None or name in wanted)
     if options.gsd_m is not None:  # --gsd: one reading of every class at that GSD
-        return [(scene, everything)], []
+        return [(scene, searched)], []
     ranges = [(info.class_gsd_range_m or {}).get(name, info.gsd_range_m) for name in info.classes]
     if all(r is None for r in ranges):
-        return [(scene, everything)], []
+        return [(scene, searched)], []
     native = scene.file_gsd_m
     notes, targets = [], {}
-    for k in everything:
+    for k in searched:
         gsd_range = ranges[k]
         if gsd_range is not None and native > gsd_range[1] * MAX_UPSAMPLING:
             notes.append(
@@ -380,8 +380,8 @@ def _readings(
             if first >= gsd * EXTRA_READING_RATIO and native <= gsd * MAX_EXTRA_UPSAMPLING:
                 _add_reading(targets, gsd, k)
     if not targets:
-        coarsest = max(ranges[k][1] for k in everything if ranges[k] is not None)
-        names = ", ".join(info.classes[k] for k in everything)
+        coarsest = max(ranges[k][1] for k in searched if ranges[k] is not None)
+        names = ", ".join(info.classes[k] for k in searched)
         raise UserInputError(
             f"{scene.path}: GSD {native:.3g} m is too coarse for this model, which finds "
             f"{names} at {coarsest:.3g} m or finer; objects would be under "
