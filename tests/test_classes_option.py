@@ -45,6 +45,22 @@ def test_ships_and_buildings_keep_their_own_readings(coded_scene: Callable[..., 
     assert [p.classes for p in plan.passes] == [(2,)]  # --gsd: one reading, of ships only
 
 
+def test_the_summary_says_which_classes_were_not_searched(
+    tmp_path: Path, coded_scene: Callable[..., Path], capsys: pytest.CaptureFixture
+) -> None:
+    from geoseg.cli import main
+
+    path, _ = tall_scene(coded_scene)
+    args = ["run", str(path), "-o", str(tmp_path / "out"), "--model", TWO_READINGS.model]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--tile-size", "64", "--overlap", "16", "--classes", "field", "--no-webmap"])
+    assert done.value.code == 0
+    summary = capsys.readouterr().out
+    assert "0 building (not searched), 1 field (at 2 m, score >= 0.50), 0 ship (not searched)" in (
+        summary
+    )
+
+
 def test_a_class_the_model_lacks_is_refused_in_one_line(
     tmp_path: Path, coded_scene: Callable[..., Path], capsys: pytest.CaptureFixture
 ) -> None:

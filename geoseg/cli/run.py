@@ -126,7 +126,10 @@ def _listing(items: Iterable[str]) -> str:
 
 def _how_read(result: Any, name: str) -> str:
     """`` (at 5 m, score >= 0.65)``: the GSD a class was read at and the score it was kept
-    from, where the run recorded them."""
+    from, where the run recorded them; `` (not searched)`` for a class no reading kept
+    (``--classes`` left it out, or the scene is too coarse for it)."""
+    if result.class_gsd_m and name not in result.class_gsd_m:
+        return " (not searched)"
     parts = []
     readings = result.class_readings_m.get(name, ())
     scores = result.class_readings_min_score.get(name, ())
