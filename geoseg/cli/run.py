@@ -43,6 +43,7 @@ def run_command(
       geoseg run ortho.tif --tile-size 1024 --overlap 256 --device cuda
       geoseg run strip.tif --scheduler tcp://10.0.0.5:8786 --model my_pkg.models:build
       geoseg run https://example.com/cog.tif --format gpkg,parquet --regularize
+      geoseg run naip.tif --classes field
     """
     import time
 
