@@ -33,7 +33,7 @@ def test_only_the_classes_asked_for_are_read_and_found(
     assert result.counts == {"building": 0, "field": 1, "ship": 0}
     gpkg = tmp_path / "out" / "tall.gpkg"
     (field,) = gpd.read_file(gpkg, layer="field").geometry
-    assert_same_shape(field, truth_polygon(ids, 13, UTM_TRANSFORM))
+    assert_same_shape(field, truth_polygon(ids, 14, UTM_TRANSFORM))
     assert gpd.read_file(gpkg, layer="building").empty  # the layer is there, empty
 
 

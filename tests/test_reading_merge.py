@@ -92,14 +92,15 @@ def test_streaming_gives_the_objects_of_the_merge_at_once_and_holds_a_band() -> 
 
 
 def tall_scene(coded_scene: Callable[..., Path]) -> tuple[Path, np.ndarray]:
-    """A 0.5 m scene 960 px tall: 12 buildings down its length, aligned to 4-pixel blocks (so
-    that the 2 m reading sees them exactly too), a field and a ship."""
+    """A 0.5 m scene 960 px tall: 12 buildings (ids 2-13) down its length, aligned to 4-pixel
+    blocks (so that the 2 m reading sees them exactly too), a field (14) and a ship (1) in
+    open water, coded 1 so that a finer (bilinear) reading decodes it as itself."""
     ids = np.zeros((960, 160), dtype=np.int32)
     for k in range(12):
-        ids[8 + 80 * k : 48 + 80 * k, 16 + 8 * k : 80 + 8 * k] = k + 1
-    ids[40:120, 112:156] = 13  # a field
-    ids[500:512, 120:128] = 14  # a ship
-    class_of = {k + 1: 0 for k in range(12)} | {13: 1, 14: 2}
+        ids[8 + 80 * k : 48 + 80 * k, 16 + 8 * k : 80 + 8 * k] = k + 2
+    ids[40:120, 112:156] = 14  # a field
+    ids[500:512, 140:148] = 1  # a ship
+    class_of = {k + 2: 0 for k in range(12)} | {14: 1, 1: 2}
     return coded_scene(ids, class_of, name="tall.tif"), ids
 
 
@@ -118,7 +119,7 @@ def test_a_class_read_at_two_gsds_comes_out_once_and_exact(
     assert result.counts == {"building": 12, "field": 1, "ship": 1}
     assert result.class_readings_m == {"building": (0.5, 2.0), "field": (2.0,), "ship": (0.5,)}
     frame = gpd.read_file(tmp_path / "out" / "tall.gpkg", layer="building")
-    for k in range(1, 13):
+    for k in range(2, 14):
         truth = truth_polygon(ids, k, UTM_TRANSFORM)
         (got,) = [g for g in frame.geometry if g.intersects(truth.representative_point())]
         assert_same_shape(got, truth)
@@ -178,15 +179,7 @@ def test_a_class_also_read_finer_comes_out_once_and_whole(
 ) -> None:
     from geoseg.cli import main
 
-    ids = np.zeros((960, 160), dtype=np.int32)
-    for k in range(12):
-        ids[8 + 80 * k : 48 + 80 * k, 16 + 8 * k : 80 + 8 * k] = k + 2
-    ids[40:120, 112:156] = 14  # a field
-    # a ship in open water, on 4-pixel blocks (exact at 2 m); coded 1, so that read finer
-    # (bilinear) it decodes as itself
-    ids[500:512, 140:148] = 1
-    class_of = {k + 2: 0 for k in range(12)} | {14: 1, 1: 2}
-    path = coded_scene(ids, class_of, name="tall.tif")
+    path, ids = tall_scene(coded_scene)
     options = replace(TWO_READINGS, model="tests.models:fine_ships_oracle")
     plan = plan_scene(path, options)
     assert [(p.scene.gsd_m, p.classes) for p in plan.passes] == [
