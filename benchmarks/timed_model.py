@@ -19,6 +19,7 @@ from typing import Any
 # Not load_segmenter: this factory is itself called by load_segmenter, which holds a
 # non-reentrant lock while it loads, so a nested call would wait on itself forever.
 from geoseg.model.protocol import _load_uncached
+from geoseg.model.read_settings import READ_SETTINGS
 
 _calls: list[tuple[float, float, int]] = []
 _lock = threading.Lock()
@@ -36,13 +37,7 @@ class TimedSegmenter:
             "untrained",
             "gsd_range_m",
             "input_bands",
-            "min_score",
-            "class_gsd_range_m",
-            "min_score_by_gsd",
-            "class_extra_gsd_m",
-            "class_fine_gsd_m",
-            "mask_threshold",
-            "mask_threshold_by_gsd",
+            *(setting.attribute for setting in READ_SETTINGS),
         ):
             if hasattr(inner, name):
                 setattr(self, name, getattr(inner, name))

@@ -40,6 +40,7 @@ from geoseg.formats import check_formats
 from geoseg.gpu import auto_batch_size
 from geoseg.grid import Tile, TileGrid
 from geoseg.model.protocol import ModelInfo, describe_spec
+from geoseg.model.read_settings import READ_SETTINGS
 from geoseg.scene import READ_ENV, SceneInfo, clamp_gsd, fit_gsd, open_scene
 from geoseg.stitch import Fragment
 
@@ -193,16 +194,7 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     # only what the model says of itself: never loaded here on the workers' device
     info = describe_spec(options.model, device=options.device)
     by_gsd = info.min_score_by_gsd if options.min_score is None else None
-    for key, table in (
-        ("min_score_by_gsd", by_gsd),
-        ("class_extra_gsd_m", info.class_extra_gsd_m),
-        ("class_fine_gsd_m", info.class_fine_gsd_m),
-        ("mask_threshold", info.mask_threshold),
-        ("mask_threshold_by_gsd", info.mask_threshold_by_gsd),
-    ):
-        unknown = ", ".join(sorted(set(table or {}) - set(info.classes)))
-        if unknown:
-            raise UserInputError(f"{options.model}: {key} names {unknown}, not its class")
+    _check_setting_classes(info, options)
     unknown = ", ".join(sorted(set(options.classes or ()) - set(info.classes)))
     if unknown:
         raise UserInputError(
@@ -262,6 +254,17 @@ def _interleaved(plan: ScenePlan) -> tuple[tuple[int, tuple[Tile, ...]], ...]:
         return min(t.window.row_off for t in tiles) * scale
 
     return tuple(sorted(plan.batches, key=start))
+
+
+def _check_setting_classes(info: ModelInfo, options: RunOptions) -> None:
+    """The model's per-class read settings name only its classes (its score thresholds only
+    where ``--min-score`` does not replace them)."""
+    for setting in READ_SETTINGS:
+        if not setting.per_class or (setting.score and options.min_score is not None):
+            continue
+        unknown = ", ".join(sorted(set(getattr(info, setting.attribute) or {}) - set(info.classes)))
+        if unknown:
+            raise UserInputError(f"{options.model}: {setting.key} names {unknown}, not its class")
 
 
 def _thresholds_at(

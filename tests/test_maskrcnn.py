@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ from geoseg.model.maskrcnn import (
     load_checkpoint,
     untrained_segmenter,
 )
-from geoseg.model.protocol import describe_spec
+from geoseg.model.protocol import ModelInfo, describe_spec
+from geoseg.model.read_settings import READ_SETTINGS
 
 CLASSES = ("building", "field", "ship")
 
@@ -139,6 +142,67 @@ def test_mask_thresholds_survive_the_checkpoint(model: MaskRCNNSegmenter, tmp_pa
     payload = read_checkpoint(path)
     assert "mask_threshold" not in payload and "mask_threshold_by_gsd" not in payload
     assert payload["gsd_range_m"] == [0.5, 10.0]  # the other settings kept
+
+
+SETTINGS = {  # attribute: (as given, as read)
+    "class_gsd_range_m": ({"field": [4, 7]}, {"field": (4.0, 7.0)}),
+    "min_score": ({"ship": 1}, {"ship": 1.0}),
+    "min_score_by_gsd": ({"ship": [(2, 0.5), (1, 0.4)]}, {"ship": ((1.0, 0.4), (2.0, 0.5))}),
+    "class_extra_gsd_m": ({"building": (0.9, 0.6)}, {"building": (0.6, 0.9)}),
+    "class_fine_gsd_m": ({"ship": [0.3], "field": []}, {"ship": (0.3,)}),
+    "mask_threshold": ({"field": 0.3}, {"field": 0.3}),
+    "mask_threshold_by_gsd": ({"building": [(1, 0.35)]}, {"building": ((1.0, 0.35),)}),
+}
+
+
+def test_every_read_setting_survives_the_checkpoint(
+    model: MaskRCNNSegmenter, tmp_path: Path
+) -> None:
+    assert set(SETTINGS) == {s.attribute for s in READ_SETTINGS}
+    info_fields = {f.name for f in fields(ModelInfo)}
+    assert info_fields - {"spec", "name", "checksum", "classes", "untrained", "gsd_range_m"} == {
+        s.attribute for s in READ_SETTINGS
+    }
+    given = {s.key: SETTINGS[s.attribute][0] for s in READ_SETTINGS}
+    path = save_checkpoint(
+        tmp_path / "m.pt",
+        state_dict=model.network.state_dict(),
+        arch=model.arch.to_dict(),
+        classes=model.classes,
+        normalization=NORMALIZATION,
+        gsd_range_m=None,
+        **given,
+    )
+    payload = {k: v for k, v in read_checkpoint(path).items() if k != "state_dict"}
+    assert payload["class_gsd_m"] == {"field": [4.0, 7.0]}  # plain lists, not tuples
+    assert payload["min_score_by_gsd"] == {"ship": [[1.0, 0.4], [2.0, 0.5]]}
+    update_checkpoint(path)
+    assert {k: v for k, v in read_checkpoint(path).items() if k != "state_dict"} == payload
+    spec = importlib.util.spec_from_file_location(
+        "timed_model", Path(__file__).parents[1] / "benchmarks" / "timed_model.py"
+    )
+    timed_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timed_model)
+    loaded = load_checkpoint(path, device="cpu")
+    read = {attribute: value for attribute, (_, value) in SETTINGS.items()}
+    for info in (
+        describe_spec(str(path)),
+        describe_model(loaded, str(path)),
+        describe_model(timed_model.TimedSegmenter(loaded), str(path)),
+    ):
+        assert {attribute: getattr(info, attribute) for attribute in read} == read
+    with pytest.raises(TypeError, match="class_gsd_range_m"):  # an attribute, not a key
+        save_checkpoint(
+            path,
+            state_dict={},
+            arch={},
+            classes=CLASSES,
+            normalization={},
+            gsd_range_m=None,
+            class_gsd_range_m={},
+        )
+    with pytest.raises(TypeError, match="class_gsd_m"):  # a key, not an attribute
+        MaskRCNNSegmenter(model.network, classes=CLASSES, arch=model.arch, class_gsd_m={})
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ from geoseg.model.maskrcnn import (
     resolve_device,
 )
 from geoseg.model.protocol import Instances
+from geoseg.model.read_settings import READ_SETTINGS
 from geoseg.scene import open_scene
 
 __all__ = [
@@ -68,8 +69,9 @@ MIN_TUNING_REFS = 20
 SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
 """The score thresholds tried on the validation chips; the best for each class (F1) is
 recorded in the checkpoint as the model's ``min_score``."""
-READ_SETTINGS = ("class_extra_gsd_m", "class_fine_gsd_m", "mask_threshold", "mask_threshold_by_gsd")
-"""How a checkpoint is read: kept in a model fine-tuned from it, for the classes it trains."""
+KEPT_SETTINGS = tuple(s.key for s in READ_SETTINGS if s.per_class and not s.score)
+"""How a checkpoint is read (its per-class read settings but the score thresholds, which are
+tuned anew): kept in a model fine-tuned from it, for the classes it trains."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +261,7 @@ def train(
         "options": options,
         "sources": sources,
         "init": init_note,
-        "reading": {k: start[k] for k in READ_SETTINGS if k in start},
+        "reading": {k: start[k] for k in KEPT_SETTINGS if k in start},
     }
     if meta["reading"]:
         log.info("keeping how %s is read: %s", init_note, meta["reading"])
@@ -553,10 +555,10 @@ def _is_backbone_state_dict(init: str) -> bool:
 
 def _start_settings(payload: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     """What a run keeps of the checkpoint it starts from: the GSDs it learned and how it is
-    read (:data:`READ_SETTINGS`, for the classes this run trains). Score thresholds are tuned
+    read (:data:`KEPT_SETTINGS`, for the classes this run trains). Score thresholds are tuned
     anew on this run's validation chips, so ``min_score`` and ``min_score_by_gsd`` are not."""
     out = {k: payload[k] for k in ("gsd_range_m", "class_gsd_m") if payload.get(k)}
-    for key in READ_SETTINGS:
+    for key in KEPT_SETTINGS:
         kept = {c: v for c, v in (payload.get(key) or {}).items() if c in classes}
         if kept:
             out[key] = kept

@@ -35,14 +35,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from geoseg.config import (
-    as_extra_gsd,
-    as_mask_threshold,
-    as_mask_threshold_by_gsd,
-    as_min_score,
-    as_min_score_by_gsd,
-)
 from geoseg.errors import UserInputError, first_line
+from geoseg.model.read_settings import READ_SETTINGS, to_payload
 
 __all__ = ["FORMAT", "VERSION", "read_checkpoint", "save_checkpoint", "update_checkpoint"]
 
@@ -63,17 +57,14 @@ def save_checkpoint(
     gsd_range_m: tuple[float, float] | list[float] | None,
     train: Mapping[str, Any] | None = None,
     resume: Mapping[str, Any] | None = None,
-    min_score: float | Mapping[str, float] | None = None,
-    class_gsd_m: Mapping[str, Any] | None = None,
-    min_score_by_gsd: Mapping[str, Any] | None = None,
-    class_extra_gsd_m: Mapping[str, Any] | None = None,
-    class_fine_gsd_m: Mapping[str, Any] | None = None,
-    mask_threshold: Mapping[str, float] | None = None,
-    mask_threshold_by_gsd: Mapping[str, Any] | None = None,
+    **settings: Any,
 ) -> Path:
     """Write a checkpoint to ``path`` atomically (a temporary file, then :func:`os.replace`).
 
-    Tensors are moved to the CPU, so a checkpoint written on a GPU loads anywhere.
+    ``settings`` are the run settings it recommends, by checkpoint key (``min_score``,
+    ``class_gsd_m``, ...: :data:`~geoseg.model.read_settings.READ_SETTINGS`), each checked
+    and written as plain values; ``None`` or empty ones are left out. Tensors are moved to the
+    CPU, so a checkpoint written on a GPU loads anywhere.
     """
     import torch
 
@@ -87,25 +78,8 @@ def save_checkpoint(
         "gsd_range_m": [float(g) for g in gsd_range_m] if gsd_range_m else None,
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "train": dict(train or {}),
+        **to_payload(settings, str(path)),
     }
-    if class_gsd_m:
-        payload["class_gsd_m"] = {str(c): [float(g) for g in r] for c, r in class_gsd_m.items()}
-    if min_score is not None:
-        payload["min_score"] = as_min_score(min_score)
-    steps = as_min_score_by_gsd(min_score_by_gsd, str(path))
-    if steps:
-        payload["min_score_by_gsd"] = {c: [list(step) for step in s] for c, s in steps.items()}
-    readings = {"class_extra_gsd_m": class_extra_gsd_m, "class_fine_gsd_m": class_fine_gsd_m}
-    for key, table in readings.items():
-        extra = as_extra_gsd(table, str(path), key)
-        if extra:
-            payload[key] = {c: list(gsds) for c, gsds in extra.items()}
-    cuts = as_mask_threshold(mask_threshold, str(path))
-    if cuts:
-        payload["mask_threshold"] = cuts
-    cut_steps = as_mask_threshold_by_gsd(mask_threshold_by_gsd, str(path))
-    if cut_steps:
-        payload["mask_threshold_by_gsd"] = {c: [list(st) for st in s] for c, s in cut_steps.items()}
     if resume is not None:
         payload["resume"] = dict(resume)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,19 +99,10 @@ def save_checkpoint(
 
 def update_checkpoint(path: str | Path, **changes: Any) -> Path:
     """Rewrite the checkpoint at ``path`` atomically with some of its run settings replaced
-    (``min_score``, ``min_score_by_gsd``, ``class_gsd_m``, ``class_extra_gsd_m``,
-    ``class_fine_gsd_m``, ``mask_threshold``, ``mask_threshold_by_gsd``, ``gsd_range_m``;
-    ``None`` drops one); weights, training records and everything else are kept."""
-    settings = (
-        "min_score",
-        "min_score_by_gsd",
-        "class_gsd_m",
-        "class_extra_gsd_m",
-        "class_fine_gsd_m",
-        "mask_threshold",
-        "mask_threshold_by_gsd",
-        "gsd_range_m",
-    )
+    (``gsd_range_m``, and the read settings by checkpoint key: ``min_score``, ``class_gsd_m``,
+    ... as in :data:`~geoseg.model.read_settings.READ_SETTINGS`; ``None`` drops one); weights,
+    training records and everything else are kept."""
+    settings = ("gsd_range_m", *(s.key for s in READ_SETTINGS))
     unknown = sorted(set(changes) - set(settings))
     if unknown:
         raise TypeError(f"update_checkpoint cannot change {', '.join(unknown)}")

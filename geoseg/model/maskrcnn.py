@@ -48,17 +48,11 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from geoseg.config import (
-    as_class_ranges,
-    as_extra_gsd,
-    as_mask_threshold,
-    as_mask_threshold_by_gsd,
-    as_min_score_by_gsd,
-)
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
 from geoseg.gpu import CPU_BATCH
 from geoseg.model.checkpoint import read_checkpoint
 from geoseg.model.checksum import file_sha256
+from geoseg.model.read_settings import parse_settings, settings_from_payload
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -338,8 +332,10 @@ class MaskRCNNSegmenter:
     ``labels`` (int64 indices into ``classes``) and ``scores`` (float32), for instances
     scored at least :data:`SCORE_FLOOR`. ``Instances.from_any(...).masks`` gives the same
     full-tile masks as torchvision's own (pasted) output. The run settings a checkpoint
-    recommends (score thresholds, GSD ranges, extra readings, mask thresholds) are attributes
-    that :func:`geoseg.model.describe_model` reads; ``geoseg run`` applies them.
+    recommends (score thresholds, GSD ranges, extra readings, mask thresholds), keyword
+    arguments named as the attributes of :data:`~geoseg.model.read_settings.READ_SETTINGS`,
+    become attributes that :func:`geoseg.model.describe_model` reads; ``geoseg run`` applies
+    them.
     """
 
     input_bands = 3
@@ -357,13 +353,7 @@ class MaskRCNNSegmenter:
         normalization: Mapping[str, Any] | None = None,
         device: str = "auto",
         batch_size: int | None = None,
-        min_score: float | Mapping[str, float] | None = None,
-        class_gsd_range_m: Mapping[str, tuple[float, float]] | None = None,
-        min_score_by_gsd: Mapping[str, Any] | None = None,
-        class_extra_gsd_m: Mapping[str, Any] | None = None,
-        class_fine_gsd_m: Mapping[str, Any] | None = None,
-        mask_threshold: Mapping[str, float] | None = None,
-        mask_threshold_by_gsd: Mapping[str, Any] | None = None,
+        **settings: Any,
     ) -> None:
         self.classes = tuple(classes)
         self.arch = arch
@@ -371,13 +361,8 @@ class MaskRCNNSegmenter:
         self.checksum = checksum
         self.untrained = untrained
         self.gsd_range_m = gsd_range_m
-        self.min_score = min_score  # the thresholds tuned on validation data, if any
-        self.class_gsd_range_m = dict(class_gsd_range_m) if class_gsd_range_m else None
-        self.min_score_by_gsd = as_min_score_by_gsd(min_score_by_gsd, name)
-        self.class_extra_gsd_m = as_extra_gsd(class_extra_gsd_m, name)
-        self.class_fine_gsd_m = as_extra_gsd(class_fine_gsd_m, name, "class_fine_gsd_m")
-        self.mask_threshold = as_mask_threshold(mask_threshold, name)
-        self.mask_threshold_by_gsd = as_mask_threshold_by_gsd(mask_threshold_by_gsd, name)
+        for attribute, value in parse_settings(settings, name).items():
+            setattr(self, attribute, value)
         self.normalization = dict(normalization or network_normalization(arch))
         self._device = resolve_device(device)
         # tiles per forward pass: on a GPU every tile of a call (the planner sized the call
@@ -521,7 +506,6 @@ def segmenter_from_payload(
             f"{source}: weights do not fit the network it describes ({first})"
         ) from exc
     gsd = payload.get("gsd_range_m")
-    tuned = payload.get("min_score")
     return MaskRCNNSegmenter(
         network,
         classes=classes,
@@ -532,15 +516,7 @@ def segmenter_from_payload(
         gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
         normalization=normalization,
         device=device,
-        min_score=tuned,
-        class_gsd_range_m=as_class_ranges(payload.get("class_gsd_m")),
-        min_score_by_gsd=as_min_score_by_gsd(payload.get("min_score_by_gsd"), source),
-        class_extra_gsd_m=as_extra_gsd(payload.get("class_extra_gsd_m"), source),
-        class_fine_gsd_m=as_extra_gsd(payload.get("class_fine_gsd_m"), source, "class_fine_gsd_m"),
-        mask_threshold=as_mask_threshold(payload.get("mask_threshold"), source),
-        mask_threshold_by_gsd=as_mask_threshold_by_gsd(
-            payload.get("mask_threshold_by_gsd"), source
-        ),
+        **settings_from_payload(payload, source),
     )
 
 

@@ -78,18 +78,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from geoseg.config import (
-    GsdThresholds,
-    as_class_ranges,
-    as_extra_gsd,
-    as_mask_threshold,
-    as_mask_threshold_by_gsd,
-    as_min_score,
-    as_min_score_by_gsd,
-)
+from geoseg.config import GsdThresholds
 from geoseg.errors import ModelError, UserInputError
 from geoseg.model.box_masks import Crop, box_mask_crops, label_image_crops
 from geoseg.model.checksum import file_sha256
+from geoseg.model.read_settings import settings_from_model, settings_from_payload
 
 __all__ = [
     "Instances",
@@ -286,7 +279,8 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """What outputs record about the model that made them."""
+    """What outputs record about the model that made them; the fields after ``gsd_range_m``
+    are the :data:`~geoseg.model.read_settings.READ_SETTINGS`, one each."""
 
     spec: str
     name: str
@@ -313,17 +307,7 @@ def describe_model(model: Segmenter, spec: str) -> ModelInfo:
         classes=tuple(model.classes),
         untrained=bool(getattr(model, "untrained", False)),
         gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
-        min_score=as_min_score(getattr(model, "min_score", None)),
-        class_gsd_range_m=as_class_ranges(getattr(model, "class_gsd_range_m", None)),
-        min_score_by_gsd=as_min_score_by_gsd(getattr(model, "min_score_by_gsd", None), spec),
-        class_extra_gsd_m=as_extra_gsd(getattr(model, "class_extra_gsd_m", None), spec),
-        class_fine_gsd_m=as_extra_gsd(
-            getattr(model, "class_fine_gsd_m", None), spec, "class_fine_gsd_m"
-        ),
-        mask_threshold=as_mask_threshold(getattr(model, "mask_threshold", None), spec),
-        mask_threshold_by_gsd=as_mask_threshold_by_gsd(
-            getattr(model, "mask_threshold_by_gsd", None), spec
-        ),
+        **settings_from_model(model, spec),
     )
 
 
@@ -370,17 +354,7 @@ def _describe_uncached(spec: str, path: Path | None, device: str) -> ModelInfo:
             classes=tuple(str(c) for c in payload["classes"]),
             untrained=bool(payload.get("train", {}).get("untrained", False)),
             gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
-            min_score=as_min_score(payload.get("min_score")),
-            class_gsd_range_m=as_class_ranges(payload.get("class_gsd_m")),
-            min_score_by_gsd=as_min_score_by_gsd(payload.get("min_score_by_gsd"), str(path)),
-            class_extra_gsd_m=as_extra_gsd(payload.get("class_extra_gsd_m"), str(path)),
-            class_fine_gsd_m=as_extra_gsd(
-                payload.get("class_fine_gsd_m"), str(path), "class_fine_gsd_m"
-            ),
-            mask_threshold=as_mask_threshold(payload.get("mask_threshold"), str(path)),
-            mask_threshold_by_gsd=as_mask_threshold_by_gsd(
-                payload.get("mask_threshold_by_gsd"), str(path)
-            ),
+            **settings_from_payload(payload, str(path)),
         )
     if ":" in spec and spec != "default" and not _factory_takes_device(spec):
         return describe_model(load_segmenter(spec, device=device), spec)
