@@ -74,7 +74,6 @@ def test_case01_two_runs_of_one_scene_never_corrupt_each_other(tmp_path: Path, s
 # -- 10 --------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # a run of ~10 s per signal: run with -m slow
 @pytest.mark.parametrize(("sig", "code", "word"), [
     (signal.SIGINT, 130, "Interrupted."), (signal.SIGTERM, 143, "Terminated."),
 ])  # fmt: skip
