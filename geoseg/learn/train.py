@@ -69,9 +69,9 @@ MIN_TUNING_REFS = 20
 SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
 """The score thresholds tried on the validation chips; the best for each class (F1) is
 recorded in the checkpoint as the model's ``min_score``."""
-KEPT_SETTINGS = tuple(s.key for s in READ_SETTINGS if s.per_class and not s.score)
-"""How a checkpoint is read (its per-class read settings but the score thresholds, which are
-tuned anew): kept in a model fine-tuned from it, for the classes it trains."""
+KEPT_SETTINGS = tuple(s.key for s in READ_SETTINGS if s.kept)
+"""How a checkpoint is read (its extra readings and mask thresholds): kept in a model
+fine-tuned from it, for the classes it trains."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,13 +37,16 @@ class ReadSetting:
     """One setting: ``attribute`` on a segmenter, ``key`` in a checkpoint, ``parse(value,
     source)`` to plain values or ``None`` when unset (bad values name ``source``).
     ``per_class``: a table whose classes must be the model's (``geoseg run`` checks them);
-    ``score``: a score threshold, which ``--min-score`` replaces and a fine-tune tunes anew."""
+    ``score``: a score threshold, which ``--min-score`` replaces and a fine-tune tunes anew;
+    ``kept``: a fine-tune keeps it for the classes it trains (the GSD ranges it merges with
+    its own chips' instead, the score thresholds it tunes anew)."""
 
     attribute: str
     key: str
     parse: Callable[[Any, str], Any]
     per_class: bool = False
     score: bool = False
+    kept: bool = False
 
 
 READ_SETTINGS: tuple[ReadSetting, ...] = (
@@ -52,16 +55,21 @@ READ_SETTINGS: tuple[ReadSetting, ...] = (
     ReadSetting(
         "min_score_by_gsd", "min_score_by_gsd", as_min_score_by_gsd, per_class=True, score=True
     ),
-    ReadSetting("class_extra_gsd_m", "class_extra_gsd_m", as_extra_gsd, per_class=True),
+    ReadSetting("class_extra_gsd_m", "class_extra_gsd_m", as_extra_gsd, per_class=True, kept=True),
     ReadSetting(
         "class_fine_gsd_m",
         "class_fine_gsd_m",
         lambda value, source: as_extra_gsd(value, source, "class_fine_gsd_m"),
         per_class=True,
+        kept=True,
     ),
-    ReadSetting("mask_threshold", "mask_threshold", as_mask_threshold, per_class=True),
+    ReadSetting("mask_threshold", "mask_threshold", as_mask_threshold, per_class=True, kept=True),
     ReadSetting(
-        "mask_threshold_by_gsd", "mask_threshold_by_gsd", as_mask_threshold_by_gsd, per_class=True
+        "mask_threshold_by_gsd",
+        "mask_threshold_by_gsd",
+        as_mask_threshold_by_gsd,
+        per_class=True,
+        kept=True,
     ),
 )
 """Every read setting, in the order a checkpoint stores them."""
