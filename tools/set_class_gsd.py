@@ -21,6 +21,11 @@ from pathlib import Path
 
 from geoseg.model.checkpoint import read_checkpoint, update_checkpoint
 
+READINGS = (  # flag, checkpoint key, where geoseg run reads the class at those GSDs
+    ("--also", "class_extra_gsd_m", "where the scene is 1.5 x finer"),
+    ("--fine", "class_fine_gsd_m", "upsampled, where the scene is 1.5 to 2 x coarser"),
+)
+
 
 def parse_range(text: str) -> tuple[str, tuple[float, float]]:
     name, _, span = text.partition("=")
@@ -43,10 +48,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("ranges", nargs="*", type=parse_range, metavar="CLASS=MIN:MAX")
-    for flag, where in (
-        ("--also", "where the scene is 1.5 x finer"),
-        ("--fine", "upsampled, where the scene is 1.5 to 2 x coarser"),
-    ):
+    for flag, _, where in READINGS:
         parser.add_argument(
             flag,
             action="append",
@@ -63,12 +65,9 @@ def main() -> int:
             parser.error(f"{name}={low}:{high}: not a class of the model, or not 0 < MIN <= MAX")
         ranges[name] = [low, high]
     tables = {}
-    for flag, key, given in (
-        ("--also", "class_extra_gsd_m", args.also),
-        ("--fine", "class_fine_gsd_m", args.fine),
-    ):
+    for flag, key, _ in READINGS:
         table = dict(payload.get(key) or {})
-        for name, gsds in given:
+        for name, gsds in getattr(args, flag.removeprefix("--")):
             if name not in payload["classes"] or any(g <= 0 for g in gsds):
                 parser.error(f"{flag} {name}: not a class of the model, or a GSD not above 0")
             table[name] = gsds
