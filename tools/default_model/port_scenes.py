@@ -186,8 +186,7 @@ def _ships(
                 out = -out
             at = rng.uniform(10, 60)
             while at < span - 60:
-                length = _length(rng)
-                beam = max(length / rng.uniform(5.5, 7.5), 12.0)
+                length, beam = _size(rng)
                 if at + length > span:
                     break
                 gap = rng.uniform(0, 8)
@@ -199,8 +198,7 @@ def _ships(
                     add(_placed(_hull(length * rng.uniform(0.6, 1.0), beam2), centre2, unit, rng))
                 at += length + rng.uniform(5, 120)
     for _ in range(int(rng.integers(1, 8))):  # at anchor
-        length = _length(rng)
-        beam = max(length / rng.uniform(5.5, 7.5), 12.0)
+        length, beam = _size(rng)
         centre = rng.uniform(0, side, 2)
         heading = rng.uniform(0, 2 * math.pi)
         add(
@@ -211,8 +209,10 @@ def _ships(
     return placed
 
 
-def _length(rng: np.random.Generator) -> float:
-    return float(math.exp(rng.uniform(math.log(70), math.log(330))))
+def _size(rng: np.random.Generator) -> tuple[float, float]:
+    """A merchant ship's length (70-330 m, log-uniform) and beam (a sixth of it or so)."""
+    length = float(math.exp(rng.uniform(math.log(70), math.log(330))))
+    return length, max(length / rng.uniform(5.5, 7.5), 12.0)
 
 
 def _placed(
