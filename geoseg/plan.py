@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -195,7 +195,7 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
     info = describe_spec(options.model, device=options.device)
     by_gsd = info.min_score_by_gsd if options.min_score is None else None
     _check_setting_classes(info, options)
-    unknown = ", ".join(sorted(set(options.classes or ()) - set(info.classes)))
+    unknown = _not_classes_of(info, options.classes or ())
     if unknown:
         raise UserInputError(
             f"--classes {unknown}: not a class of {options.model} ({', '.join(info.classes)})"
@@ -204,7 +204,7 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
         tuned = info.min_score if info.min_score is not None else DEFAULT_MIN_SCORE
         options = replace(options, min_score=tuned)
     if isinstance(options.min_score, dict):
-        unknown = ", ".join(sorted(set(options.min_score) - set(info.classes)))
+        unknown = _not_classes_of(info, options.min_score)
         if unknown:
             raise UserInputError(f"min_score names {unknown}, which the model does not know")
     if options.batch_size is None:
@@ -256,13 +256,19 @@ def _interleaved(plan: ScenePlan) -> tuple[tuple[int, tuple[Tile, ...]], ...]:
     return tuple(sorted(plan.batches, key=start))
 
 
+def _not_classes_of(info: ModelInfo, names: Iterable[str]) -> str:
+    """Those of ``names`` that are not classes of the model, sorted, comma-separated ("" if
+    none)."""
+    return ", ".join(sorted(set(names) - set(info.classes)))
+
+
 def _check_setting_classes(info: ModelInfo, options: RunOptions) -> None:
     """The model's per-class read settings name only its classes (its score thresholds only
     where ``--min-score`` does not replace them)."""
     for setting in READ_SETTINGS:
         if not setting.per_class or (setting.score and options.min_score is not None):
             continue
-        unknown = ", ".join(sorted(set(getattr(info, setting.attribute) or {}) - set(info.classes)))
+        unknown = _not_classes_of(info, getattr(info, setting.attribute) or {})
         if unknown:
             raise UserInputError(f"{options.model}: {setting.key} names {unknown}, not its class")
 
