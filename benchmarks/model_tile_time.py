@@ -5,6 +5,7 @@ model on them in turn, several rounds interleaved (so that a busy machine slows 
 alike), with one torch thread, and prints seconds per tile and the ratio to the first model::
 
     python benchmarks/model_tile_time.py old.pt default --scene sample_data/atlanta_pan.tif
+    python benchmarks/model_tile_time.py old.pt default default default --tta 1 1 4 8
 """
 
 from __future__ import annotations
@@ -27,27 +28,41 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--tta",
+        type=int,
+        nargs="*",
+        default=[],
+        help="views per model (1, 2, 4 or 8; one per model, in order; 1 for the rest): every "
+        "class seen in that many views, as geoseg run --tta does",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     plan = plan_scene(args.scene, RunOptions(model=args.models[0], gsd_m=None))
     tiles = [t for _, batch in plan.batches for t in batch][: args.tiles]
     pixels = read_stage(plan.scene, tiles, plan.options.tile_px).pixels
     models = [load_segmenter(spec, device="cpu") for spec in args.models]
-    for model in models:  # warm up
-        model.predict(pixels[:1])
+    views = [*args.tta, *[1] * len(models)][: len(models)]
+    keywords = [
+        {"tta_views": dict.fromkeys(model.classes, n)} if n > 1 else {}
+        for model, n in zip(models, views, strict=True)
+    ]
+    for model, words in zip(models, keywords, strict=True):  # warm up
+        model.predict(pixels[:1], **words)
     seconds = np.zeros((len(models), args.rounds))
     for r in range(args.rounds):
         for m, model in enumerate(models):
             start = time.process_time()
-            model.predict(pixels, min_score=0.5)
+            model.predict(pixels, min_score=0.5, **keywords[m])
             seconds[m, r] = (time.process_time() - start) / len(pixels)
     base = seconds[0].min()
     print(
         f"{len(pixels)} tiles of {plan.options.tile_px} px from {args.scene}, "
         f"{args.threads} thread(s), best of {args.rounds} rounds (CPU seconds per tile)"
     )
-    for spec, row in zip(args.models, seconds, strict=True):
-        print(f"  {spec:40s} {row.min():.3f} s/tile  x{row.min() / base:.2f}")
+    for spec, n, row in zip(args.models, views, seconds, strict=True):
+        name = f"{spec} ({n} views)" if n > 1 else spec
+        print(f"  {name:40s} {row.min():.3f} s/tile  x{row.min() / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ and extra readings, thresholds, bands) is the wrapped model's.
 from __future__ import annotations
 
 import atexit
+import inspect
 import json
 import os
 import threading
@@ -26,10 +27,12 @@ _lock = threading.Lock()
 
 
 class TimedSegmenter:
-    """Delegates to the wrapped model, timing ``predict``."""
+    """Delegates to the wrapped model, timing ``predict`` (with the keywords geoseg gives,
+    ``min_score`` and ``tta_views``, where the wrapped ``predict`` takes them)."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        self._takes = set(inspect.signature(inner.predict).parameters)
         self.classes = tuple(inner.classes)
         for name in (
             "name",
@@ -42,9 +45,11 @@ class TimedSegmenter:
             if hasattr(inner, name):
                 setattr(self, name, getattr(inner, name))
 
-    def predict(self, tiles: Any) -> Any:
+    def predict(self, tiles: Any, *, min_score: float | None = None, tta_views: Any = None) -> Any:
+        given = {"min_score": min_score, "tta_views": tta_views}
+        keywords = {k: v for k, v in given.items() if v is not None and k in self._takes}
         start = time.perf_counter()
-        out = self._inner.predict(tiles)
+        out = self._inner.predict(tiles, **keywords)
         stop = time.perf_counter()
         with _lock:
             _calls.append((start, stop, len(tiles)))

@@ -64,6 +64,7 @@ class RunResult:
     class_readings_m: dict[str, tuple[float, ...]] = field(default_factory=dict)
     class_readings_min_score: dict[str, tuple[float, ...]] = field(default_factory=dict)
     class_min_score: dict[str, float] = field(default_factory=dict)
+    class_tta_views: dict[str, int] = field(default_factory=dict)
 
     @property
     def tiles_per_second(self) -> float:
@@ -173,6 +174,7 @@ class SceneAssembler:
             class_readings_m=self.plan.class_readings_m(),
             class_readings_min_score=self.plan.class_readings_min_score(),
             class_min_score=self.plan.class_min_score(),
+            class_tta_views=self.plan.class_tta_views(),
         )
 
     @property
@@ -214,6 +216,9 @@ def run_metadata(plan: ScenePlan) -> dict[str, str]:
     cuts = plan.class_mask_threshold()
     if cuts:
         merged["geoseg_class_mask_threshold"] = json.dumps(cuts)
+    views = plan.class_tta_views()
+    if views:
+        merged["geoseg_class_tta_views"] = json.dumps(views)
     return {
         "geoseg_version": _version(),
         "geoseg_model": plan.model.name,

@@ -52,7 +52,9 @@ class RunOptions:
     ``SCENE_preview.png`` and ``SCENE.html``. ``regularize``: square building outlines
     (right angles along their dominant directions) instead of simplifying them. ``classes``:
     the class names to search (``None``: every class of the model); the others are not read
-    for, and their layers stay empty.
+    for, and their layers stay empty. ``tta``: see each tile in this many views (1, 2, 4 or 8:
+    flipped, and turned for 8) and fuse what the model finds in them, for every class
+    (``None``: as many as the model recommends per class, ``class_tta_views``, else 1).
     """
 
     model: str = "default"
@@ -71,6 +73,7 @@ class RunOptions:
     webmap: bool = True
     regularize: bool = False
     classes: tuple[str, ...] | None = None
+    tta: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (tuples as lists)."""
@@ -156,6 +159,28 @@ def as_extra_gsd(
             f"{source}: {key} {value!r} is not {{class: [GSD in m > 0, ...]}}"
         ) from None
     return {c: gsds for c, gsds in table.items() if gsds} or None
+
+
+TTA_VIEW_COUNTS = (1, 2, 4, 8)
+"""How many views a tile may be seen in (see :mod:`geoseg.model.flip_views`)."""
+
+
+def as_tta_views(value: Any, source: str = "model") -> dict[str, int] | None:
+    """A model's ``class_tta_views`` (``{class: views}``: how many views of each tile a
+    class is predicted from and fused, one of :data:`TTA_VIEW_COUNTS`; 1 where unset) as
+    plain values; ``None`` when it has none. Other counts are a
+    :class:`~geoseg.errors.UserInputError` naming ``source``."""
+    if not value:
+        return None
+    try:
+        table = {str(c): int(n) for c, n in dict(value).items()}
+        if any(n not in TTA_VIEW_COUNTS for n in table.values()):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserInputError(
+            f"{source}: class_tta_views {value!r} is not {{class: 1, 2, 4 or 8 views}}"
+        ) from None
+    return table
 
 
 def as_mask_threshold(value: Any, source: str = "model") -> dict[str, float] | None:

@@ -114,19 +114,23 @@ def predict_stage(
     device: str,
     min_score: float | dict[str, float],
     mask_threshold: dict[str, float] | None = None,
+    tta_views: dict[str, int] | None = None,
 ) -> PredictedBatch:
     """Run the model on a batch (loaded once per process) and cut its output to mask crops
-    (each class's masks at its ``mask_threshold`` where given)."""
+    (each class's masks at its ``mask_threshold`` where given). ``tta_views`` goes to a model
+    whose ``predict`` takes it; a model that does not is run once per tile."""
     if not batch.tiles:
         return PredictedBatch([], 0, batch.n_skipped)
     model = load_segmenter(model_spec, device=device)
     pixels = _match_bands(batch.pixels, getattr(model, "input_bands", None))
     tiles = np.ascontiguousarray(pixels, dtype=np.float32)
     thresholds = score_thresholds(min_score, model.classes)
-    if _accepts_min_score(model):
-        outputs = model.predict(tiles, min_score=float(thresholds.min()))
-    else:
-        outputs = model.predict(tiles)
+    keywords: dict[str, Any] = {}
+    if _accepts(model, "min_score"):
+        keywords["min_score"] = float(thresholds.min())
+    if tta_views and _accepts(model, "tta_views"):
+        keywords["tta_views"] = tta_views
+    outputs = model.predict(tiles, **keywords)
     if len(outputs) != len(batch.tiles):
         from geoseg.errors import ModelError
 
@@ -142,9 +146,9 @@ def predict_stage(
     return PredictedBatch(crops, len(batch.tiles), batch.n_skipped)
 
 
-def _accepts_min_score(model: Any) -> bool:
+def _accepts(model: Any, keyword: str) -> bool:
     try:
-        return "min_score" in inspect.signature(model.predict).parameters
+        return keyword in inspect.signature(model.predict).parameters
     except (TypeError, ValueError):
         return False
 
@@ -206,6 +210,7 @@ def scene_tasks(
                     opts.device,
                     min_score,
                     reading.mask_threshold,
+                    reading.tta_views,
                     dask_key_name=f"geoseg-predict-{suffix}",
                 )
             tasks.append(

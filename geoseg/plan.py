@@ -30,6 +30,7 @@ import numpy as np
 
 from geoseg.config import (
     DEFAULT_MIN_SCORE,
+    TTA_VIEW_COUNTS,
     RunOptions,
     class_values_at,
     mask_cuts_at,
@@ -82,13 +83,15 @@ class ScenePass:
     indexes of the classes this pass keeps, where the model's thresholds depend on the GSD
     (``min_score_by_gsd``) and ``--min-score`` was not given, this pass's thresholds, and where
     the model sets mask thresholds (``mask_threshold``, ``mask_threshold_by_gsd``), the value
-    each class's masks are cut at in this pass."""
+    each class's masks are cut at in this pass, and where a class it keeps is seen in more
+    than one view (``--tta``, the model's ``class_tta_views``), how many."""
 
     scene: SceneInfo
     grid: TileGrid
     classes: tuple[int, ...]
     min_score: dict[str, float] | None = None
     mask_threshold: dict[str, float] | None = None
+    tta_views: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,14 @@ class ScenePlan:
                 found[name] = reading.mask_threshold[name]
         return found
 
+    def class_tta_views(self) -> dict[str, int]:
+        """How many views each class is seen in, where more than one (its finest reading's)."""
+        found: dict[str, int] = {}
+        for _, name, reading in self._class_passes():
+            if reading.tta_views and name in reading.tta_views and name not in found:
+                found[name] = reading.tta_views[name]
+        return found
+
     def merged_classes(self) -> tuple[int, ...]:
         """Indexes of the classes read in more than one pass (merged across them)."""
         counts = [sum(k in p.classes for p in self.passes) for k in range(len(self.model.classes))]
@@ -233,6 +244,7 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
                 mask_cuts_at(
                     info.classes, info.mask_threshold, info.mask_threshold_by_gsd, working.gsd_m
                 ),
+                _tta_views(info, options, classes),
             )
         )
         batches.extend((index, tuple(tiles[k : k + size])) for k in range(0, len(tiles), size))
@@ -271,6 +283,19 @@ def _check_setting_classes(info: ModelInfo, options: RunOptions) -> None:
         unknown = _not_classes_of(info, getattr(info, setting.attribute) or {})
         if unknown:
             raise UserInputError(f"{options.model}: {setting.key} names {unknown}, not its class")
+
+
+def _tta_views(
+    info: ModelInfo, options: RunOptions, classes: Iterable[int]
+) -> dict[str, int] | None:
+    """How many views each of a pass's classes is seen in, where more than one: ``--tta``
+    for every class, else the model's ``class_tta_views``."""
+    names = [info.classes[k] for k in classes]
+    if options.tta is not None:
+        counts = dict.fromkeys(names, options.tta)
+    else:
+        counts = {name: (info.class_tta_views or {}).get(name, 1) for name in names}
+    return {name: n for name, n in counts.items() if n > 1} or None
 
 
 def _thresholds_at(
@@ -315,6 +340,8 @@ def check_numbers(options: RunOptions) -> None:
     for name, value, ok in checks:
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise UserInputError(f"{name} {value}: give a finite number in range")
+    if options.tta is not None and options.tta not in TTA_VIEW_COUNTS:
+        raise UserInputError(f"--tta {options.tta}: give 1, 2, 4 or 8 views")
 
 
 def _clamp_tile(

@@ -308,3 +308,32 @@ class MisnamedMaskOracle(SoftMaskOracle):
 
 def misnamed_mask_oracle() -> MisnamedMaskOracle:
     return MisnamedMaskOracle()
+
+
+VIEWS_SEEN: list[dict[str, int] | None] = []
+
+
+class ViewsOracle(ClassScaleOracle):
+    """As :class:`ClassScaleOracle`, recommending 4 views for buildings; ``predict`` records
+    the ``tta_views`` each call gets in :data:`VIEWS_SEEN`."""
+
+    class_tta_views: ClassVar[dict[str, int]] = {"building": 4}
+
+    def predict(self, tiles: np.ndarray, tta_views: dict[str, int] | None = None) -> list:
+        with _lock:
+            VIEWS_SEEN.append(tta_views)
+        return super().predict(tiles)
+
+
+def views_oracle() -> ViewsOracle:
+    return ViewsOracle()
+
+
+class MisnamedViewsOracle(ViewsOracle):
+    """Views for a class the model does not have."""
+
+    class_tta_views: ClassVar[dict[str, int]] = {"boat": 4}
+
+
+def misnamed_views_oracle() -> MisnamedViewsOracle:
+    return MisnamedViewsOracle()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from geoseg.errors import UntrainedModelWarning, UserInputError
+from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
 from geoseg.model import Instances, Segmenter, describe_model, load_segmenter, maskrcnn
 from geoseg.model.checkpoint import read_checkpoint, save_checkpoint, update_checkpoint
 from geoseg.model.maskrcnn import (
@@ -83,6 +83,75 @@ def test_min_score_drops_instances_inside_the_network(
     np.testing.assert_array_equal(again[0]["scores"], low[0]["scores"])
 
 
+def _by_score(found: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    order = np.argsort(-found["scores"], kind="stable")
+    return {key: value[order] for key, value in found.items()}
+
+
+@pytest.mark.parametrize(
+    ("count", "turn"),
+    [
+        (4, lambda t: t[..., ::-1]),  # a mirror image
+        (4, lambda t: t[..., ::-1, :]),  # upside down
+        (8, lambda t: np.swapaxes(t, -1, -2)),  # transposed
+    ],
+)
+def test_objects_fused_over_views_turn_with_the_tile(
+    model: MaskRCNNSegmenter, tiles: np.ndarray, count: int, turn: object
+) -> None:
+    """A set of views closed under the turn sees the turned tile as it saw the tile: the same
+    objects, scores and masks, turned (the untrained network finds plenty of objects)."""
+    views = dict.fromkeys(CLASSES, count)
+    plain = model.predict(tiles[:1], tta_views=views, min_score=0.15)[0]
+    tile_turned = np.ascontiguousarray(turn(tiles[:1]))
+    turned = model.predict(tile_turned, tta_views=views, min_score=0.15)[0]
+    assert len(plain["scores"]) > 5
+    plain, turned = _by_score(plain), _by_score(turned)
+    np.testing.assert_allclose(turned["scores"], plain["scores"], rtol=1e-5)
+    np.testing.assert_array_equal(turned["labels"], plain["labels"])
+    # a box of the tile, turned: mark it in an empty tile, turn, read the box back
+    h, w = tiles.shape[-2:]
+    for box, box_turned, mask, mask_turned in zip(
+        plain["boxes"], turned["boxes"], plain["masks"], turned["masks"], strict=True
+    ):
+        corners = np.zeros((h * 4, w * 4))  # quarter pixels: boxes are not whole
+        x0, y0, x1, y1 = np.round(box * 4).astype(int)
+        corners[y0:y1, x0:x1] = 1
+        rows, cols = np.nonzero(turn(corners[None])[0])
+        want = np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]) / 4
+        np.testing.assert_allclose(box_turned, want, atol=0.25 + 1e-3)
+        np.testing.assert_allclose(mask_turned, turn(mask[None])[0], atol=1e-4)
+
+
+def test_classes_seen_once_are_the_plain_network_s(
+    model: MaskRCNNSegmenter, tiles: np.ndarray
+) -> None:
+    """Ships fused over four views, buildings and fields seen once: those come out as
+    without views; one view for every class is the plain network."""
+    plain = model.predict(tiles, min_score=0.2)
+    once = model.predict(tiles, tta_views=dict.fromkeys(CLASSES, 1), min_score=0.2)
+    assert all(
+        np.array_equal(a[key], b[key]) for a, b in zip(plain, once, strict=True) for key in a
+    )
+    mixed = model.predict(tiles, tta_views={"ship": 4}, min_score=0.2)
+    for a, b in zip(plain, mixed, strict=True):
+        once_a, once_b = a["labels"] != 2, b["labels"] != 2
+        assert once_a.sum() > 0
+        a, b = (
+            _by_score({k: v[once_a] for k, v in a.items()}),
+            _by_score({k: v[once_b] for k, v in b.items()}),
+        )
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], atol=1e-5)
+
+
+def test_bad_view_counts_are_a_model_error(model: MaskRCNNSegmenter, tiles: np.ndarray) -> None:
+    with pytest.raises(ModelError, match="boat"):
+        model.predict(tiles, tta_views={"boat": 4})
+    with pytest.raises(ModelError, match="1, 2, 4 or 8"):
+        model.predict(tiles, tta_views={"ship": 3})
+
+
 def test_single_band_is_repeated(model: MaskRCNNSegmenter, tiles: np.ndarray) -> None:
     grey = tiles[:, :1]
     got = model.predict(grey)
@@ -152,6 +221,7 @@ SETTINGS = {  # attribute: (as given, as read)
     "class_fine_gsd_m": ({"ship": [0.3], "field": []}, {"ship": (0.3,)}),
     "mask_threshold": ({"field": 0.3}, {"field": 0.3}),
     "mask_threshold_by_gsd": ({"building": [(1, 0.35)]}, {"building": ((1.0, 0.35),)}),
+    "class_tta_views": ({"ship": 4.0}, {"ship": 4}),
 }
 
 

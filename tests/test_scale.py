@@ -178,6 +178,7 @@ def test_a_class_threshold_can_depend_on_the_gsd_it_is_read_at(
     [
         ("misnamed_threshold_oracle", "min_score_by_gsd names boat"),
         ("misnamed_mask_oracle", "mask_threshold names boat"),
+        ("misnamed_views_oracle", "class_tta_views names boat"),
     ],
 )
 def test_thresholds_for_an_unknown_class_are_refused(
@@ -240,3 +241,58 @@ def test_classes_at_nearly_the_same_gsd_share_one_reading(
     for name, k in (("building", 1), ("ship", 2)):
         (got,) = gpd.read_file(tmp_path / "out" / "z19.gpkg", layer=name).geometry
         assert_same_shape(got, truth_polygon(ids, k, transform))
+
+
+@pytest.mark.parametrize(
+    ("tta", "building_views", "field_views"),
+    [(None, {"building": 4}, None), (1, None, None), (8, {"building": 8, "ship": 8}, {"field": 8})],
+)
+def test_each_reading_asks_for_its_classes_views(
+    tmp_path: Path,
+    coded_scene: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    tta: int | None,
+    building_views: dict[str, int] | None,
+    field_views: dict[str, int] | None,
+) -> None:
+    """On a 0.5 m scene buildings and ships are read at 0.5 m, fields at 2 m. The model
+    recommends 4 views for buildings: only the 0.5 m reading asks for them, and for buildings
+    only; ``--tta 1`` asks for none, ``--tta 8`` for 8 of every class. The summary and the
+    layers' metadata say so; the objects come out as without views (the oracle is exact)."""
+    from geoseg.cli import main
+    from tests import models
+
+    ids = np.zeros((128, 128), dtype=np.int32)
+    ids[40:56, 40:72] = 1
+    ids[80:112, 80:112] = 2
+    path = coded_scene(ids, {1: 2, 2: 0}, name="s.tif", transform=utm_transform(0.5))
+    options = RunOptions(model="tests.models:views_oracle", tile_px=64, overlap_px=16, tta=tta)
+    plan = plan_scene(path, options)
+    fine, coarse = plan.passes
+    assert fine.classes == (0, 2) and coarse.classes == (1,)
+    assert (fine.tta_views, coarse.tta_views) == (building_views, field_views)
+    models.VIEWS_SEEN.clear()
+    args = ["run", str(path), "-o", str(tmp_path / "out"), "--model", options.model]
+    args += ["--tile-size", "64", "--overlap", "16", "--no-preview", "--no-webmap"]
+    with pytest.raises(SystemExit) as done:
+        main([*args, *(["--tta", str(tta)] if tta else [])])
+    assert done.value.code == 0
+    asked = [v for v in models.VIEWS_SEEN if v]
+    if tta == 1:
+        assert not asked
+    else:
+        assert building_views in asked
+        assert all(v in (building_views, field_views) for v in asked)
+    summary = capsys.readouterr().out
+    assert "1 ship (" in summary and "1 building (" in summary
+    views = building_views or {}
+    assert ("building (at 0.5 m, score >= 0.50, 4 views)" in summary) == (views == {"building": 4})
+    metadata = pyogrio.read_info(tmp_path / "out" / "s.gpkg", layer="building")["layer_metadata"]
+    recorded = json.loads(metadata.get("geoseg_class_tta_views", "{}"))
+    assert recorded == {**views, **(field_views or {})}
+
+
+def test_views_are_1_2_4_or_8(tmp_path: Path, coded_scene: Callable[..., Path]) -> None:
+    path = coded_scene(np.zeros((64, 64), dtype=np.int32), {}, name="s.tif")
+    with pytest.raises(UserInputError, match="--tta 3"):
+        plan_scene(path, RunOptions(model="tests.models:views_oracle", tta=3))

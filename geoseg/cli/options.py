@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from geoseg.config import RunOptions
+from geoseg.config import TTA_VIEW_COUNTS, RunOptions
 
 __all__ = ["DIR", "FILE", "comma_list", "options_from_cli", "parse_bands", "run_options"]
 
@@ -216,6 +216,16 @@ _OPTIONS = [
         metavar="building,field,ship",
         help="Search only these classes of the model (default: all); the others are not "
         "read for, which saves their readings' tiles, and their layers stay empty.",
+    ),
+    click.option(
+        "--tta",
+        type=click.Choice([str(n) for n in TTA_VIEW_COUNTS]),
+        default=None,
+        callback=lambda ctx, param, value: None if value is None else int(value),
+        help="See each tile in this many views (flipped; 8: also turned) and fuse what the "
+        "model finds: fewer false objects and fuller outlines for N times the model's time. "
+        "Default: what the model recommends (the default model: 4 for buildings and ships, 1 "
+        "for fields); 1 turns it off.",
     ),
     click.option(
         "--regularize",

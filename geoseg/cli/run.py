@@ -142,6 +142,8 @@ def _how_read(result: Any, name: str) -> str:
         parts.append(f"score >= {_listing(f'{s:.2f}' for s in scores)}")
     elif name in result.class_min_score:
         parts.append(f"score >= {result.class_min_score[name]:.2f}")
+    if name in result.class_tta_views:
+        parts.append(f"{result.class_tta_views[name]} views")
     return f" ({', '.join(parts)})" if parts else ""
 
 

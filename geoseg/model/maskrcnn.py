@@ -41,6 +41,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.models.mobilenetv2 import mobilenet_v2
@@ -48,10 +49,12 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from geoseg.config import TTA_VIEW_COUNTS
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
 from geoseg.gpu import CPU_BATCH
 from geoseg.model.checkpoint import read_checkpoint
 from geoseg.model.checksum import file_sha256
+from geoseg.model.flip_views import View, fuse_views, views
 from geoseg.model.read_settings import parse_settings, settings_from_payload
 
 __all__ = [
@@ -378,20 +381,48 @@ class MaskRCNNSegmenter:
         )
 
     def predict(
-        self, tiles: np.ndarray, *, min_score: float = SCORE_FLOOR
+        self,
+        tiles: np.ndarray,
+        *,
+        min_score: float = SCORE_FLOOR,
+        tta_views: Mapping[str, int] | None = None,
     ) -> list[dict[str, np.ndarray]]:
         """Instances in each tile (see the class docstring), scored at least ``min_score``
-        (never below :data:`SCORE_FLOOR`): the network builds masks only for those."""
+        (never below :data:`SCORE_FLOOR`): the network builds masks only for those.
+
+        ``tta_views`` (``{class name: 1, 2, 4 or 8}``, 1 for classes not named): see each tile
+        in that many views (flipped, and turned for 8; :mod:`geoseg.model.flip_views`) and
+        fuse a class's objects over its views: one box and score per object, its mask the
+        mean of the views' masks.
+        """
         tiles = np.asarray(tiles, dtype=np.float32)
         if tiles.ndim != 4:
             raise ModelError(f"predict wants tiles (N, bands, H, W); got shape {tiles.shape}")
         tiles = _three_bands(tiles)
+        counts = self._view_counts(tta_views)
+        floor = max(SCORE_FLOOR, float(min_score))
         out: list[dict[str, np.ndarray]] = []
         with self._lock, torch.inference_mode():
-            self.network.roi_heads.score_thresh = max(SCORE_FLOOR, float(min_score))
-            for found in self._in_passes(tiles, self._detect):
+            if max(counts) == 1:
+                self.network.roi_heads.score_thresh = floor
+                for found in self._in_passes(tiles, self._detect):
+                    out.extend(_to_instances(det) for det in found)
+                return out
+            self.network.roi_heads.score_thresh = SCORE_FLOOR
+            for found in self._in_passes(tiles, lambda b: self._detect_views(b, counts, floor)):
                 out.extend(_to_instances(det) for det in found)
         return out
+
+    def _view_counts(self, tta_views: Mapping[str, int] | None) -> list[int]:
+        """Views per torchvision label (0 is the background)."""
+        tta_views = dict(tta_views or {})
+        unknown = sorted(set(tta_views) - set(self.classes))
+        if unknown:
+            raise ModelError(f"tta_views names {unknown}, which the model does not know")
+        counts = [1] + [int(tta_views.get(name, 1)) for name in self.classes]
+        if any(count not in TTA_VIEW_COUNTS for count in counts):
+            raise ModelError(f"tta_views {tta_views}: each class sees 1, 2, 4 or 8 views")
+        return counts
 
     def _in_passes(self, tiles: np.ndarray, forward: Callable[[torch.Tensor], T]) -> Iterator[T]:
         """``forward`` of each pass of :attr:`batch_size` tiles (all of them when ``None``), on
@@ -430,18 +461,75 @@ class MaskRCNNSegmenter:
         net = self.network
         original = [(int(t.shape[-2]), int(t.shape[-1])) for t in batch]
         images, _ = net.transform(list(batch))
-        cuda = batch.device.type == "cuda"
-        pixels = images.tensors
-        if cuda:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-            features = net.backbone(pixels)
-        features = OrderedDict((name, level.float()) for name, level in features.items())
+        features = self._features(images.tensors)
         proposals, _ = net.rpn(images, features)
         detections, _ = net.roi_heads(features, proposals, images.image_sizes)
         for det, size, size_in in zip(detections, images.image_sizes, original, strict=True):
             det["boxes"] = resize_boxes(det["boxes"], size, size_in)
         return detections
+
+    def _detect_views(
+        self, batch: torch.Tensor, counts: Sequence[int], floor: float
+    ) -> list[dict[str, torch.Tensor]]:
+        """:meth:`_detect` with each class's objects fused over its first ``counts[label]``
+        views (see :func:`~geoseg.model.flip_views.fuse_views`), kept from ``floor``; each
+        fused object's 28 x 28 mask is the mean of the mask head's in those views."""
+        net, heads = self.network, self.network.roi_heads
+        height, width = int(batch.shape[-2]), int(batch.shape[-1])
+        seen: list[tuple[View, OrderedDict[str, torch.Tensor], list[tuple[int, int]]]] = []
+        found: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in batch]
+        for view in views(max(counts)):
+            images, _ = net.transform(list(view.image(batch)))
+            features = self._features(images.tensors)
+            proposals, _ = net.rpn(images, features)
+            pooled = heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
+            logits, deltas = heads.box_predictor(pooled)
+            boxes, scores, labels = heads.postprocess_detections(
+                logits, deltas, proposals, images.image_sizes
+            )
+            seen.append((view, features, images.image_sizes))
+            for i, (b, s, lab) in enumerate(zip(boxes, scores, labels, strict=True)):
+                found[i].append((view.unview_boxes(b, height, width), s, lab))
+        detections = []
+        for per_view in found:
+            boxes, scores, labels = fuse_views(per_view, counts)
+            keep = scores >= floor
+            detections.append(
+                {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+            )
+        label_views = torch.tensor(counts, device=batch.device)
+        for index, (view, features, sizes) in enumerate(seen):
+            # a fused object's mask in this view, where its class is seen in it
+            inside = [label_views[det["labels"]] > index for det in detections]
+            boxes = [
+                view.boxes(d["boxes"][m], height, width)
+                for d, m in zip(detections, inside, strict=True)
+            ]
+            logits = heads.mask_predictor(
+                heads.mask_head(heads.mask_roi_pool(features, boxes, sizes))
+            )
+            labels = [d["labels"][m] for d, m in zip(detections, inside, strict=True)]
+            for det, m, probs in zip(
+                detections, inside, maskrcnn_inference(logits, labels), strict=True
+            ):
+                det.setdefault(
+                    "masks", torch.zeros((len(m), 1, *probs.shape[-2:]), device=batch.device)
+                )
+                det["masks"][m] += view.unview(probs)
+        for det in detections:
+            if "masks" not in det:
+                det["masks"] = torch.zeros((0, 1, 28, 28), device=batch.device)
+            det["masks"] /= label_views[det["labels"]].to(det["masks"].dtype)[:, None, None, None]
+        return detections
+
+    def _features(self, pixels: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """The backbone's feature pyramid, float32 (float16 autocast on CUDA)."""
+        cuda = pixels.device.type == "cuda"
+        if cuda:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+            features = self.network.backbone(pixels)
+        return OrderedDict((name, level.float()) for name, level in features.items())
 
     def embed(self, tiles: np.ndarray) -> np.ndarray:
         """One float32 vector per tile ``(N, D)``: each feature-pyramid level of the backbone,

@@ -31,7 +31,11 @@ A segmenter is any object with
   of 0.5.
 
   ``predict`` may also accept a keyword ``min_score``: geoseg then passes ``--min-score``, so
-  the model can drop lower-scored instances before building their masks. Wrong shapes or
+  the model can drop lower-scored instances before building their masks. It may also accept
+  ``tta_views``: geoseg then passes ``{class name: views}`` (2, 4 or 8; classes not named get
+  1) for the classes a reading keeps, from ``--tta`` or the model's ``class_tta_views``, and
+  the model predicts those classes from that many views of each tile (the built-in Mask R-CNN:
+  flipped, and turned for 8, fused; see :mod:`geoseg.model.flip_views`). Wrong shapes or
   types are reported as a one-line :class:`~geoseg.errors.ModelError`.
 
 Optional attributes that geoseg reads when present: ``name`` (str), ``checksum`` (str),
@@ -50,7 +54,9 @@ read upsampled where the scene is 1.5 to 2 times coarser; see :mod:`geoseg.plan`
 ``mask_threshold`` (``{class name: value}``: the mask value from which a pixel of the class
 is in, 0.5 where unset, for probabilities; it replaces any ``mask_thresholds`` of the output),
 ``mask_threshold_by_gsd`` (``{class name: [(up to m, value), ...]}``: the same for a class
-read at a GSD up to a step's) and ``input_bands``
+read at a GSD up to a step's), ``class_tta_views`` (``{class name: views}``: how many views of
+each tile ``geoseg run`` asks ``predict`` to fuse per class, see ``tta_views`` above) and
+``input_bands``
 (how many bands ``predict`` wants; geoseg repeats a single band or keeps the first bands to
 match). ``predict`` gets the lowest of the run's thresholds as ``min_score``.
 
@@ -295,6 +301,7 @@ class ModelInfo:
     class_fine_gsd_m: dict[str, tuple[float, ...]] | None = None
     mask_threshold: dict[str, float] | None = None
     mask_threshold_by_gsd: GsdThresholds | None = None
+    class_tta_views: dict[str, int] | None = None
 
 
 def describe_model(model: Segmenter, spec: str) -> ModelInfo:

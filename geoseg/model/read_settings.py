@@ -20,6 +20,7 @@ from geoseg.config import (
     as_mask_threshold_by_gsd,
     as_min_score,
     as_min_score_by_gsd,
+    as_tta_views,
 )
 
 __all__ = [
@@ -71,6 +72,7 @@ READ_SETTINGS: tuple[ReadSetting, ...] = (
         per_class=True,
         kept=True,
     ),
+    ReadSetting("class_tta_views", "class_tta_views", as_tta_views, per_class=True, kept=True),
 )
 """Every read setting, in the order a checkpoint stores them."""
 
