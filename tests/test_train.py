@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -37,7 +38,7 @@ from geoseg.learn.train import (
     tune_min_scores,
 )
 from geoseg.model import load_segmenter
-from geoseg.model.maskrcnn import MaskRCNNArch
+from geoseg.model.maskrcnn import MaskRCNNArch, MaskRCNNSegmenter
 
 UTM = "EPSG:32633"
 TRANSFORM = Affine(1.0, 0.0, 500_000.0, 0.0, -1.0, 4_000_000.0)
@@ -259,7 +260,7 @@ def test_synthetic_scenes_join_the_training(tmp_path: Path) -> None:
 
 
 def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
-    labelled: tuple[Path, Path], tmp_path: Path
+    labelled: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from geoseg.model.checkpoint import save_checkpoint
     from geoseg.model.maskrcnn import NORMALIZATION, untrained_segmenter
@@ -277,7 +278,16 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
         mask_threshold={"ship": 0.4},
         mask_threshold_by_gsd={"building": [(1.0, 0.35)]},
         min_score_by_gsd={"ship": [(1.0, 0.5)]},
+        class_tta_views={"ship": 4, "field": 8},
     )
+    asked = []
+    predict = MaskRCNNSegmenter.predict
+
+    def recording(self: MaskRCNNSegmenter, tiles: np.ndarray, **keywords: Any) -> list:
+        asked.append(keywords.get("tta_views"))
+        return predict(self, tiles, **keywords)
+
+    monkeypatch.setattr(MaskRCNNSegmenter, "predict", recording)
     image, labels = labelled  # 1 m
     options = TrainOptions(
         classes=("building", "ship"),
@@ -298,6 +308,8 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
     assert tuned.class_fine_gsd_m == {"ship": (0.3,)}  # field: not a class it trains
     assert tuned.mask_threshold == {"ship": 0.4}
     assert tuned.mask_threshold_by_gsd == {"building": ((1.0, 0.35),)}
+    assert tuned.class_tta_views == {"ship": 4}
+    assert asked and all(v == {"ship": 4} for v in asked)  # validated as it will be read
     assert not tuned.min_score_by_gsd
     fresh = train(
         [image],

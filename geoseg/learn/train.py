@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoseg.config import DEFAULT_MIN_SCORE, MaskCuts
+from geoseg.config import DEFAULT_MIN_SCORE, MaskCuts, as_tta_views
 from geoseg.errors import UserInputError
 from geoseg.learn.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
 from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
@@ -266,20 +266,23 @@ def train(
     if meta["reading"]:
         log.info("keeping how %s is read: %s", init_note, meta["reading"])
     cut = MaskCuts.of(meta["reading"], options.classes, "the start")
+    views = as_tta_views(meta["reading"].get("class_tta_views"), "the start")
     validation = Validation({}, None)
     for epoch in range(start_epoch + 1, options.epochs + 1):
         summary = _train_epoch(
             network, optimizer, train_chips, options, device, epoch, steps, total_steps, emit
         )
         if options.val_every and epoch % options.val_every == 0 and epoch < options.epochs:
-            validation = _validate(network, val_chips, options, device, epoch, emit, synthetic, cut)
+            validation = _validate(
+                network, val_chips, options, device, epoch, emit, synthetic, cut, views
+            )
             summary["val_f1"] = {c: m["f1"] for c, m in validation.scores.items()}
             summary["val_min_score"] = validation.min_score
         history.append(summary)
         _append_history(side / "history.jsonl", summary)
         _save(output, side, network, optimizer, epoch, history, validation, meta)
     validation = _validate(
-        network, val_chips, options, device, options.epochs, emit, synthetic, cut
+        network, val_chips, options, device, options.epochs, emit, synthetic, cut, views
     )
     _save(output, side, network, optimizer, options.epochs, history, validation, meta)
     return TrainResult(
@@ -694,7 +697,10 @@ def _validate(
     emit: Progress,
     synthetic: frozenset[str] = frozenset(),
     cut: MaskCuts | None = None,
+    views: dict[str, int] | None = None,
 ) -> Validation:
+    """Score the validation chips as ``geoseg run`` would read them: masks cut at ``cut``,
+    each class seen in its ``views``; the score thresholds tuned here fit those."""
     if not chips:
         return Validation({}, None)
     segmenter = MaskRCNNSegmenter(
@@ -709,7 +715,8 @@ def _validate(
     for start in range(0, len(chips), options.batch_size):
         batch = chips[start : start + options.batch_size]
         pixels = np.stack([c.pixels.astype(np.float32) / 255.0 for c in batch])
-        for chip, pred in zip(batch, segmenter.predict(pixels), strict=True):
+        found_in = segmenter.predict(pixels, tta_views=views)
+        for chip, pred in zip(batch, found_in, strict=True):
             found = Instances.from_any(
                 pred,
                 shape_hw=chip.valid.shape,
