@@ -498,29 +498,37 @@ class MaskRCNNSegmenter:
                 {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
             )
         label_views = torch.tensor(counts, device=batch.device)
+        self._mean_masks(detections, seen, label_views, (height, width))
+        return detections
+
+    def _mean_masks(
+        self,
+        detections: list[dict[str, torch.Tensor]],
+        seen: Sequence[tuple[View, OrderedDict[str, torch.Tensor], list[tuple[int, int]]]],
+        label_views: torch.Tensor,
+        tile_hw: tuple[int, int],
+    ) -> None:
+        """Each fused object's ``masks``: the mask head's 28 x 28 probabilities for its box in
+        each view its class is seen in (``label_views[label]``, the first ones), turned back
+        and averaged (boxes in ``tile_hw`` tiles)."""
+        heads = self.network.roi_heads
+        totals: list[torch.Tensor | None] = [None] * len(detections)
         for index, (view, features, sizes) in enumerate(seen):
-            # a fused object's mask in this view, where its class is seen in it
-            inside = [label_views[det["labels"]] > index for det in detections]
+            inside = [label_views[d["labels"]] > index for d in detections]
             boxes = [
-                view.boxes(d["boxes"][m], height, width)
-                for d, m in zip(detections, inside, strict=True)
+                view.boxes(d["boxes"][m], *tile_hw) for d, m in zip(detections, inside, strict=True)
             ]
             logits = heads.mask_predictor(
                 heads.mask_head(heads.mask_roi_pool(features, boxes, sizes))
             )
             labels = [d["labels"][m] for d, m in zip(detections, inside, strict=True)]
-            for det, m, probs in zip(
-                detections, inside, maskrcnn_inference(logits, labels), strict=True
-            ):
-                det.setdefault(
-                    "masks", torch.zeros((len(m), 1, *probs.shape[-2:]), device=batch.device)
-                )
-                det["masks"][m] += view.unview(probs)
-        for det in detections:
-            if "masks" not in det:
-                det["masks"] = torch.zeros((0, 1, 28, 28), device=batch.device)
-            det["masks"] /= label_views[det["labels"]].to(det["masks"].dtype)[:, None, None, None]
-        return detections
+            probs_each = maskrcnn_inference(logits, labels)
+            for i, (m, probs) in enumerate(zip(inside, probs_each, strict=True)):
+                if totals[i] is None:  # view 0: every object's class is seen in it
+                    totals[i] = probs.new_zeros((len(m), *probs.shape[1:]))
+                totals[i][m] += view.unview(probs)
+        for det, total in zip(detections, totals, strict=True):
+            det["masks"] = total / label_views[det["labels"]].to(total.dtype)[:, None, None, None]
 
     def _features(self, pixels: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """The backbone's feature pyramid, float32 (float16 autocast on CUDA)."""
