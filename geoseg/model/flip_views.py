@@ -107,10 +107,12 @@ def fuse_views(
     """Fuse what each view found in one image: ``found[v]`` is ``(boxes (K, 4) in the
     image's orientation, scores (K,), labels (K,))`` of view ``v``; ``view_counts[label]``
     how many views the label's objects are fused from (the first ones; a label's detections
-    in later views are ignored). Returns the fused ``(boxes, scores, labels)``."""
-    boxes = torch.cat([b for b, _, _ in found]).float()
-    scores = torch.cat([s for _, s, _ in found]).float()
-    labels = torch.cat([lab for _, _, lab in found])
+    in later views are ignored). Returns the fused ``(boxes, scores, labels)`` on the device
+    of ``found``."""
+    device = found[0][0].device  # fused on the CPU: a loop over small tensors
+    boxes = torch.cat([b for b, _, _ in found]).float().cpu()
+    scores = torch.cat([s for _, s, _ in found]).float().cpu()
+    labels = torch.cat([lab for _, _, lab in found]).cpu()
     view_of = torch.cat([torch.full((len(s),), v) for v, (_, s, _) in enumerate(found)])
     fused_boxes, fused_scores, fused_labels = [], [], []
     for label in labels.unique().tolist():
@@ -130,11 +132,11 @@ def fuse_views(
             fused_scores.append(scores[best].sum() / count)
             fused_labels.append(label)
     if not fused_boxes:
-        return boxes[:0], scores[:0], labels[:0]
+        return boxes[:0].to(device), scores[:0].to(device), labels[:0].to(device)
     return (
-        torch.stack(fused_boxes),
-        torch.stack(fused_scores),
-        torch.tensor(fused_labels, dtype=labels.dtype),
+        torch.stack(fused_boxes).to(device),
+        torch.stack(fused_scores).to(device),
+        torch.tensor(fused_labels, dtype=labels.dtype, device=device),
     )
 
 
