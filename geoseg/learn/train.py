@@ -715,7 +715,7 @@ def _validate(
     for start in range(0, len(chips), options.batch_size):
         batch = chips[start : start + options.batch_size]
         pixels = np.stack([c.pixels.astype(np.float32) / 255.0 for c in batch])
-        found_in = segmenter.predict(pixels, tta_views=views)
+        found_in = segmenter.predict(pixels, **({"tta_views": views} if views else {}))
         for chip, pred in zip(batch, found_in, strict=True):
             found = Instances.from_any(
                 pred,
