@@ -41,6 +41,7 @@ __all__ = [
     "SceneVisuals",
     "objects_to_layers",
     "run_metadata",
+    "scored_enough",
     "stitch_passes",
 ]
 
@@ -94,6 +95,7 @@ class SceneAssembler:
         # the passes that read a merged class: only their frontiers hold its objects back
         self._merging = [any(k in merged for k in p.classes) for p in plan.passes]
         self._final: list[list[StitchedObject]] = [[] for _ in plan.passes]  # not written yet
+        self._thresholds = plan.pass_thresholds()
         self._measures = GeoMeasures(plan.scene.crs)
         self._n_tiles = 0
         self._n_skipped = 0
@@ -140,7 +142,9 @@ class SceneAssembler:
                 waiting.clear()
 
     def _take(self, pass_index: int, final: Sequence[StitchedObject]) -> None:
-        """Final objects of a pass: to the writer, or those of merged classes to the merger."""
+        """Final objects of a pass that reach its thresholds: to the writer, or those of
+        merged classes to the merger."""
+        final = scored_enough(final, self._thresholds[pass_index])
         if self._merger is None:
             self._final[pass_index] += final
             return
@@ -236,14 +240,25 @@ def stitch_passes(plan: ScenePlan, results: Sequence[BatchResult]) -> list[list[
     """Each pass's fragments stitched on its own grid, all at once: one list per pass (a
     class read in several passes merged across them, :mod:`geoseg.reading_merge`)."""
     per_pass = [
-        stitch(
-            [f for r in results if r.pass_index == k for f in r.fragments],
-            merge_iou=plan.options.merge_iou,
+        scored_enough(
+            stitch(
+                [f for r in results if r.pass_index == k for f in r.fragments],
+                merge_iou=plan.options.merge_iou,
+            ),
+            thresholds,
         )
-        for k in range(len(plan.passes))
+        for k, thresholds in enumerate(plan.pass_thresholds())
     ]
     merged = plan.merged_classes()
     return merge_readings(per_pass, _transforms(plan), merged) if merged else per_pass
+
+
+def scored_enough(
+    objects: Sequence[StitchedObject], thresholds: np.ndarray
+) -> list[StitchedObject]:
+    """The stitched objects that reach their class's threshold (tiles keep objects for
+    stitching from a lower floor, :data:`~geoseg.plan.STITCH_FLOOR_SHARE` of it)."""
+    return [o for o in objects if o.score >= thresholds[o.label]]
 
 
 def _transforms(plan: ScenePlan) -> list[Any]:

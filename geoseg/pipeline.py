@@ -44,6 +44,8 @@ from geoseg.grid import Tile
 from geoseg.model.protocol import Instances, load_segmenter
 from geoseg.plan import (
     MAX_UPSAMPLING,
+    NEVER,
+    STITCH_FLOOR_SHARE,
     BatchResult,
     ScenePass,
     ScenePlan,
@@ -180,12 +182,14 @@ def scene_tasks(
     """
     opts = plan.options
     tasks = []
-    everything = len(plan.passes) == 1 and len(plan.passes[0].classes) == len(plan.model.classes)
     scene_token = dask.base.tokenize(plan.passes, plan.options)
     last = len(plan.batches) - 1
-    pass_scores = [  # each pass's thresholds, the same for all its batches
-        opts.min_score if everything and p.min_score is None else _pass_min_score(plan, p)
-        for p in plan.passes
+    pass_scores = [  # each pass's floors for stitching, the same for all its batches
+        {
+            name: float(t * STITCH_FLOOR_SHARE if t < NEVER else NEVER)
+            for name, t in zip(plan.model.classes, thresholds, strict=True)
+        }
+        for thresholds in plan.pass_thresholds()
     ]
     for number in range(len(plan.batches)) if batches is None else batches:
         index, tiles = plan.batches[number]
@@ -219,18 +223,6 @@ def scene_tasks(
                 )
             )
     return tasks
-
-
-_NEVER = 2.0
-"""A score threshold no instance reaches: how a pass drops the classes it does not keep."""
-
-
-def _pass_min_score(plan: ScenePlan, reading: ScenePass) -> dict[str, float]:
-    thresholds = score_thresholds(reading.min_score or plan.options.min_score, plan.model.classes)
-    return {
-        name: float(thresholds[k]) if k in reading.classes else _NEVER
-        for k, name in enumerate(plan.model.classes)
-    }
 
 
 def assemble_scene(

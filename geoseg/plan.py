@@ -72,6 +72,15 @@ MAX_EXTRA_UPSAMPLING = 2.0
 of the GSD makes four times the tiles (the default model's boats read at 0.3 m on 0.45-0.6 m
 scenes: model card, "Boats also read at 0.3 m")."""
 
+NEVER = 2.0
+"""A score threshold no instance reaches: how a pass drops the classes it does not keep."""
+
+STITCH_FLOOR_SHARE = 0.6
+"""Each tile's objects are kept for stitching from this share of their class's threshold, and
+the threshold is applied to the stitched objects: an object that the tile owning its place
+scores under the threshold, but a neighbouring tile over it, is kept (see
+:mod:`geoseg.stitch`, which keeps an object only where the owner tile saw it)."""
+
 MAX_UPSAMPLING = 3.0
 """How many times finer than the scene a class's coarsest GSD may be: beyond it the objects are
 too small in the scene to be found, and upsampling would only multiply the tiles."""
@@ -172,6 +181,19 @@ class ScenePlan:
             if reading.tta_views and name in reading.tta_views and name not in found:
                 found[name] = reading.tta_views[name]
         return found
+
+    def pass_thresholds(self) -> tuple[np.ndarray, ...]:
+        """Each pass's score threshold per class index (``--min-score``, or the model's by
+        read GSD); :data:`NEVER` for the classes a pass does not keep."""
+        found = []
+        for reading in self.passes:
+            thresholds = score_thresholds(
+                reading.min_score or self.options.min_score, self.model.classes
+            ).astype(np.float64)
+            kept = np.zeros(len(thresholds), dtype=bool)
+            kept[list(reading.classes)] = True
+            found.append(np.where(kept, thresholds, NEVER))
+        return tuple(found)
 
     def merged_classes(self) -> tuple[int, ...]:
         """Indexes of the classes read in more than one pass (merged across them)."""

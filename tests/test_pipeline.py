@@ -10,6 +10,7 @@ import pytest
 from geoseg.config import RunOptions
 from geoseg.model.protocol import _CACHE
 from geoseg.pipeline import plan_scene, run_scene, scene_tasks
+from geoseg.plan import STITCH_FLOOR_SHARE
 from geoseg.testing import write_coded_scene
 from tests import models
 from tests.conftest import ORACLE, UTM, UTM_TRANSFORM
@@ -126,7 +127,9 @@ def test_min_score_is_passed_to_a_model_that_takes_it(tmp_path: Path, street: Pa
         model="tests.models:score_floor_oracle", tile_px=128, overlap_px=32, min_score=0.7
     )
     result = run_scene(street, tmp_path / "out", options=options)
-    assert set(models.ScoreFloorOracle.seen) == {0.7}
+    # the floor objects are kept from for stitching; the threshold applies to stitched objects
+    (seen,) = set(models.ScoreFloorOracle.seen)
+    assert seen == pytest.approx(0.7 * STITCH_FLOOR_SHARE)
     assert result.counts == {"building": 7, "field": 1, "ship": 2}
 
 
@@ -146,7 +149,8 @@ def test_the_model_s_own_thresholds_apply_unless_min_score_is_given(
         model="tests.models:tuned_oracle", tile_px=128, overlap_px=32, min_score=given
     )
     run_scene(street, tmp_path / "out", options=options)
-    assert set(models.ScoreFloorOracle.seen) == {passed}  # the lowest threshold
+    (seen,) = set(models.ScoreFloorOracle.seen)  # the floor of the lowest threshold
+    assert seen == pytest.approx(passed * STITCH_FLOOR_SHARE)
     meta = pyogrio.read_info(tmp_path / "out" / "street.gpkg", layer="building")["layer_metadata"]
     assert json.loads(meta["geoseg_options"])["min_score"] == used
 
@@ -166,3 +170,37 @@ def test_thresholds_apply_per_class() -> None:
     (tile,) = TileGrid.from_shape((32, 32), tile_px=32, overlap_px=4)
     crops = instances_to_crops(instances, tile, np.ones((32, 32), bool), min_score=thresholds)
     assert sorted(c.label for c in crops) == [0, 2]  # the field at 0.6 < 0.7 is dropped
+
+
+def test_an_object_its_owner_tile_doubts_is_kept_where_a_neighbour_is_sure(
+    tmp_path: Path,
+) -> None:
+    """Two tiles, 64 px with 32 px of overlap; the oracle scores objects 0.9 in the right half
+    of a tile and 0.3 in the left. An object in the second tile's core lies in the right half of
+    the first tile (0.9) and the left half of its owner (0.3): thresholds apply to stitched
+    objects, so it comes out once and whole at 0.9. An object that every tile that sees it
+    doubts (the first tile's left edge) does not come out."""
+    import geopandas as gpd
+
+    from tests.conftest import UTM, UTM_TRANSFORM, assert_same_shape, truth_polygon
+
+    ids = np.zeros((32, 96), dtype=np.int32)
+    ids[8:20, 50:58] = 1  # in the second tile's core (cols 48-95)
+    ids[8:20, 4:12] = 2  # only in the first tile, in its left half
+    path = write_coded_scene(
+        tmp_path / "s.tif", ids, {1: 2, 2: 2}, transform=UTM_TRANSFORM, crs=UTM
+    )
+    options = RunOptions(
+        model="tests.models:side_scored_oracle",
+        tile_px=64,
+        overlap_px=32,
+        min_score=0.5,
+        simplify_px=0,
+    )
+    plan = plan_scene(path, options)
+    assert [t.core.col_off for t in plan.grid] == [0, 48]
+    result = run_scene(path, tmp_path / "out", options=options)
+    assert result.counts["ship"] == 1
+    ships = gpd.read_file(tmp_path / "out" / "s.gpkg", layer="ship")
+    assert ships.score.tolist() == [pytest.approx(0.9)]
+    assert_same_shape(ships.geometry[0], truth_polygon(ids, 1, UTM_TRANSFORM))
