@@ -30,8 +30,9 @@ A segmenter is any object with
   ``(K,)``, each in (0, 1)): each instance's mask value from which a pixel is in, in place
   of 0.5.
 
-  ``predict`` may also accept a keyword ``min_score``: geoseg then passes ``--min-score``, so
-  the model can drop lower-scored instances before building their masks. It may also accept
+  ``predict`` may also accept a keyword ``min_score``: geoseg then passes the floor it keeps
+  instances from for stitching, so the model can drop lower-scored instances before building
+  their masks. It may also accept
   ``tta_views``: geoseg then passes ``{class name: views}`` (2, 4 or 8; classes not named get
   1) for the classes a reading keeps, from ``--tta`` or the model's ``class_tta_views``, and
   the model predicts those classes from that many views of each tile (the built-in Mask R-CNN:
@@ -58,7 +59,8 @@ read at a GSD up to a step's), ``class_tta_views`` (``{class name: views}``: how
 each tile ``geoseg run`` asks ``predict`` to fuse per class, see ``tta_views`` above) and
 ``input_bands``
 (how many bands ``predict`` wants; geoseg repeats a single band or keeps the first bands to
-match). ``predict`` gets the lowest of the run's thresholds as ``min_score``.
+match). ``predict`` gets :data:`~geoseg.plan.STITCH_FLOOR_SHARE` of the lowest of the run's
+thresholds as ``min_score``: thresholds apply to the stitched objects.
 
 ``geoseg select`` also uses, when present, ``embed(tiles)``: the same float32 tiles, one
 feature vector per tile, float32 ``(N, D)`` (the built-in Mask R-CNN average-pools its
