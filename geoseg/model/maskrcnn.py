@@ -30,6 +30,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -401,15 +402,16 @@ class MaskRCNNSegmenter:
         tiles = _three_bands(tiles)
         counts = self._view_counts(tta_views)
         floor = max(SCORE_FLOOR, float(min_score))
+        one_view = max(counts) == 1
+        forward = (
+            self._detect if one_view else partial(self._detect_views, counts=counts, floor=floor)
+        )
         out: list[dict[str, np.ndarray]] = []
         with self._lock, torch.inference_mode():
-            if max(counts) == 1:
-                self.network.roi_heads.score_thresh = floor
-                for found in self._in_passes(tiles, self._detect):
-                    out.extend(_to_instances(det) for det in found)
-                return out
-            self.network.roi_heads.score_thresh = SCORE_FLOOR
-            for found in self._in_passes(tiles, lambda b: self._detect_views(b, counts, floor)):
+            # one view: the network keeps objects from the floor; several: each view keeps
+            # them from SCORE_FLOOR, and the fused objects are kept from the floor
+            self.network.roi_heads.score_thresh = floor if one_view else SCORE_FLOOR
+            for found in self._in_passes(tiles, forward):
                 out.extend(_to_instances(det) for det in found)
         return out
 
