@@ -18,7 +18,6 @@ objects. Planning (passes at each class's GSD, tiles, batches) is :mod:`geoseg.p
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from geoseg.compute import Progress, compute_tasks, iter_results
 from geoseg.config import RunOptions, mask_cut_array, score_thresholds
 from geoseg.fragments import MaskCrop, instances_to_crops
 from geoseg.grid import Tile
-from geoseg.model.protocol import Instances, load_segmenter
+from geoseg.model.protocol import Instances, load_segmenter, predict_accepts
 from geoseg.plan import (
     MAX_UPSAMPLING,
     NEVER,
@@ -128,9 +127,9 @@ def predict_stage(
     tiles = np.ascontiguousarray(pixels, dtype=np.float32)
     thresholds = score_thresholds(min_score, model.classes)
     keywords: dict[str, Any] = {}
-    if _accepts(model, "min_score"):
+    if predict_accepts(model, "min_score"):
         keywords["min_score"] = float(thresholds.min())
-    if tta_views and _accepts(model, "tta_views"):
+    if tta_views and predict_accepts(model, "tta_views"):
         keywords["tta_views"] = tta_views
     outputs = model.predict(tiles, **keywords)
     if len(outputs) != len(batch.tiles):
@@ -146,13 +145,6 @@ def predict_stage(
         )
         crops.append((tile, instances_to_crops(instances, tile, valid, min_score=thresholds)))
     return PredictedBatch(crops, len(batch.tiles), batch.n_skipped)
-
-
-def _accepts(model: Any, keyword: str) -> bool:
-    try:
-        return keyword in inspect.signature(model.predict).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def vectorize_stage(

@@ -30,14 +30,13 @@ Lindenstrauss), so a tile's summary stays small.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from geoseg.config import MaskCuts
-from geoseg.model.protocol import Instances, describe_model
+from geoseg.model.protocol import Instances, describe_model, predict_accepts
 
 __all__ = [
     "EMBED_DIM",
@@ -106,16 +105,9 @@ def _cut(found: Instances, valid: np.ndarray) -> Instances:
 
 
 def _predict(model: Any, tiles: np.ndarray) -> Sequence[Any]:
-    if _accepts_min_score(model):
+    if predict_accepts(model, "min_score"):
         return model.predict(tiles, min_score=SCORE_FLOOR)
     return model.predict(tiles)
-
-
-def _accepts_min_score(model: Any) -> bool:
-    try:
-        return "min_score" in inspect.signature(model.predict).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _match_bands(tiles: np.ndarray, model: Any) -> np.ndarray:

@@ -99,6 +99,7 @@ __all__ = [
     "describe_model",
     "describe_spec",
     "load_segmenter",
+    "predict_accepts",
 ]
 
 
@@ -304,6 +305,15 @@ class ModelInfo:
     mask_threshold: dict[str, float] | None = None
     mask_threshold_by_gsd: GsdThresholds | None = None
     class_tta_views: dict[str, int] | None = None
+
+
+def predict_accepts(model: Any, keyword: str) -> bool:
+    """Whether the model's ``predict`` names ``keyword`` (``min_score``, ``tta_views``):
+    geoseg passes an optional keyword only to a ``predict`` that takes it."""
+    try:
+        return keyword in inspect.signature(model.predict).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def describe_model(model: Segmenter, spec: str) -> ModelInfo:
