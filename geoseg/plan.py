@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SAME_READING = 0.02
 """Classes whose GSDs differ by less than this fraction share one reading, at the finer GSD: a
@@ -133,12 +135,13 @@ class ScenePlan:
 
     def class_readings(self) -> dict[str, tuple[tuple[float, float], ...]]:
         """Each class's readings as ``(GSD, score threshold)``, finest first: the run's
-        ``min_score``, or the model's by read GSD (classes not searched are left out)."""
-        base = score_thresholds(self.options.min_score, self.model.classes)
+        ``min_score``, or the model's by read GSD (classes not searched are left out): the
+        thresholds the stitched objects are kept from (:meth:`pass_thresholds`)."""
         found: dict[str, tuple[tuple[float, float], ...]] = {}
-        for k, name, reading in self._class_passes():
-            score = (reading.min_score or {}).get(name, float(base[k]))
-            found[name] = (*found.get(name, ()), (reading.scene.gsd_m, score))
+        for reading, thresholds in zip(self.passes, self.pass_thresholds(), strict=True):
+            for k in reading.classes:
+                name = self.model.classes[k]
+                found[name] = (*found.get(name, ()), (reading.scene.gsd_m, float(thresholds[k])))
         return found
 
     def _class_passes(self) -> Iterator[tuple[int, str, ScenePass]]:
@@ -168,18 +171,20 @@ class ScenePlan:
     def class_mask_threshold(self) -> dict[str, float]:
         """The mask value each class's masks are cut at, its finest reading's where it is read
         at several; empty where the model sets none (every mask cut at 0.5, or as it says)."""
-        found: dict[str, float] = {}
-        for _, name, reading in self._class_passes():
-            if reading.mask_threshold is not None and name not in found:
-                found[name] = reading.mask_threshold[name]
-        return found
+        return self._finest(lambda reading: reading.mask_threshold)
 
     def class_tta_views(self) -> dict[str, int]:
         """How many views each class is seen in, where more than one (its finest reading's)."""
-        found: dict[str, int] = {}
+        return self._finest(lambda reading: reading.tta_views)
+
+    def _finest(self, table_of: Callable[[ScenePass], Mapping[str, T] | None]) -> dict[str, T]:
+        """Each class's value in the table (``table_of(pass)``) of the finest pass that keeps
+        the class and names it there."""
+        found: dict[str, T] = {}
         for _, name, reading in self._class_passes():
-            if reading.tta_views and name in reading.tta_views and name not in found:
-                found[name] = reading.tta_views[name]
+            table = table_of(reading) or {}
+            if name in table and name not in found:
+                found[name] = table[name]
         return found
 
     def pass_thresholds(self) -> tuple[np.ndarray, ...]:
@@ -189,7 +194,7 @@ class ScenePlan:
         for reading in self.passes:
             thresholds = score_thresholds(
                 reading.min_score or self.options.min_score, self.model.classes
-            ).astype(np.float64)
+            )
             kept = np.zeros(len(thresholds), dtype=bool)
             kept[list(reading.classes)] = True
             found.append(np.where(kept, thresholds, NEVER))
