@@ -6,6 +6,11 @@ alike), with one torch thread, and prints seconds per tile and the ratio to the 
 
     python benchmarks/model_tile_time.py old.pt default --scene sample_data/atlanta_pan.tif
     python benchmarks/model_tile_time.py old.pt default default default --tta 1 1 4 8
+    python benchmarks/model_tile_time.py old.pt default --batch 1 --plain-first
+
+``--batch`` sets the tiles per forward pass (the CPU default is ``geoseg.gpu.CPU_BATCH``);
+``--plain-first`` runs the first model's backbone as torchvision's module, as geoseg did before
+session 26 folded the batch norm (the baseline as it ran when issue 9 was filed).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=None, help="tiles per forward pass")
+    parser.add_argument("--plain-first", action="store_true", help="the baseline unfolded")
     parser.add_argument(
         "--tta",
         type=int,
@@ -42,6 +49,10 @@ def main() -> None:
     tiles = [t for _, batch in plan.batches for t in batch][: args.tiles]
     pixels = read_stage(plan.scene, tiles, plan.options.tile_px).pixels
     models = [load_segmenter(spec, device="cpu") for spec in args.models]
+    for model in models:
+        model.batch_size = args.batch or model.batch_size
+    if args.plain_first:
+        models[0]._backbone = models[0].network.backbone  # torchvision's own module
     views = [*args.tta, *[1] * len(models)][: len(models)]
     keywords = [
         {"tta_views": dict.fromkeys(model.classes, n)} if n > 1 else {}
@@ -58,7 +69,8 @@ def main() -> None:
     base = seconds[0].min()
     print(
         f"{len(pixels)} tiles of {plan.options.tile_px} px from {args.scene}, "
-        f"{args.threads} thread(s), best of {args.rounds} rounds (CPU seconds per tile)"
+        f"{args.threads} thread(s), {models[0].batch_size} a pass, best of {args.rounds} rounds "
+        "(CPU seconds per tile)"
     )
     for spec, n, row in zip(args.models, views, seconds, strict=True):
         name = f"{spec} ({n} views)" if n > 1 else spec
