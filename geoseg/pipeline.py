@@ -40,7 +40,7 @@ from geoseg.compute import Progress, compute_tasks, iter_results
 from geoseg.config import RunOptions, mask_cut_array, score_thresholds
 from geoseg.fragments import MaskCrop, instances_to_crops
 from geoseg.grid import Tile
-from geoseg.model.protocol import Instances, load_segmenter, predict_accepts
+from geoseg.model.protocol import Instances, load_segmenter, match_input_bands, predict_accepts
 from geoseg.plan import (
     MAX_UPSAMPLING,
     NEVER,
@@ -102,13 +102,6 @@ def read_stage(scene: SceneInfo, tiles: Sequence[Tile], tile_px: int) -> ReadBat
     )
 
 
-def _match_bands(pixels: np.ndarray, want: int | None) -> np.ndarray:
-    have = pixels.shape[1]
-    if not want or want == have:
-        return pixels
-    return pixels[:, [i % have for i in range(want)]] if want > have else pixels[:, :want]
-
-
 def predict_stage(
     batch: ReadBatch,
     model_spec: str,
@@ -123,7 +116,7 @@ def predict_stage(
     if not batch.tiles:
         return PredictedBatch([], 0, batch.n_skipped)
     model = load_segmenter(model_spec, device=device)
-    pixels = _match_bands(batch.pixels, getattr(model, "input_bands", None))
+    pixels = match_input_bands(batch.pixels, model)
     tiles = np.ascontiguousarray(pixels, dtype=np.float32)
     thresholds = score_thresholds(min_score, model.classes)
     keywords: dict[str, Any] = {}

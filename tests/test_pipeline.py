@@ -115,10 +115,17 @@ def test_single_band_scene_is_repeated_for_a_three_band_model(tmp_path: Path) ->
         assert src.count == 3
     plan = plan_scene(path, RunOptions(model=ORACLE, bands=(2,)))
     assert plan.scene.bands == (2,)
-    from geoseg.pipeline import _match_bands
+    from types import SimpleNamespace
 
-    assert _match_bands(np.zeros((1, 1, 4, 4)), 3).shape == (1, 3, 4, 4)
-    assert _match_bands(np.zeros((1, 4, 4, 4)), 3).shape == (1, 3, 4, 4)
+    from geoseg.model.protocol import match_input_bands
+
+    three = SimpleNamespace(input_bands=3)
+    one_band = np.arange(16.0).reshape(1, 1, 4, 4)
+    repeated = match_input_bands(one_band, three)
+    assert repeated.shape == (1, 3, 4, 4) and (repeated == one_band).all()
+    four_bands = np.arange(64.0).reshape(1, 4, 4, 4)
+    assert (match_input_bands(four_bands, three) == four_bands[:, :3]).all()
+    assert match_input_bands(four_bands, SimpleNamespace()) is four_bands
 
 
 def test_min_score_is_passed_to_a_model_that_takes_it(tmp_path: Path, street: Path) -> None:

@@ -36,7 +36,12 @@ from typing import Any
 import numpy as np
 
 from geoseg.config import MaskCuts
-from geoseg.model.protocol import Instances, describe_model, predict_accepts
+from geoseg.model.protocol import (
+    Instances,
+    describe_model,
+    match_input_bands,
+    predict_accepts,
+)
 
 __all__ = [
     "EMBED_DIM",
@@ -72,7 +77,7 @@ def two_views(
     scored at least :data:`SCORE_FLOOR`, masks cut to the valid pixels. Tiles read at
     ``gsd_m`` have their mask probabilities cut where ``geoseg run`` would cut them there
     (the model's mask thresholds); without a GSD, at 0.5."""
-    tiles = _match_bands(np.ascontiguousarray(tiles, dtype=np.float32), model)
+    tiles = match_input_bands(np.ascontiguousarray(tiles, dtype=np.float32), model)
     mirrored = np.ascontiguousarray(tiles[..., ::-1])
     plain, flipped = _predict(model, tiles), _predict(model, mirrored)
     shape_hw = tiles.shape[2:]
@@ -108,13 +113,6 @@ def _predict(model: Any, tiles: np.ndarray) -> Sequence[Any]:
     if predict_accepts(model, "min_score"):
         return model.predict(tiles, min_score=SCORE_FLOOR)
     return model.predict(tiles)
-
-
-def _match_bands(tiles: np.ndarray, model: Any) -> np.ndarray:
-    want, have = getattr(model, "input_bands", None), tiles.shape[1]
-    if not want or want == have:
-        return tiles
-    return tiles[:, [i % have for i in range(want)]] if want > have else tiles[:, :want]
 
 
 def tile_uncertainty(plain: Instances, mirrored: Instances) -> float:
@@ -169,7 +167,7 @@ def embed_tiles(model: Any, tiles: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """float32 ``(N, <= EMBED_DIM)``: the model's ``embed`` (or :func:`pixel_embedding`),
     randomly projected to :data:`EMBED_DIM` numbers when longer."""
     if callable(getattr(model, "embed", None)):
-        raw = np.asarray(model.embed(_match_bands(tiles, model)), dtype=np.float32)
+        raw = np.asarray(model.embed(match_input_bands(tiles, model)), dtype=np.float32)
     else:
         raw = pixel_embedding(tiles, valid)
     raw = raw.reshape(len(tiles), -1)

@@ -99,6 +99,7 @@ __all__ = [
     "describe_model",
     "describe_spec",
     "load_segmenter",
+    "match_input_bands",
     "predict_accepts",
 ]
 
@@ -314,6 +315,16 @@ def predict_accepts(model: Any, keyword: str) -> bool:
         return keyword in inspect.signature(model.predict).parameters
     except (TypeError, ValueError):
         return False
+
+
+def match_input_bands(tiles: np.ndarray, model: Any) -> np.ndarray:
+    """``tiles`` ``(N, bands, H, W)`` with the bands the model's optional ``input_bands`` asks
+    for: the first ones when it wants fewer, repeated in turn when it wants more (one band
+    becomes three); unchanged when it says nothing or wants as many."""
+    want, have = getattr(model, "input_bands", None), tiles.shape[1]
+    if not want or want == have:
+        return tiles
+    return tiles[:, [i % have for i in range(want)]] if want > have else tiles[:, :want]
 
 
 def describe_model(model: Segmenter, spec: str) -> ModelInfo:
