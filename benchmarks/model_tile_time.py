@@ -6,11 +6,12 @@ alike), with one torch thread, and prints seconds per tile and the ratio to the 
 
     python benchmarks/model_tile_time.py old.pt default --scene sample_data/atlanta_pan.tif
     python benchmarks/model_tile_time.py old.pt default default default --tta 1 1 4 8
-    python benchmarks/model_tile_time.py old.pt default --batch 1 --plain-first
+    python benchmarks/model_tile_time.py old.pt default default --tta 1 4 4 --plain 0 1
 
 ``--batch`` sets the tiles per forward pass (the CPU default is ``geoseg.gpu.CPU_BATCH``);
-``--plain-first`` runs the first model's backbone as torchvision's module, as geoseg did before
-session 26 folded the batch norm (the baseline as it ran when issue 9 was filed).
+``--plain`` names models (by position, 0 first) whose backbone runs as torchvision's module,
+as geoseg ran them before session 26 folded the batch norm (``geoseg.model.folded_backbone``):
+the first default as it ran when issue 9 was filed is ``--plain 0``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=None, help="tiles per forward pass")
-    parser.add_argument("--plain-first", action="store_true", help="the baseline unfolded")
+    parser.add_argument(
+        "--plain", type=int, nargs="*", default=[], help="models run with the unfolded backbone"
+    )
     parser.add_argument(
         "--tta",
         type=int,
@@ -51,18 +54,25 @@ def main() -> None:
     models = [load_segmenter(spec, device="cpu") for spec in args.models]
     for model in models:
         model.batch_size = args.batch or model.batch_size
-    if args.plain_first:
-        models[0]._backbone = models[0].network.backbone  # torchvision's own module
+    # load_segmenter caches by spec, so one object may serve two positions: each call below
+    # sets the backbone its position asks for (the folded copy, or torchvision's own module)
+    folded = {id(model): model._backbone for model in models}
+    backbones = [
+        model.network.backbone if index in args.plain else folded[id(model)]
+        for index, model in enumerate(models)
+    ]
     views = [*args.tta, *[1] * len(models)][: len(models)]
     keywords = [
         {"tta_views": dict.fromkeys(model.classes, n)} if n > 1 else {}
         for model, n in zip(models, views, strict=True)
     ]
-    for model, words in zip(models, keywords, strict=True):  # warm up
+    for model, words, backbone in zip(models, keywords, backbones, strict=True):  # warm up
+        model._backbone = backbone
         model.predict(pixels[:1], **words)
     seconds = np.zeros((len(models), args.rounds))
     for r in range(args.rounds):
         for m, model in enumerate(models):
+            model._backbone = backbones[m]
             start = time.process_time()
             model.predict(pixels, min_score=0.5, **keywords[m])
             seconds[m, r] = (time.process_time() - start) / len(pixels)
@@ -72,8 +82,9 @@ def main() -> None:
         f"{args.threads} thread(s), {models[0].batch_size} a pass, best of {args.rounds} rounds "
         "(CPU seconds per tile)"
     )
-    for spec, n, row in zip(args.models, views, seconds, strict=True):
+    for index, (spec, n, row) in enumerate(zip(args.models, views, seconds, strict=True)):
         name = f"{spec} ({n} views)" if n > 1 else spec
+        name += " (unfolded)" if index in args.plain else ""
         print(f"  {name:40s} {row.min():.3f} s/tile  x{row.min() / base:.2f}")
 
 
