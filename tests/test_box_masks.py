@@ -162,8 +162,12 @@ def test_bad_shapes_are_one_line_model_errors(output: dict) -> None:
 
 
 def test_maskrcnn_box_form_equals_torchvision_output() -> None:
+    """The box form is torchvision's computation, bit for bit, when the backbone is
+    torchvision's module too (the folded copy that predict uses equals it to float rounding:
+    tests/test_folded_backbone.py)."""
     model = untrained_segmenter(("a", "b"), arch=SMALL, device="cpu", seed=1)
     tiles = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    model._backbone = model.network.backbone  # type: ignore[assignment]
     got = model.predict(tiles)
     with torch.inference_mode():
         model.network.roi_heads.score_thresh = 0.05

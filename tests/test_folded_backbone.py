@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
@@ -59,3 +60,19 @@ def test_the_copy_follows_weights_changed_in_place() -> None:
         after = features(pixels)["0"]
         torch.testing.assert_close(after, backbone(pixels)["0"], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(before, after)
+
+
+def test_predict_through_the_folded_copy_finds_what_the_module_finds() -> None:
+    from geoseg.model.maskrcnn import untrained_segmenter
+
+    model = untrained_segmenter(("a", "b"), arch=PRETRAINED_ARCH, device="cpu", seed=2)
+    _randomised(model.network.backbone)
+    tiles = np.random.default_rng(1).random((2, 3, 96, 96), dtype=np.float32)
+    folded = model.predict(tiles)
+    model._backbone = model.network.backbone  # type: ignore[assignment]
+    plain = model.predict(tiles)
+    assert sum(len(p["scores"]) for p in plain) > 5
+    for got, want in zip(folded, plain, strict=True):
+        np.testing.assert_array_equal(got["labels"], want["labels"])
+        np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-4)
+        np.testing.assert_allclose(got["boxes"], want["boxes"], atol=1e-2)
