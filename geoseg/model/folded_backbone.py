@@ -69,10 +69,14 @@ class FoldedBackbone:
         self._made_from: tuple[object, ...] = ()
 
     def __call__(self, pixels: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        """The source's features of ``pixels`` ``(N, 3, H, W)``, each level contiguous."""
+        """The source's features of ``pixels`` ``(N, 3, H, W)``, each level float32 and
+        contiguous (one copy of each level, from the channels-last float16 of autocast too)."""
         network = self._current()
         levels = network(pixels.contiguous(memory_format=torch.channels_last))
-        return OrderedDict((name, level.contiguous()) for name, level in levels.items())
+        return OrderedDict(
+            (name, level.to(dtype=torch.float32, memory_format=torch.contiguous_format))
+            for name, level in levels.items()
+        )
 
     def _current(self) -> nn.Module:
         state = self._state()

@@ -540,8 +540,7 @@ class MaskRCNNSegmenter:
         folded channels-last copy (:mod:`geoseg.model.folded_backbone`)."""
         cuda = pixels.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-            features = self._backbone(pixels)
-        return OrderedDict((name, level.float()) for name, level in features.items())
+            return self._backbone(pixels)
 
     def embed(self, tiles: np.ndarray) -> np.ndarray:
         """One float32 vector per tile ``(N, D)``: each feature-pyramid level of the backbone,
