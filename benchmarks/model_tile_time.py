@@ -7,11 +7,14 @@ alike), with one torch thread, and prints seconds per tile and the ratio to the 
     python benchmarks/model_tile_time.py old.pt default --scene sample_data/atlanta_pan.tif
     python benchmarks/model_tile_time.py old.pt default default default --tta 1 1 4 8
     python benchmarks/model_tile_time.py old.pt default default --tta 1 4 4 --plain 0 1
+    python benchmarks/model_tile_time.py old.pt default default --proposals 2000:1000 1000:300
 
 ``--batch`` sets the tiles per forward pass (the CPU default is ``geoseg.gpu.CPU_BATCH``);
 ``--plain`` names models (by position, 0 first) whose backbone runs as torchvision's module,
 as geoseg ran them before session 26 folded the batch norm (``geoseg.model.folded_backbone``):
-the first default as it ran when issue 9 was filed is ``--plain 0``.
+the first default as it ran when issue 9 was filed is ``--plain 0``. ``--proposals PRE:POST``
+(one per model, in order; the model's own for the rest) sets how many proposals the RPN keeps
+per pyramid level before its NMS and per tile after it, at test time.
 """
 
 from __future__ import annotations
@@ -46,6 +49,14 @@ def main() -> None:
         help="views per model (1, 2, 4 or 8; one per model, in order; 1 for the rest): every "
         "class seen in that many views, as geoseg run --tta does",
     )
+    parser.add_argument(
+        "--proposals",
+        type=proposal_counts,
+        nargs="*",
+        default=[],
+        metavar="PRE:POST",
+        help="RPN proposals kept per level before NMS and per tile after it, one per model",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     plan = plan_scene(args.scene, RunOptions(model=args.models[0], gsd_m=None))
@@ -66,13 +77,17 @@ def main() -> None:
         {"tta_views": dict.fromkeys(model.classes, n)} if n > 1 else {}
         for model, n in zip(models, views, strict=True)
     ]
-    for model, words, backbone in zip(models, keywords, backbones, strict=True):  # warm up
-        model._backbone = backbone
-        model.predict(pixels[:1], **words)
+    defaults = [_proposals(model) for model in models]
+    proposals = [*args.proposals, *defaults[len(args.proposals) :]][: len(models)]
+    for m, model in enumerate(models):  # warm up
+        _set_proposals(model, proposals[m])
+        model._backbone = backbones[m]
+        model.predict(pixels[:1], **keywords[m])
     seconds = np.zeros((len(models), args.rounds))
     for r in range(args.rounds):
         for m, model in enumerate(models):
             model._backbone = backbones[m]
+            _set_proposals(model, proposals[m])
             start = time.process_time()
             model.predict(pixels, min_score=0.5, **keywords[m])
             seconds[m, r] = (time.process_time() - start) / len(pixels)
@@ -85,7 +100,28 @@ def main() -> None:
     for index, (spec, n, row) in enumerate(zip(args.models, views, seconds, strict=True)):
         name = f"{spec} ({n} views)" if n > 1 else spec
         name += " (unfolded)" if index in args.plain else ""
+        if index < len(args.proposals):
+            name += " ({}:{} proposals)".format(*proposals[index])
         print(f"  {name:40s} {row.min():.3f} s/tile  x{row.min() / base:.2f}")
+
+
+def proposal_counts(text: str) -> tuple[int, int]:
+    """``PRE:POST`` as two positive counts."""
+    pre, _, post = text.partition(":")
+    if not (pre.isdigit() and post.isdigit() and int(pre) > 0 and int(post) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: write PRE:POST, e.g. 1000:300")
+    return int(pre), int(post)
+
+
+def _proposals(model) -> tuple[int, int]:
+    rpn = model.network.rpn
+    return rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"]
+
+
+def _set_proposals(model, counts: tuple[int, int]) -> None:
+    """torchvision's RPN reads its test-time counts from these dicts on every call."""
+    rpn = model.network.rpn
+    rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"] = counts
 
 
 if __name__ == "__main__":
