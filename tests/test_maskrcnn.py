@@ -402,3 +402,37 @@ def test_batches_are_sized_to_the_gpu_s_free_memory(monkeypatch: pytest.MonkeyPa
     for free_gib, expected in ((80, gpu.MAX_GPU_BATCH), (3, 7), (0.5, gpu.CPU_BATCH)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _i, f=free_gib: (f * 2**30, 0))
         assert gpu.auto_batch_size("cuda:0", 512) == expected
+
+
+def test_average_weights_tool_writes_the_mean(model: MaskRCNNSegmenter, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    first = _save(model, tmp_path / "a.pt")
+    update_checkpoint(first, min_score={"ship": 0.65})
+    other = untrained_segmenter(CLASSES, device="cpu", seed=4)
+    second = _save(other, tmp_path / "b.pt")
+    tool = Path(__file__).parents[1] / "tools" / "average_weights.py"
+    done = subprocess.run(
+        [sys.executable, str(tool), str(tmp_path / "soup.pt"), str(first), str(second)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    soup = read_checkpoint(tmp_path / "soup.pt")
+    key = "roi_heads.box_predictor.cls_score.weight"
+    a, b = model.network.state_dict()[key], other.network.state_dict()[key]
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(soup["state_dict"][key], (a + b) / 2)
+    assert soup["min_score"] == {"ship": 0.65}  # the first one's settings
+    assert soup["train"]["averaged_from"] == [str(first), str(second)]
+    stranger = untrained_segmenter(("building",), device="cpu", seed=5)
+    third = _save(stranger, tmp_path / "c.pt")
+    refused = subprocess.run(
+        [sys.executable, str(tool), str(tmp_path / "x.pt"), str(first), str(third)],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "not the same network or classes" in refused.stderr
+    assert not (tmp_path / "x.pt").exists()

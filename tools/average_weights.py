@@ -1,0 +1,76 @@
+"""Average the weights of several checkpoints of one network (a "model soup").
+
+Models fine-tuned from one start can be averaged tensor by tensor into one model that costs
+nothing more at run time. The output keeps the first checkpoint's read settings (GSD ranges,
+thresholds, views) and records the sources in its training record::
+
+    python tools/average_weights.py soup.pt default.pt ft21.pt ft22.pt
+
+Tried for the default model in session 27 and not shipped (model card, "A weight soup of two
+fine-tunes"). The checkpoints must share the architecture, the classes and every tensor's
+shape; the file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from geoseg.errors import UserInputError
+from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
+from geoseg.model.read_settings import READ_SETTINGS
+
+
+def average_weights(output: Path, sources: list[Path]) -> Path:
+    """Write to ``output`` the mean of the ``sources``' floating-point tensors (the others,
+    e.g. batch counters, from the first), with the first's settings."""
+    payloads = [read_checkpoint(path) for path in sources]
+    first = payloads[0]
+    for path, payload in zip(sources[1:], payloads[1:], strict=True):
+        if payload["arch"] != first["arch"] or payload["classes"] != first["classes"]:
+            raise UserInputError(f"{path}: not the same network or classes as {sources[0]}")
+        shapes = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
+        if shapes != {k: tuple(v.shape) for k, v in first["state_dict"].items()}:
+            raise UserInputError(f"{path}: its tensors differ from those of {sources[0]}")
+    state = {}
+    for key, value in first["state_dict"].items():
+        if torch.is_floating_point(value):
+            total = sum(p["state_dict"][key].double() for p in payloads)
+            state[key] = (total / len(payloads)).to(value.dtype)
+        else:
+            state[key] = value
+    train = dict(first.get("train") or {})
+    train["averaged_from"] = [str(path) for path in sources]
+    return save_checkpoint(
+        output,
+        state_dict=state,
+        arch=first["arch"],
+        classes=first["classes"],
+        normalization=first["normalization"],
+        gsd_range_m=first.get("gsd_range_m"),
+        train=train,
+        **{s.key: first.get(s.key) for s in READ_SETTINGS},
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output", type=Path)
+    parser.add_argument("sources", nargs="+", type=Path, help="two or more checkpoints")
+    args = parser.parse_args()
+    if len(args.sources) < 2:
+        parser.error("give two or more checkpoints to average")
+    try:
+        path = average_weights(args.output, args.sources)
+    except UserInputError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: the mean of {len(args.sources)} checkpoints' weights")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
