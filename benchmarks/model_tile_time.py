@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from geoseg.config import RunOptions
+from geoseg.model.maskrcnn import MaskRCNNSegmenter
 from geoseg.model.protocol import load_segmenter
 from geoseg.pipeline import plan_scene, read_stage
 
@@ -79,15 +80,20 @@ def main() -> None:
     ]
     defaults = [_proposals(model) for model in models]
     proposals = [*args.proposals, *defaults[len(args.proposals) :]][: len(models)]
-    for m, model in enumerate(models):  # warm up
-        _set_proposals(model, proposals[m])
+
+    def prepare(m: int) -> MaskRCNNSegmenter:
+        """Model ``m`` with the backbone and proposal counts of its position."""
+        model = models[m]
         model._backbone = backbones[m]
-        model.predict(pixels[:1], **keywords[m])
+        _set_proposals(model, proposals[m])
+        return model
+
+    for m in range(len(models)):  # warm up
+        prepare(m).predict(pixels[:1], **keywords[m])
     seconds = np.zeros((len(models), args.rounds))
     for r in range(args.rounds):
-        for m, model in enumerate(models):
-            model._backbone = backbones[m]
-            _set_proposals(model, proposals[m])
+        for m in range(len(models)):
+            model = prepare(m)
             start = time.process_time()
             model.predict(pixels, min_score=0.5, **keywords[m])
             seconds[m, r] = (time.process_time() - start) / len(pixels)
@@ -113,12 +119,12 @@ def proposal_counts(text: str) -> tuple[int, int]:
     return int(pre), int(post)
 
 
-def _proposals(model) -> tuple[int, int]:
+def _proposals(model: MaskRCNNSegmenter) -> tuple[int, int]:
     rpn = model.network.rpn
     return rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"]
 
 
-def _set_proposals(model, counts: tuple[int, int]) -> None:
+def _set_proposals(model: MaskRCNNSegmenter, counts: tuple[int, int]) -> None:
     """torchvision's RPN reads its test-time counts from these dicts on every call."""
     rpn = model.network.rpn
     rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"] = counts

@@ -29,11 +29,11 @@ def average_weights(output: Path, sources: list[Path]) -> Path:
     e.g. batch counters, from the first), with the first's settings."""
     payloads = [read_checkpoint(path) for path in sources]
     first = payloads[0]
+    shapes = _shapes(first)
     for path, payload in zip(sources[1:], payloads[1:], strict=True):
         if payload["arch"] != first["arch"] or payload["classes"] != first["classes"]:
             raise UserInputError(f"{path}: not the same network or classes as {sources[0]}")
-        shapes = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
-        if shapes != {k: tuple(v.shape) for k, v in first["state_dict"].items()}:
+        if _shapes(payload) != shapes:
             raise UserInputError(f"{path}: its tensors differ from those of {sources[0]}")
     state = {}
     for key, value in first["state_dict"].items():
@@ -54,6 +54,10 @@ def average_weights(output: Path, sources: list[Path]) -> Path:
         train=train,
         **{s.key: first.get(s.key) for s in READ_SETTINGS},
     )
+
+
+def _shapes(payload: dict) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in payload["state_dict"].items()}
 
 
 def main() -> int:
