@@ -14,7 +14,9 @@ alike), with one torch thread, and prints seconds per tile and the ratio to the 
 as geoseg ran them before session 26 folded the batch norm (``geoseg.model.folded_backbone``):
 the first default as it ran when issue 9 was filed is ``--plain 0``. ``--proposals PRE:POST``
 (one per model, in order; the model's own for the rest) sets how many proposals the RPN keeps
-per pyramid level before its NMS and per tile after it, at test time.
+per pyramid level before its NMS and per tile after it, at test time; the rest are told the
+tiles' GSD, as ``geoseg run`` tells them, and so keep the counts of their
+``rpn_proposals_by_gsd``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 
 from geoseg.config import RunOptions
 from geoseg.model.maskrcnn import MaskRCNNSegmenter
-from geoseg.model.protocol import load_segmenter
+from geoseg.model.protocol import load_segmenter, predict_accepts
 from geoseg.pipeline import plan_scene, read_stage
 
 
@@ -78,6 +80,9 @@ def main() -> None:
         {"tta_views": dict.fromkeys(model.classes, n)} if n > 1 else {}
         for model, n in zip(models, views, strict=True)
     ]
+    for index, model in enumerate(models[len(args.proposals) :], start=len(args.proposals)):
+        if predict_accepts(model, "gsd_m"):  # told the GSD, as geoseg run tells it
+            keywords[index]["gsd_m"] = plan.scene.gsd_m
     defaults = [_proposals(model) for model in models]
     proposals = [*args.proposals, *defaults[len(args.proposals) :]][: len(models)]
 

@@ -22,6 +22,8 @@ __all__ = [
     "as_mask_threshold_by_gsd",
     "as_min_score",
     "as_min_score_by_gsd",
+    "as_proposals_by_gsd",
+    "proposals_at_gsd",
     "score_thresholds",
     "threshold_at_gsd",
 ]
@@ -199,6 +201,45 @@ def as_mask_threshold(value: Any, source: str = "model") -> dict[str, float] | N
             f"{source}: mask_threshold {value!r} is not {{class: value between 0 and 1}}"
         ) from None
     return table
+
+
+ProposalSteps = tuple[tuple[float, int, int], ...]
+"""Steps ``(up to m, proposals before NMS, after NMS)``, finest first."""
+
+
+def as_proposals_by_gsd(value: Any, source: str = "model") -> ProposalSteps | None:
+    """A model's ``rpn_proposals_by_gsd`` (``[[up to m, before NMS, after NMS], ...]``: a
+    reading at that GSD or finer keeps that many region proposals per pyramid level before
+    the RPN's NMS and per tile after it) as plain values, finest first; ``None`` when it has
+    none. Anything but a positive GSD and two whole counts of at least 1 is a
+    :class:`~geoseg.errors.UserInputError` naming ``source``."""
+    if not value:
+        return None
+    try:
+        steps = tuple(sorted((float(gsd), _count(pre), _count(post)) for gsd, pre, post in value))
+        if any(not gsd > 0 for gsd, _, _ in steps):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserInputError(
+            f"{source}: rpn_proposals_by_gsd {value!r} is not "
+            "[[GSD > 0, proposals before NMS, after NMS], ...]"
+        ) from None
+    return steps
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or float(value) != int(value) or int(value) < 1:
+        raise ValueError
+    return int(value)
+
+
+def proposals_at_gsd(steps: ProposalSteps | None, gsd_m: float) -> tuple[int, int] | None:
+    """The proposal counts of the first step of ``steps`` whose GSD is at least ``gsd_m``;
+    ``None`` where none is."""
+    for up_to, pre, post in steps or ():
+        if gsd_m <= up_to * (1 + 1e-9):
+            return pre, post
+    return None
 
 
 def threshold_at_gsd(threshold: float, steps: Sequence[tuple[float, float]], gsd_m: float) -> float:

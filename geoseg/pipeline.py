@@ -109,10 +109,12 @@ def predict_stage(
     min_score: float | dict[str, float],
     mask_threshold: dict[str, float] | None = None,
     tta_views: dict[str, int] | None = None,
+    gsd_m: float | None = None,
 ) -> PredictedBatch:
     """Run the model on a batch (loaded once per process) and cut its output to mask crops
-    (each class's masks at its ``mask_threshold`` where given). ``tta_views`` goes to a model
-    whose ``predict`` takes it; a model that does not is run once per tile."""
+    (each class's masks at its ``mask_threshold`` where given). ``tta_views`` and ``gsd_m``
+    (the GSD the batch was read at) go to a model whose ``predict`` takes them; a model that
+    takes no ``tta_views`` is run once per tile."""
     if not batch.tiles:
         return PredictedBatch([], 0, batch.n_skipped)
     model = load_segmenter(model_spec, device=device)
@@ -124,6 +126,8 @@ def predict_stage(
         keywords["min_score"] = float(thresholds.min())
     if tta_views and predict_accepts(model, "tta_views"):
         keywords["tta_views"] = tta_views
+    if gsd_m is not None and predict_accepts(model, "gsd_m"):
+        keywords["gsd_m"] = gsd_m
     outputs = model.predict(tiles, **keywords)
     if len(outputs) != len(batch.tiles):
         from geoseg.errors import ModelError
@@ -200,6 +204,7 @@ def scene_tasks(
                     min_score,
                     reading.mask_threshold,
                     reading.tta_views,
+                    reading.scene.gsd_m,
                     dask_key_name=f"geoseg-predict-{suffix}",
                 )
             tasks.append(

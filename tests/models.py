@@ -311,17 +311,25 @@ def misnamed_mask_oracle() -> MisnamedMaskOracle:
 
 
 VIEWS_SEEN: list[dict[str, int] | None] = []
+GSD_SEEN: list[tuple[float | None, dict[str, int] | None]] = []
 
 
 class ViewsOracle(ClassScaleOracle):
     """As :class:`ClassScaleOracle`, recommending 4 views for buildings; ``predict`` records
-    the ``tta_views`` each call gets in :data:`VIEWS_SEEN`."""
+    the ``tta_views`` each call gets in :data:`VIEWS_SEEN`, and with its ``gsd_m`` in
+    :data:`GSD_SEEN`."""
 
     class_tta_views: ClassVar[dict[str, int]] = {"building": 4}
 
-    def predict(self, tiles: np.ndarray, tta_views: dict[str, int] | None = None) -> list:
+    def predict(
+        self,
+        tiles: np.ndarray,
+        tta_views: dict[str, int] | None = None,
+        gsd_m: float | None = None,
+    ) -> list:
         with _lock:
             VIEWS_SEEN.append(tta_views)
+            GSD_SEEN.append((gsd_m, tta_views))
         return super().predict(tiles)
 
 

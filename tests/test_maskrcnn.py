@@ -145,6 +145,61 @@ def test_classes_seen_once_are_the_plain_network_s(
             np.testing.assert_allclose(b[key], a[key], atol=1e-5)
 
 
+def test_only_tiles_with_a_sure_object_get_more_views(
+    model: MaskRCNNSegmenter, tiles: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ships in four views, kept from a floor between the two tiles' best ships in the first
+    view: the tile whose best ship is under it is seen once (its fields as the plain network
+    finds them), the other four times, as when it is predicted alone."""
+    tiles = tiles.copy()
+    tiles[1] = 0.5  # a flat tile: the untrained network scores its ships lower
+    plain = model.predict(tiles)
+    best = [float(found["scores"][found["labels"] == 2].max()) for found in plain]
+    assert best[0] != best[1]
+    sure, unsure = (0, 1) if best[0] > best[1] else (1, 0)
+    floor = (best[0] + best[1]) / 2
+    batches: list[int] = []
+    features = model._features
+    monkeypatch.setattr(model, "_features", lambda p: batches.append(len(p)) or features(p))
+    fused = model.predict(tiles, tta_views={"ship": 4}, min_score=floor)
+    assert batches == [2, 1, 1, 1]  # the tile, then its three other views for one tile only
+    assert not (fused[unsure]["labels"] == 2).any()
+    once = model.predict(tiles[unsure : unsure + 1], min_score=floor)[0]
+    for key in once:
+        np.testing.assert_array_equal(fused[unsure][key], once[key])
+    alone = model.predict(tiles[sure : sure + 1], tta_views={"ship": 4}, min_score=floor)[0]
+    for key in alone:
+        np.testing.assert_allclose(fused[sure][key], alone[key], atol=1e-5)
+
+
+def test_proposal_counts_follow_the_gsd(
+    model: MaskRCNNSegmenter,
+    tiles: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Tiles read at 1 m or finer keep 40 proposals per level before the RPN's NMS and 7 per
+    tile after; coarser ones, or tiles of no stated GSD, the network's own counts (which are
+    back after each call)."""
+    rpn = model.network.rpn
+    own = rpn.pre_nms_top_n(), rpn.post_nms_top_n()
+    monkeypatch.setattr(model, "rpn_proposals_by_gsd", ((1.0, 40, 7),))
+    counts: list[tuple[int, int]] = []
+    hook = model.network.roi_heads.box_roi_pool.register_forward_pre_hook(
+        lambda _, args: counts.append((rpn.pre_nms_top_n(), max(len(p) for p in args[1])))
+    )
+    request.addfinalizer(hook.remove)
+    fine = model.predict(tiles, gsd_m=0.3)
+    assert counts == [(40, 7)]
+    assert all(len(found["scores"]) <= 7 * len(CLASSES) for found in fine)  # a box per class
+    for gsd_m in (2.0, None):
+        counts.clear()
+        coarse = model.predict(tiles, gsd_m=gsd_m)
+        assert counts[0][0] == own[0] and 7 < counts[0][1] <= own[1]
+        assert sum(len(found["scores"]) for found in coarse) > 2 * 7 * len(CLASSES)
+    assert (rpn.pre_nms_top_n(), rpn.post_nms_top_n()) == own
+
+
 def test_bad_view_counts_are_a_model_error(model: MaskRCNNSegmenter, tiles: np.ndarray) -> None:
     with pytest.raises(ModelError, match="boat"):
         model.predict(tiles, tta_views={"boat": 4})
@@ -222,6 +277,10 @@ SETTINGS = {  # attribute: (as given, as read)
     "mask_threshold": ({"field": 0.3}, {"field": 0.3}),
     "mask_threshold_by_gsd": ({"building": [(1, 0.35)]}, {"building": ((1.0, 0.35),)}),
     "class_tta_views": ({"ship": 4.0}, {"ship": 4}),
+    "rpn_proposals_by_gsd": (
+        [(2, 1500, 700.0), (1, 1000, 500)],
+        ((1.0, 1000, 500), (2.0, 1500, 700)),
+    ),
 }
 
 
@@ -277,9 +336,16 @@ def test_every_read_setting_survives_the_checkpoint(
 
 @pytest.mark.parametrize(
     ("key", "table"),
-    [("mask_threshold", {"ship": 1.0}), ("mask_threshold_by_gsd", {"ship": [[1.0, 0.0]]})],
+    [
+        ("mask_threshold", {"ship": 1.0}),
+        ("mask_threshold_by_gsd", {"ship": [[1.0, 0.0]]}),
+        ("rpn_proposals_by_gsd", [[1.0, 1000, 0]]),
+        ("rpn_proposals_by_gsd", [[1.0, 1000.5, 500]]),
+        ("rpn_proposals_by_gsd", [[0, 1000, 500]]),
+        ("rpn_proposals_by_gsd", {"ship": [[1.0, 1000, 500]]}),
+    ],
 )
-def test_bad_mask_thresholds_are_refused(
+def test_bad_read_settings_are_refused(
     model: MaskRCNNSegmenter, tmp_path: Path, key: str, table: dict
 ) -> None:
     path = _save(model, tmp_path / "m.pt")
@@ -436,3 +502,28 @@ def test_average_weights_tool_writes_the_mean(model: MaskRCNNSegmenter, tmp_path
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert "not the same network or classes" in refused.stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_rpn_proposals_tool_sets_and_drops_the_table(
+    model: MaskRCNNSegmenter, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    path = _save(model, tmp_path / "m.pt")
+    tool = [sys.executable, str(Path(__file__).parents[1] / "tools" / "set_rpn_proposals.py")]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*tool, *args], capture_output=True, text=True)
+
+    assert run(str(path), "2:1500:800", "1:1000:500").returncode == 0
+    want = ((1.0, 1000, 500), (2.0, 1500, 800))
+    assert load_checkpoint(path, device="cpu").rpn_proposals_by_gsd == want
+    bad = run(str(path), "1:1000:0.5")
+    assert bad.returncode == 2 and "GSD:BEFORE:AFTER" in bad.stderr
+    assert load_checkpoint(path, device="cpu").rpn_proposals_by_gsd == want  # unchanged
+    assert run(str(path), "-").returncode == 0
+    assert "rpn_proposals_by_gsd" not in read_checkpoint(path)
+    assert read_checkpoint(path)["gsd_range_m"] == [0.5, 10.0]  # the rest kept
+    missing = run(str(tmp_path / "none.pt"), "1:1:1")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1

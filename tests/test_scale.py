@@ -258,7 +258,8 @@ def test_each_reading_asks_for_its_classes_views(
     """On a 0.5 m scene buildings and ships are read at 0.5 m, fields at 2 m. The model
     recommends 4 views for buildings: only the 0.5 m reading asks for them, and for buildings
     only; ``--tta 1`` asks for none, ``--tta 8`` for 8 of every class. The summary and the
-    layers' metadata say so; the objects come out as without views (the oracle is exact)."""
+    layers' metadata say so; the objects come out as without views (the oracle is exact).
+    Each reading tells ``predict`` its GSD."""
     from geoseg.cli import main
     from tests import models
 
@@ -272,12 +273,18 @@ def test_each_reading_asks_for_its_classes_views(
     assert fine.classes == (0, 2) and coarse.classes == (1,)
     assert (fine.tta_views, coarse.tta_views) == (building_views, field_views)
     models.VIEWS_SEEN.clear()
+    models.GSD_SEEN.clear()
     args = ["run", str(path), "-o", str(tmp_path / "out"), "--model", options.model]
     args += ["--tile-size", "64", "--overlap", "16", "--no-preview", "--no-webmap"]
     with pytest.raises(SystemExit) as done:
         main([*args, *(["--tta", str(tta)] if tta else [])])
     assert done.value.code == 0
     asked = [v for v in models.VIEWS_SEEN if v]
+    # each call is told the GSD its tiles were read at
+    assert {(gsd, str(v)) for gsd, v in models.GSD_SEEN} == {
+        (0.5, str(building_views)),
+        (2.0, str(field_views)),
+    }
     if tta == 1:
         assert not asked
     else:

@@ -22,6 +22,7 @@ pipeline resamples scenes outside that range).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -43,14 +44,14 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_inference
-from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.models.mobilenetv2 import mobilenet_v2
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from geoseg.config import TTA_VIEW_COUNTS
+from geoseg.config import TTA_VIEW_COUNTS, proposals_at_gsd
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
 from geoseg.gpu import CPU_BATCH
 from geoseg.model.checkpoint import read_checkpoint
@@ -389,6 +390,7 @@ class MaskRCNNSegmenter:
         *,
         min_score: float = SCORE_FLOOR,
         tta_views: Mapping[str, int] | None = None,
+        gsd_m: float | None = None,
     ) -> list[dict[str, np.ndarray]]:
         """Instances in each tile (see the class docstring), scored at least ``min_score``
         (never below :data:`SCORE_FLOOR`): the network builds masks only for those.
@@ -397,6 +399,11 @@ class MaskRCNNSegmenter:
         in that many views (flipped, and turned for 8; :mod:`geoseg.model.flip_views`) and
         fuse a class's objects over its views: one box and score per object, its mask the
         mean of the views' masks.
+
+        ``gsd_m``: the ground sampling distance the tiles were read at. Where a step of
+        :attr:`rpn_proposals_by_gsd` reaches it, the region proposal network keeps that
+        step's proposals (per pyramid level before its NMS, per tile after) instead of the
+        network's own counts.
         """
         tiles = np.asarray(tiles, dtype=np.float32)
         if tiles.ndim != 4:
@@ -409,7 +416,8 @@ class MaskRCNNSegmenter:
             self._detect if one_view else partial(self._detect_views, counts=counts, floor=floor)
         )
         out: list[dict[str, np.ndarray]] = []
-        with self._lock, torch.inference_mode():
+        proposals = None if gsd_m is None else proposals_at_gsd(self.rpn_proposals_by_gsd, gsd_m)
+        with self._lock, torch.inference_mode(), _proposal_counts(self.network.rpn, proposals):
             # one view: the network keeps objects from the floor; several: each view keeps
             # them from SCORE_FLOOR, and the fused objects are kept from the floor
             self.network.roi_heads.score_thresh = floor if one_view else SCORE_FLOOR
@@ -478,13 +486,24 @@ class MaskRCNNSegmenter:
     ) -> list[dict[str, torch.Tensor]]:
         """:meth:`_detect` with each class's objects fused over its first ``counts[label]``
         views (see :func:`~geoseg.model.flip_views.fuse_views`), kept from ``floor``; each
-        fused object's 28 x 28 mask is the mean of the mask head's in those views."""
+        fused object's 28 x 28 mask is the mean of the mask head's in those views.
+
+        The other views see only the tiles where the first finds an object of a class seen in
+        several, scored ``floor`` or more (see :func:`_worth_more_views`): an empty tile (open
+        sea for ships, farmland for buildings) costs one view, not four."""
         net, heads = self.network, self.network.roi_heads
         height, width = int(batch.shape[-2]), int(batch.shape[-1])
-        seen: list[tuple[View, OrderedDict[str, torch.Tensor], list[tuple[int, int]]]] = []
+        several = torch.tensor([count > 1 for count in counts], device=batch.device)
+        seen: list[_SeenView] = []
         found: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in batch]
-        for view in views(max(counts)):
-            images, _ = net.transform(list(view.image(batch)))
+        tiles = list(range(len(batch)))
+        for number, view in enumerate(views(max(counts))):
+            if number == 1:
+                tiles = [i for i in tiles if _worth_more_views(found[i][0], several, floor)]
+                if not tiles:
+                    break
+            pixels = batch if number == 0 else batch[tiles]
+            images, _ = net.transform(list(view.image(pixels)))
             features = self._features(images.tensors)
             proposals, _ = net.rpn(images, features)
             pooled = heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
@@ -492,8 +511,8 @@ class MaskRCNNSegmenter:
             boxes, scores, labels = heads.postprocess_detections(
                 logits, deltas, proposals, images.image_sizes
             )
-            seen.append((view, features, images.image_sizes))
-            for i, (b, s, lab) in enumerate(zip(boxes, scores, labels, strict=True)):
+            seen.append(_SeenView(view, tiles, features, images.image_sizes))
+            for i, b, s, lab in zip(tiles, boxes, scores, labels, strict=True):
                 found[i].append((view.unview_boxes(b, height, width), s, lab))
         detections = []
         for per_view in found:
@@ -509,29 +528,31 @@ class MaskRCNNSegmenter:
     def _mean_masks(
         self,
         detections: list[dict[str, torch.Tensor]],
-        seen: Sequence[tuple[View, OrderedDict[str, torch.Tensor], list[tuple[int, int]]]],
+        seen: Sequence[_SeenView],
         label_views: torch.Tensor,
         tile_hw: tuple[int, int],
     ) -> None:
         """Each fused object's ``masks``: the mask head's 28 x 28 probabilities for its box in
         each view its class is seen in (``label_views[label]``, the first ones), turned back
-        and averaged (boxes in ``tile_hw`` tiles)."""
+        and averaged (boxes in ``tile_hw`` tiles). A tile that a view did not see has no
+        object that needs it (see :meth:`_detect_views`)."""
         heads = self.network.roi_heads
         totals: list[torch.Tensor | None] = [None] * len(detections)
-        for index, (view, features, sizes) in enumerate(seen):
-            inside = [label_views[d["labels"]] > index for d in detections]
+        for index, view in enumerate(seen):
+            inside = [label_views[detections[i]["labels"]] > index for i in view.tiles]
             boxes = [
-                view.boxes(d["boxes"][m], *tile_hw) for d, m in zip(detections, inside, strict=True)
+                view.view.boxes(detections[i]["boxes"][m], *tile_hw)
+                for i, m in zip(view.tiles, inside, strict=True)
             ]
             logits = heads.mask_predictor(
-                heads.mask_head(heads.mask_roi_pool(features, boxes, sizes))
+                heads.mask_head(heads.mask_roi_pool(view.features, boxes, view.image_sizes))
             )
-            labels = [d["labels"][m] for d, m in zip(detections, inside, strict=True)]
+            labels = [detections[i]["labels"][m] for i, m in zip(view.tiles, inside, strict=True)]
             probs_each = maskrcnn_inference(logits, labels)
-            for i, (m, probs) in enumerate(zip(inside, probs_each, strict=True)):
-                if totals[i] is None:  # view 0: every object's class is seen in it
+            for i, m, probs in zip(view.tiles, inside, probs_each, strict=True):
+                if totals[i] is None:  # view 0 sees every tile and every object's class
                     totals[i] = probs.new_zeros((len(m), *probs.shape[1:]))
-                totals[i][m] += view.unview(probs)
+                totals[i][m] += view.view.unview(probs)
         for det, total in zip(detections, totals, strict=True):
             det["masks"] = total / label_views[det["labels"]].to(total.dtype)[:, None, None, None]
 
@@ -560,6 +581,42 @@ class MaskRCNNSegmenter:
         images, _ = self.network.transform(list(batch))
         levels = self._features(images.tensors).values()
         return torch.cat([f.mean(dim=(2, 3)) for f in levels], dim=1).cpu()
+
+
+@contextlib.contextmanager
+def _proposal_counts(rpn: RegionProposalNetwork, counts: tuple[int, int] | None) -> Iterator[None]:
+    """The RPN's test-time proposal counts set to ``counts`` (before NMS, after NMS) for the
+    block, then set back; ``None`` leaves them."""
+    if counts is None:
+        yield
+        return
+    saved = rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"]
+    rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"] = counts
+    try:
+        yield
+    finally:
+        rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"] = saved
+
+
+class _SeenView(NamedTuple):
+    """What one view saw of a batch: the indexes of its ``tiles`` in the batch, their
+    feature pyramid and image sizes (for the mask head)."""
+
+    view: View
+    tiles: list[int]
+    features: OrderedDict[str, torch.Tensor]
+    image_sizes: list[tuple[int, int]]
+
+
+def _worth_more_views(
+    first: tuple[torch.Tensor, torch.Tensor, torch.Tensor], several: torch.Tensor, floor: float
+) -> bool:
+    """Whether the first view of a tile (``boxes, scores, labels``) found an object of a
+    class seen in several views (``several[label]``) scored ``floor`` or more: only then do
+    the other views run on the tile. (An object that the first view scores under ``floor``
+    is kept only if the other views score it far higher, which they seldom do.)"""
+    _, scores, labels = first
+    return bool((scores[several[labels]] >= floor).any())
 
 
 def _three_bands(tiles: np.ndarray) -> np.ndarray:

@@ -36,8 +36,11 @@ A segmenter is any object with
   ``tta_views``: geoseg then passes ``{class name: views}`` (2, 4 or 8; classes not named get
   1) for the classes a reading keeps, from ``--tta`` or the model's ``class_tta_views``, and
   the model predicts those classes from that many views of each tile (the built-in Mask R-CNN:
-  flipped, and turned for 8, fused; see :mod:`geoseg.model.flip_views`). Wrong shapes or
-  types are reported as a one-line :class:`~geoseg.errors.ModelError`.
+  flipped, and turned for 8, fused; see :mod:`geoseg.model.flip_views`). And it may accept
+  ``gsd_m``: geoseg then passes the ground sampling distance in metres the tiles were read
+  at (the built-in Mask R-CNN sets how many region proposals it weighs by it, from its
+  ``rpn_proposals_by_gsd``). Wrong shapes or types are reported as a one-line
+  :class:`~geoseg.errors.ModelError`.
 
 Optional attributes that geoseg reads when present: ``name`` (str), ``checksum`` (str),
 ``untrained`` (bool), ``min_score`` (the score threshold the model recommends, a float or
@@ -56,8 +59,9 @@ read upsampled where the scene is 1.5 to 2 times coarser; see :mod:`geoseg.plan`
 is in, 0.5 where unset, for probabilities; it replaces any ``mask_thresholds`` of the output),
 ``mask_threshold_by_gsd`` (``{class name: [(up to m, value), ...]}``: the same for a class
 read at a GSD up to a step's), ``class_tta_views`` (``{class name: views}``: how many views of
-each tile ``geoseg run`` asks ``predict`` to fuse per class, see ``tta_views`` above) and
-``input_bands``
+each tile ``geoseg run`` asks ``predict`` to fuse per class, see ``tta_views`` above),
+``rpn_proposals_by_gsd`` (recorded with the outputs; the model applies it itself, see
+``gsd_m`` above) and ``input_bands``
 (how many bands ``predict`` wants; geoseg repeats a single band or keeps the first bands to
 match). ``predict`` gets :data:`~geoseg.plan.STITCH_FLOOR_SHARE` of the lowest of the run's
 thresholds as ``min_score``: thresholds apply to the stitched objects.
@@ -86,7 +90,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from geoseg.config import GsdThresholds
+from geoseg.config import GsdThresholds, ProposalSteps
 from geoseg.errors import ModelError, UserInputError
 from geoseg.model.box_masks import Crop, box_mask_crops, label_image_crops
 from geoseg.model.checksum import file_sha256
@@ -306,10 +310,12 @@ class ModelInfo:
     mask_threshold: dict[str, float] | None = None
     mask_threshold_by_gsd: GsdThresholds | None = None
     class_tta_views: dict[str, int] | None = None
+    rpn_proposals_by_gsd: ProposalSteps | None = None
 
 
 def predict_accepts(model: Any, keyword: str) -> bool:
-    """Whether the model's ``predict`` names ``keyword`` (``min_score``, ``tta_views``):
+    """Whether the model's ``predict`` names ``keyword`` (``min_score``, ``tta_views``,
+    ``gsd_m``):
     geoseg passes an optional keyword only to a ``predict`` that takes it."""
     try:
         return keyword in inspect.signature(model.predict).parameters

@@ -20,6 +20,7 @@ from geoseg.config import (
     as_mask_threshold_by_gsd,
     as_min_score,
     as_min_score_by_gsd,
+    as_proposals_by_gsd,
     as_tta_views,
 )
 
@@ -73,6 +74,7 @@ READ_SETTINGS: tuple[ReadSetting, ...] = (
         kept=True,
     ),
     ReadSetting("class_tta_views", "class_tta_views", as_tta_views, per_class=True, kept=True),
+    ReadSetting("rpn_proposals_by_gsd", "rpn_proposals_by_gsd", as_proposals_by_gsd, kept=True),
 )
 """Every read setting, in the order a checkpoint stores them."""
 
