@@ -538,21 +538,25 @@ class MaskRCNNSegmenter:
         object that needs it (see :meth:`_detect_views`)."""
         heads = self.network.roi_heads
         totals: list[torch.Tensor | None] = [None] * len(detections)
-        for index, view in enumerate(seen):
-            inside = [label_views[detections[i]["labels"]] > index for i in view.tiles]
+        for index, seen_view in enumerate(seen):
+            inside = [label_views[detections[i]["labels"]] > index for i in seen_view.tiles]
             boxes = [
-                view.view.boxes(detections[i]["boxes"][m], *tile_hw)
-                for i, m in zip(view.tiles, inside, strict=True)
+                seen_view.view.boxes(detections[i]["boxes"][m], *tile_hw)
+                for i, m in zip(seen_view.tiles, inside, strict=True)
             ]
             logits = heads.mask_predictor(
-                heads.mask_head(heads.mask_roi_pool(view.features, boxes, view.image_sizes))
+                heads.mask_head(
+                    heads.mask_roi_pool(seen_view.features, boxes, seen_view.image_sizes)
+                )
             )
-            labels = [detections[i]["labels"][m] for i, m in zip(view.tiles, inside, strict=True)]
+            labels = [
+                detections[i]["labels"][m] for i, m in zip(seen_view.tiles, inside, strict=True)
+            ]
             probs_each = maskrcnn_inference(logits, labels)
-            for i, m, probs in zip(view.tiles, inside, probs_each, strict=True):
+            for i, m, probs in zip(seen_view.tiles, inside, probs_each, strict=True):
                 if totals[i] is None:  # view 0 sees every tile and every object's class
                     totals[i] = probs.new_zeros((len(m), *probs.shape[1:]))
-                totals[i][m] += view.view.unview(probs)
+                totals[i][m] += seen_view.view.unview(probs)
         for det, total in zip(detections, totals, strict=True):
             det["masks"] = total / label_views[det["labels"]].to(total.dtype)[:, None, None, None]
 
