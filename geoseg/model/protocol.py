@@ -315,8 +315,7 @@ class ModelInfo:
 
 def predict_accepts(model: Any, keyword: str) -> bool:
     """Whether the model's ``predict`` names ``keyword`` (``min_score``, ``tta_views``,
-    ``gsd_m``):
-    geoseg passes an optional keyword only to a ``predict`` that takes it."""
+    ``gsd_m``): geoseg passes an optional keyword only to a ``predict`` that takes it."""
     try:
         return keyword in inspect.signature(model.predict).parameters
     except (TypeError, ValueError):
