@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from geoseg.config import RunOptions
-from geoseg.model.maskrcnn import MaskRCNNSegmenter
+from geoseg.model.maskrcnn import MaskRCNNSegmenter, rpn_test_counts, set_rpn_test_counts
 from geoseg.model.protocol import load_segmenter, predict_accepts
 from geoseg.pipeline import plan_scene, read_stage
 
@@ -83,14 +83,14 @@ def main() -> None:
     for index, model in enumerate(models[len(args.proposals) :], start=len(args.proposals)):
         if predict_accepts(model, "gsd_m"):  # told the GSD, as geoseg run tells it
             keywords[index]["gsd_m"] = plan.scene.gsd_m
-    defaults = [_proposals(model) for model in models]
+    defaults = [rpn_test_counts(model.network.rpn) for model in models]
     proposals = [*args.proposals, *defaults[len(args.proposals) :]][: len(models)]
 
     def prepare(m: int) -> MaskRCNNSegmenter:
         """Model ``m`` with the backbone and proposal counts of its position."""
         model = models[m]
         model._backbone = backbones[m]
-        _set_proposals(model, proposals[m])
+        set_rpn_test_counts(model.network.rpn, proposals[m])
         return model
 
     for m in range(len(models)):  # warm up
@@ -122,17 +122,6 @@ def proposal_counts(text: str) -> tuple[int, int]:
     if not (pre.isdigit() and post.isdigit() and int(pre) > 0 and int(post) > 0):
         raise argparse.ArgumentTypeError(f"{text!r}: write PRE:POST, e.g. 1000:300")
     return int(pre), int(post)
-
-
-def _proposals(model: MaskRCNNSegmenter) -> tuple[int, int]:
-    rpn = model.network.rpn
-    return rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"]
-
-
-def _set_proposals(model: MaskRCNNSegmenter, counts: tuple[int, int]) -> None:
-    """torchvision's RPN reads its test-time counts from these dicts on every call."""
-    rpn = model.network.rpn
-    rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"] = counts
 
 
 if __name__ == "__main__":

@@ -310,14 +310,12 @@ def misnamed_mask_oracle() -> MisnamedMaskOracle:
     return MisnamedMaskOracle()
 
 
-VIEWS_SEEN: list[dict[str, int] | None] = []
-GSD_SEEN: list[tuple[float | None, dict[str, int] | None]] = []
+VIEWS_SEEN: list[tuple[float | None, dict[str, int] | None]] = []
 
 
 class ViewsOracle(ClassScaleOracle):
     """As :class:`ClassScaleOracle`, recommending 4 views for buildings; ``predict`` records
-    the ``tta_views`` each call gets in :data:`VIEWS_SEEN`, and with its ``gsd_m`` in
-    :data:`GSD_SEEN`."""
+    the ``gsd_m`` and ``tta_views`` each call gets in :data:`VIEWS_SEEN`."""
 
     class_tta_views: ClassVar[dict[str, int]] = {"building": 4}
 
@@ -328,8 +326,7 @@ class ViewsOracle(ClassScaleOracle):
         gsd_m: float | None = None,
     ) -> list:
         with _lock:
-            VIEWS_SEEN.append(tta_views)
-            GSD_SEEN.append((gsd_m, tta_views))
+            VIEWS_SEEN.append((gsd_m, tta_views))
         return super().predict(tiles)
 
 

@@ -273,15 +273,14 @@ def test_each_reading_asks_for_its_classes_views(
     assert fine.classes == (0, 2) and coarse.classes == (1,)
     assert (fine.tta_views, coarse.tta_views) == (building_views, field_views)
     models.VIEWS_SEEN.clear()
-    models.GSD_SEEN.clear()
     args = ["run", str(path), "-o", str(tmp_path / "out"), "--model", options.model]
     args += ["--tile-size", "64", "--overlap", "16", "--no-preview", "--no-webmap"]
     with pytest.raises(SystemExit) as done:
         main([*args, *(["--tta", str(tta)] if tta else [])])
     assert done.value.code == 0
-    asked = [v for v in models.VIEWS_SEEN if v]
+    asked = [v for _, v in models.VIEWS_SEEN if v]
     # each call is told the GSD its tiles were read at
-    assert {(gsd, str(v)) for gsd, v in models.GSD_SEEN} == {
+    assert {(gsd, str(v)) for gsd, v in models.VIEWS_SEEN} == {
         (0.5, str(building_views)),
         (2.0, str(field_views)),
     }

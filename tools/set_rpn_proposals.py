@@ -29,7 +29,7 @@ def parse_step(text: str) -> tuple[float, int, int] | None:
         return None
     try:
         gsd, before, after = text.split(":")
-        ((step),) = as_proposals_by_gsd([(gsd, before, after)], text) or ()
+        (step,) = as_proposals_by_gsd([(gsd, before, after)], text) or ()
     except (ValueError, UserInputError):
         raise argparse.ArgumentTypeError(
             f"{text!r}: write GSD:BEFORE:AFTER (GSD > 0 m, whole counts of at least 1) or -"

@@ -75,6 +75,8 @@ __all__ = [
     "load_default",
     "network_normalization",
     "resolve_device",
+    "rpn_test_counts",
+    "set_rpn_test_counts",
 ]
 
 log = logging.getLogger(__name__)
@@ -587,6 +589,17 @@ class MaskRCNNSegmenter:
         return torch.cat([f.mean(dim=(2, 3)) for f in levels], dim=1).cpu()
 
 
+def rpn_test_counts(rpn: RegionProposalNetwork) -> tuple[int, int]:
+    """The proposals torchvision's RPN keeps at test time: per pyramid level before its NMS,
+    per image after it."""
+    return rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"]
+
+
+def set_rpn_test_counts(rpn: RegionProposalNetwork, counts: tuple[int, int]) -> None:
+    """Set :func:`rpn_test_counts` (the RPN reads them from these dicts on every call)."""
+    rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"] = counts
+
+
 @contextlib.contextmanager
 def _proposal_counts(rpn: RegionProposalNetwork, counts: tuple[int, int] | None) -> Iterator[None]:
     """The RPN's test-time proposal counts set to ``counts`` (before NMS, after NMS) for the
@@ -594,12 +607,12 @@ def _proposal_counts(rpn: RegionProposalNetwork, counts: tuple[int, int] | None)
     if counts is None:
         yield
         return
-    saved = rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"]
-    rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"] = counts
+    saved = rpn_test_counts(rpn)
+    set_rpn_test_counts(rpn, counts)
     try:
         yield
     finally:
-        rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"] = saved
+        set_rpn_test_counts(rpn, saved)
 
 
 class _SeenView(NamedTuple):
