@@ -223,6 +223,10 @@ def run_metadata(plan: ScenePlan) -> dict[str, str]:
     views = plan.class_tta_views()
     if views:
         merged["geoseg_class_tta_views"] = json.dumps(views)
+    moves = plan.model.class_box_refinements or {}
+    refined = {name: n for name, n in moves.items() if name in class_gsd}
+    if refined:
+        merged["geoseg_class_box_refinements"] = json.dumps(refined)
     return {
         "geoseg_version": _version(),
         "geoseg_model": plan.model.name,

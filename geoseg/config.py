@@ -12,10 +12,12 @@ import numpy as np
 from geoseg.errors import UserInputError
 
 __all__ = [
+    "BOX_REFINEMENTS_MAX",
     "DEFAULT_MASK_THRESHOLD",
     "DEFAULT_MIN_SCORE",
     "MaskCuts",
     "RunOptions",
+    "as_box_refinements",
     "as_class_ranges",
     "as_extra_gsd",
     "as_mask_threshold",
@@ -203,6 +205,30 @@ def as_mask_threshold(value: Any, source: str = "model") -> dict[str, float] | N
     return table
 
 
+BOX_REFINEMENTS_MAX = 4
+"""The most times a model may move its objects' boxes by its box head again."""
+
+
+def as_box_refinements(value: Any, source: str = "model") -> dict[str, int] | None:
+    """A model's ``class_box_refinements`` (``{class: n}``: how many more times the box head
+    moves a kept object's box, from the box it is; 0 where unset) as plain values, classes
+    of 0 left out; ``None`` when none is above 0. Anything but whole counts from 0 to
+    :data:`BOX_REFINEMENTS_MAX` is a :class:`~geoseg.errors.UserInputError` naming
+    ``source``."""
+    if not value:
+        return None
+    try:
+        table = {str(c): _whole(n) for c, n in dict(value).items()}
+        if any(n > BOX_REFINEMENTS_MAX for n in table.values()):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserInputError(
+            f"{source}: class_box_refinements {value!r} is not "
+            f"{{class: 0 to {BOX_REFINEMENTS_MAX} refinements}}"
+        ) from None
+    return {c: n for c, n in table.items() if n} or None
+
+
 ProposalSteps = tuple[tuple[float, int, int], ...]
 """Steps ``(up to m, proposals before NMS, after NMS)``, finest first."""
 
@@ -228,7 +254,14 @@ def as_proposals_by_gsd(value: Any, source: str = "model") -> ProposalSteps | No
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or float(value) != int(value) or int(value) < 1:
+    if _whole(value) < 1:
+        raise ValueError
+    return int(value)
+
+
+def _whole(value: Any) -> int:
+    """``value`` as a whole number from 0 (a bool or a fraction is a ``ValueError``)."""
+    if isinstance(value, bool) or float(value) != int(value) or int(value) < 0:
         raise ValueError
     return int(value)
 

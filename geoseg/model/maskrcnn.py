@@ -48,7 +48,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.models.mobilenetv2 import mobilenet_v2
 from torchvision.models.resnet import BasicBlock
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from geoseg.config import TTA_VIEW_COUNTS, proposals_at_gsd
@@ -406,16 +406,22 @@ class MaskRCNNSegmenter:
         :attr:`rpn_proposals_by_gsd` reaches it, the region proposal network keeps that
         step's proposals (per pyramid level before its NMS, per tile after) instead of the
         network's own counts.
+
+        Each kept object of a class in :attr:`class_box_refinements` has its box moved by the
+        box head that many more times (see :meth:`_refine_boxes`) before its mask is drawn.
         """
         tiles = np.asarray(tiles, dtype=np.float32)
         if tiles.ndim != 4:
             raise ModelError(f"predict wants tiles (N, bands, H, W); got shape {tiles.shape}")
         tiles = _three_bands(tiles)
         counts = self._view_counts(tta_views)
+        refinements = self._refinement_counts()
         floor = max(SCORE_FLOOR, float(min_score))
         one_view = max(counts) == 1
         forward = (
-            self._detect if one_view else partial(self._detect_views, counts=counts, floor=floor)
+            self._detect
+            if one_view and not any(refinements)
+            else partial(self._detect_views, counts=counts, floor=floor, refinements=refinements)
         )
         out: list[dict[str, np.ndarray]] = []
         proposals = None if gsd_m is None else proposals_at_gsd(self.rpn_proposals_by_gsd, gsd_m)
@@ -437,6 +443,11 @@ class MaskRCNNSegmenter:
         if any(count not in TTA_VIEW_COUNTS for count in counts):
             raise ModelError(f"tta_views {tta_views}: each class sees 1, 2, 4 or 8 views")
         return counts
+
+    def _refinement_counts(self) -> list[int]:
+        """Box refinements per torchvision label (0 is the background)."""
+        table = self.class_box_refinements or {}
+        return [0] + [int(table.get(name, 0)) for name in self.classes]
 
     def _in_passes(self, tiles: np.ndarray, forward: Callable[[torch.Tensor], T]) -> Iterator[T]:
         """``forward`` of each pass of :attr:`batch_size` tiles (all of them when ``None``), on
@@ -484,11 +495,16 @@ class MaskRCNNSegmenter:
         return detections
 
     def _detect_views(
-        self, batch: torch.Tensor, counts: Sequence[int], floor: float
+        self,
+        batch: torch.Tensor,
+        counts: Sequence[int],
+        floor: float,
+        refinements: Sequence[int],
     ) -> list[dict[str, torch.Tensor]]:
         """:meth:`_detect` with each class's objects fused over its first ``counts[label]``
-        views (see :func:`~geoseg.model.flip_views.fuse_views`), kept from ``floor``; each
-        fused object's 28 x 28 mask is the mean of the mask head's in those views.
+        views (see :func:`~geoseg.model.flip_views.fuse_views`), kept from ``floor``, their
+        boxes refined ``refinements[label]`` times (:meth:`_refine_boxes`); each fused
+        object's 28 x 28 mask is the mean of the mask head's in those views.
 
         The other views see only the tiles where the first finds an object of a class seen in
         several, scored ``floor`` or more (see :func:`_worth_more_views`): an empty tile (open
@@ -524,8 +540,64 @@ class MaskRCNNSegmenter:
                 {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
             )
         label_views = torch.tensor(counts, device=batch.device)
+        moves = torch.tensor(refinements, device=batch.device)
+        for step in range(max(refinements)):
+            self._refine_boxes(detections, seen, label_views, moves > step, (height, width))
         self._mean_masks(detections, seen, label_views, (height, width))
         return detections
+
+    def _refine_boxes(
+        self,
+        detections: list[dict[str, torch.Tensor]],
+        seen: Sequence[_SeenView],
+        label_views: torch.Tensor,
+        moved: torch.Tensor,
+        tile_hw: tuple[int, int],
+    ) -> None:
+        """Move the ``boxes`` of the objects whose label is ``moved[label]`` once more by the
+        box head: its regression for the object's class, from the box as it is, in each view
+        the class is seen in (the first ``label_views[label]``), turned back and averaged.
+
+        Iterative box regression (the baseline of Cai and Vasconcelos's Cascade R-CNN, 2018):
+        where the head's first box covers part of a large object, a second look from that
+        box reaches further out. The object keeps its score."""
+        heads = self.network.roi_heads
+        totals = [torch.zeros_like(det["boxes"]) for det in detections]
+        for index, seen_view in enumerate(seen):
+            inside = [
+                moved[detections[i]["labels"]] & (label_views[detections[i]["labels"]] > index)
+                for i in seen_view.tiles
+            ]
+            boxes = [
+                seen_view.view.boxes(detections[i]["boxes"][m], *tile_hw)
+                for i, m in zip(seen_view.tiles, inside, strict=True)
+            ]
+            if not sum(len(b) for b in boxes):
+                continue
+            labels = torch.cat(
+                [detections[i]["labels"][m] for i, m in zip(seen_view.tiles, inside, strict=True)]
+            )
+            pooled = heads.box_head(
+                heads.box_roi_pool(seen_view.features, boxes, seen_view.image_sizes)
+            )
+            _, deltas = heads.box_predictor(pooled)
+            rows = torch.arange(len(labels), device=labels.device)
+            regressed = heads.box_coder.decode(deltas, boxes)[rows, labels]
+            for i, m, size, new in zip(
+                seen_view.tiles,
+                inside,
+                seen_view.image_sizes,
+                regressed.split([len(b) for b in boxes]),
+                strict=True,
+            ):
+                totals[i][m] += seen_view.view.unview_boxes(
+                    clip_boxes_to_image(new, size), *tile_hw
+                )
+        for det, total in zip(detections, totals, strict=True):
+            move = moved[det["labels"]]
+            det["boxes"][move] = total[move] / label_views[det["labels"][move]][:, None].to(
+                total.dtype
+            )
 
     def _mean_masks(
         self,

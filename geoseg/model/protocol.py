@@ -61,7 +61,9 @@ is in, 0.5 where unset, for probabilities; it replaces any ``mask_thresholds`` o
 read at a GSD up to a step's), ``class_tta_views`` (``{class name: views}``: how many views of
 each tile ``geoseg run`` asks ``predict`` to fuse per class, see ``tta_views`` above),
 ``rpn_proposals_by_gsd`` (recorded with the outputs; the model applies it itself, see
-``gsd_m`` above) and ``input_bands``
+``gsd_m`` above), ``class_box_refinements`` (``{class name: n}``, recorded with the outputs;
+the built-in Mask R-CNN moves each kept object's box by its box head n more times) and
+``input_bands``
 (how many bands ``predict`` wants; geoseg repeats a single band or keeps the first bands to
 match). ``predict`` gets :data:`~geoseg.plan.STITCH_FLOOR_SHARE` of the lowest of the run's
 thresholds as ``min_score``: thresholds apply to the stitched objects.
@@ -311,6 +313,7 @@ class ModelInfo:
     mask_threshold_by_gsd: GsdThresholds | None = None
     class_tta_views: dict[str, int] | None = None
     rpn_proposals_by_gsd: ProposalSteps | None = None
+    class_box_refinements: dict[str, int] | None = None
 
 
 def predict_accepts(model: Any, keyword: str) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from geoseg.config import (
+    as_box_refinements,
     as_class_ranges,
     as_extra_gsd,
     as_mask_threshold,
@@ -75,6 +76,13 @@ READ_SETTINGS: tuple[ReadSetting, ...] = (
     ),
     ReadSetting("class_tta_views", "class_tta_views", as_tta_views, per_class=True, kept=True),
     ReadSetting("rpn_proposals_by_gsd", "rpn_proposals_by_gsd", as_proposals_by_gsd, kept=True),
+    ReadSetting(
+        "class_box_refinements",
+        "class_box_refinements",
+        as_box_refinements,
+        per_class=True,
+        kept=True,
+    ),
 )
 """Every read setting, in the order a checkpoint stores them."""
 
