@@ -279,12 +279,15 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
         mask_threshold_by_gsd={"building": [(1.0, 0.35)]},
         min_score_by_gsd={"ship": [(1.0, 0.5)]},
         class_tta_views={"ship": 4, "field": 8},
+        class_box_refinements={"building": 2, "field": 1},
     )
     asked = []
     predict = MaskRCNNSegmenter.predict
 
     def recording(self: MaskRCNNSegmenter, tiles: np.ndarray, **keywords: Any) -> list:
-        asked.append(keywords.get("tta_views"))
+        asked.append(
+            (keywords.get("tta_views"), (self.class_box_refinements or {}).get("building"))
+        )
         return predict(self, tiles, **keywords)
 
     monkeypatch.setattr(MaskRCNNSegmenter, "predict", recording)
@@ -309,7 +312,8 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
     assert tuned.mask_threshold == {"ship": 0.4}
     assert tuned.mask_threshold_by_gsd == {"building": ((1.0, 0.35),)}
     assert tuned.class_tta_views == {"ship": 4}
-    assert asked and all(v == {"ship": 4} for v in asked)  # validated as it will be read
+    assert tuned.class_box_refinements == {"building": 2}
+    assert asked and all(v == ({"ship": 4}, 2) for v in asked)  # validated as it will be read
     assert not tuned.min_score_by_gsd
     fresh = train(
         [image],

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoseg.config import DEFAULT_MIN_SCORE, MaskCuts, as_tta_views
+from geoseg.config import DEFAULT_MIN_SCORE, MaskCuts, as_box_refinements, as_tta_views
 from geoseg.errors import UserInputError
 from geoseg.learn.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
 from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
@@ -267,6 +267,7 @@ def train(
         log.info("keeping how %s is read: %s", init_note, meta["reading"])
     cut = MaskCuts.of(meta["reading"], options.classes, "the start")
     views = as_tta_views(meta["reading"].get("class_tta_views"), "the start")
+    moves = as_box_refinements(meta["reading"].get("class_box_refinements"), "the start")
     validation = Validation({}, None)
     for epoch in range(start_epoch + 1, options.epochs + 1):
         summary = _train_epoch(
@@ -274,7 +275,7 @@ def train(
         )
         if options.val_every and epoch % options.val_every == 0 and epoch < options.epochs:
             validation = _validate(
-                network, val_chips, options, device, epoch, emit, synthetic, cut, views
+                network, val_chips, options, device, epoch, emit, synthetic, cut, views, moves
             )
             summary["val_f1"] = {c: m["f1"] for c, m in validation.scores.items()}
             summary["val_min_score"] = validation.min_score
@@ -282,7 +283,7 @@ def train(
         _append_history(side / "history.jsonl", summary)
         _save(output, side, network, optimizer, epoch, history, validation, meta)
     validation = _validate(
-        network, val_chips, options, device, options.epochs, emit, synthetic, cut, views
+        network, val_chips, options, device, options.epochs, emit, synthetic, cut, views, moves
     )
     _save(output, side, network, optimizer, options.epochs, history, validation, meta)
     return TrainResult(
@@ -698,13 +699,19 @@ def _validate(
     synthetic: frozenset[str] = frozenset(),
     cut: MaskCuts | None = None,
     views: dict[str, int] | None = None,
+    moves: dict[str, int] | None = None,
 ) -> Validation:
     """Score the validation chips as ``geoseg run`` would read them: masks cut at ``cut``,
-    each class seen in its ``views``; the score thresholds tuned here fit those."""
+    each class seen in its ``views``, its boxes refined ``moves`` times; the score
+    thresholds tuned here fit those."""
     if not chips:
         return Validation({}, None)
     segmenter = MaskRCNNSegmenter(
-        network, classes=options.classes, arch=options.arch, device=str(device)
+        network,
+        classes=options.classes,
+        arch=options.arch,
+        device=str(device),
+        class_box_refinements=moves,
     )
     n_classes = len(options.classes)
     scores: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
