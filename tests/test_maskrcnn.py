@@ -610,3 +610,8 @@ def test_box_refinements_tool_sets_and_drops_classes(
     assert read_checkpoint(path)["gsd_range_m"] == [0.5, 10.0]  # the rest kept
     missing = run(str(tmp_path / "none.pt"), "ship=1")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    views = [sys.executable, str(Path(__file__).parents[1] / "tools" / "set_tta_views.py")]
+    assert subprocess.run([*views, str(path), "ship=4", "field=1"]).returncode == 0
+    assert load_checkpoint(path, device="cpu").class_tta_views == {"ship": 4}
+    refused = subprocess.run([*views, str(path), "ship=3"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "one of 1, 2, 4, 8" in refused.stderr

@@ -17,32 +17,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from class_counts import count_parser, set_counts
+
 from geoseg.config import TTA_VIEW_COUNTS, as_tta_views
-from geoseg.model.checkpoint import read_checkpoint, update_checkpoint
-
-
-def parse_views(text: str) -> tuple[str, int]:
-    name, _, count = text.partition("=")
-    if not name or not count.isdigit() or int(count) not in TTA_VIEW_COUNTS:
-        raise argparse.ArgumentTypeError(f"{text!r}: write CLASS=N with N one of 1, 2, 4, 8")
-    return name, int(count)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("views", nargs="+", type=parse_views, metavar="CLASS=N")
+    parser.add_argument(
+        "views",
+        nargs="+",
+        type=count_parser(TTA_VIEW_COUNTS, "one of 1, 2, 4, 8"),
+        metavar="CLASS=N",
+    )
     args = parser.parse_args()
-    payload = read_checkpoint(args.checkpoint)
-    unknown = sorted({name for name, _ in args.views} - set(payload["classes"]))
-    if unknown:
-        parser.error(f"{', '.join(unknown)}: not a class of {args.checkpoint}")
-    table = as_tta_views(payload.get("class_tta_views")) or {}
-    table.update(args.views)
-    table = {name: n for name, n in table.items() if n > 1}
-    update_checkpoint(args.checkpoint, class_tta_views=table or None)
-    print(f"{args.checkpoint}: views per class {table or 'none (1 each)'}")
-    return 0
+    return set_counts(args.checkpoint, "class_tta_views", as_tta_views, args.views, neutral=1)
 
 
 if __name__ == "__main__":

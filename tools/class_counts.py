@@ -1,0 +1,50 @@
+"""What ``set_tta_views.py`` and ``set_box_refinements.py`` share: a whole number per class,
+written ``CLASS=N``, merged into a checkpoint's table of them (a class at its neutral count
+leaves the table)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from geoseg.errors import UserInputError
+from geoseg.model.checkpoint import read_checkpoint, update_checkpoint
+
+Parse = Callable[[Any], Mapping[str, int] | None]
+
+
+def count_parser(allowed: Collection[int], wanted: str) -> Callable[[str], tuple[str, int]]:
+    """An argparse type for ``CLASS=N`` with ``N`` one of ``allowed`` (described as
+    ``wanted``)."""
+
+    def parse(text: str) -> tuple[str, int]:
+        name, _, count = text.partition("=")
+        if not name or not count.isdigit() or int(count) not in allowed:
+            raise argparse.ArgumentTypeError(f"{text!r}: write CLASS=N with N {wanted}")
+        return name, int(count)
+
+    return parse
+
+
+def set_counts(
+    checkpoint: Path, key: str, parse: Parse, counts: Sequence[tuple[str, int]], neutral: int
+) -> int:
+    """Merge ``counts`` into the checkpoint's ``key`` table (read with ``parse``), leave out
+    the classes at ``neutral``, and rewrite the file atomically; print the table. A user's
+    mistake (a missing file, a class the checkpoint lacks) is one line on stderr and 2."""
+    try:
+        payload = read_checkpoint(checkpoint)
+        unknown = sorted({name for name, _ in counts} - set(payload["classes"]))
+        if unknown:
+            raise UserInputError(f"{checkpoint}: {', '.join(unknown)}: not a class of it")
+        table = {**(parse(payload.get(key)) or {}), **dict(counts)}
+        table = {name: n for name, n in table.items() if n != neutral}
+        update_checkpoint(checkpoint, **{key: table or None})
+    except UserInputError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{checkpoint}: {key} {table or f'none ({neutral} each)'}")
+    return 0
