@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pytest
 
 from geoseg.config import RunOptions
@@ -47,6 +49,9 @@ def test_the_default_model_finds_houses_in_a_held_out_synthetic_scene(
     scores = evaluate_files(tmp_path / "out" / "s.gpkg", labels)["classes"]
     assert scores["building"]["n_ref"] >= 10
     assert scores["building"]["f1"] >= 0.7, scores["building"]
+    # the buildings' boxes were refined twice (model card, session 29), and the run says so
+    metadata = pyogrio.read_info(tmp_path / "out" / "s.gpkg", layer="building")["layer_metadata"]
+    assert json.loads(metadata["geoseg_class_box_refinements"]) == {"building": 2}
 
 
 def test_a_300_m_scene_stops_at_once_with_a_clear_message(
