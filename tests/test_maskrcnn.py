@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 import warnings
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +50,14 @@ def _save(model: MaskRCNNSegmenter, path: Path) -> Path:
         normalization=NORMALIZATION,
         gsd_range_m=(0.5, 10.0),
         train={"epochs": 0},
+    )
+
+
+def _run_tool(script: str, *args: str | Path) -> subprocess.CompletedProcess:
+    """``python tools/SCRIPT ARGS...``, its output captured as text."""
+    tool = Path(__file__).parents[1] / "tools" / script
+    return subprocess.run(
+        [sys.executable, str(tool), *map(str, args)], capture_output=True, text=True
     )
 
 
@@ -527,19 +538,11 @@ def test_batches_are_sized_to_the_gpu_s_free_memory(monkeypatch: pytest.MonkeyPa
 
 
 def test_average_weights_tool_writes_the_mean(model: MaskRCNNSegmenter, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     first = _save(model, tmp_path / "a.pt")
     update_checkpoint(first, min_score={"ship": 0.65})
     other = untrained_segmenter(CLASSES, device="cpu", seed=4)
     second = _save(other, tmp_path / "b.pt")
-    tool = Path(__file__).parents[1] / "tools" / "average_weights.py"
-    done = subprocess.run(
-        [sys.executable, str(tool), str(tmp_path / "soup.pt"), str(first), str(second)],
-        capture_output=True,
-        text=True,
-    )
+    done = _run_tool("average_weights.py", tmp_path / "soup.pt", first, second)
     assert done.returncode == 0, done.stderr
     soup = read_checkpoint(tmp_path / "soup.pt")
     key = "roi_heads.box_predictor.cls_score.weight"
@@ -550,11 +553,7 @@ def test_average_weights_tool_writes_the_mean(model: MaskRCNNSegmenter, tmp_path
     assert soup["train"]["averaged_from"] == [str(first), str(second)]
     stranger = untrained_segmenter(("building",), device="cpu", seed=5)
     third = _save(stranger, tmp_path / "c.pt")
-    refused = subprocess.run(
-        [sys.executable, str(tool), str(tmp_path / "x.pt"), str(first), str(third)],
-        capture_output=True,
-        text=True,
-    )
+    refused = _run_tool("average_weights.py", tmp_path / "x.pt", first, third)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert "not the same network or classes" in refused.stderr
     assert not (tmp_path / "x.pt").exists()
@@ -563,14 +562,8 @@ def test_average_weights_tool_writes_the_mean(model: MaskRCNNSegmenter, tmp_path
 def test_rpn_proposals_tool_sets_and_drops_the_table(
     model: MaskRCNNSegmenter, tmp_path: Path
 ) -> None:
-    import subprocess
-    import sys
-
     path = _save(model, tmp_path / "m.pt")
-    tool = [sys.executable, str(Path(__file__).parents[1] / "tools" / "set_rpn_proposals.py")]
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*tool, *args], capture_output=True, text=True)
+    run = partial(_run_tool, "set_rpn_proposals.py")
 
     assert run(str(path), "2:1500:800", "1:1000:500").returncode == 0
     want = ((1.0, 1000, 500), (2.0, 1500, 800))
@@ -588,14 +581,8 @@ def test_rpn_proposals_tool_sets_and_drops_the_table(
 def test_box_refinements_tool_sets_and_drops_classes(
     model: MaskRCNNSegmenter, tmp_path: Path
 ) -> None:
-    import subprocess
-    import sys
-
     path = _save(model, tmp_path / "m.pt")
-    tool = [sys.executable, str(Path(__file__).parents[1] / "tools" / "set_box_refinements.py")]
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*tool, *args], capture_output=True, text=True)
+    run = partial(_run_tool, "set_box_refinements.py")
 
     assert run(str(path), "building=2", "ship=1").returncode == 0
     assert load_checkpoint(path, device="cpu").class_box_refinements == {"building": 2, "ship": 1}
@@ -610,8 +597,7 @@ def test_box_refinements_tool_sets_and_drops_classes(
     assert read_checkpoint(path)["gsd_range_m"] == [0.5, 10.0]  # the rest kept
     missing = run(str(tmp_path / "none.pt"), "ship=1")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
-    views = [sys.executable, str(Path(__file__).parents[1] / "tools" / "set_tta_views.py")]
-    assert subprocess.run([*views, str(path), "ship=4", "field=1"]).returncode == 0
+    assert _run_tool("set_tta_views.py", path, "ship=4", "field=1").returncode == 0
     assert load_checkpoint(path, device="cpu").class_tta_views == {"ship": 4}
-    refused = subprocess.run([*views, str(path), "ship=3"], capture_output=True, text=True)
+    refused = _run_tool("set_tta_views.py", path, "ship=3")
     assert refused.returncode == 2 and "one of 1, 2, 4, 8" in refused.stderr

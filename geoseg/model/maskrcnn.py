@@ -564,19 +564,12 @@ class MaskRCNNSegmenter:
         heads = self.network.roi_heads
         totals = [torch.zeros_like(det["boxes"]) for det in detections]
         for index, seen_view in enumerate(seen):
-            inside = [
-                moved[detections[i]["labels"]] & (label_views[detections[i]["labels"]] > index)
-                for i in seen_view.tiles
-            ]
-            boxes = [
-                seen_view.view.boxes(detections[i]["boxes"][m], *tile_hw)
-                for i, m in zip(seen_view.tiles, inside, strict=True)
-            ]
+            inside, boxes, labels_each = _objects_in_view(
+                detections, seen_view, label_views > index, tile_hw, moved
+            )
             if not sum(len(b) for b in boxes):
                 continue
-            labels = torch.cat(
-                [detections[i]["labels"][m] for i, m in zip(seen_view.tiles, inside, strict=True)]
-            )
+            labels = torch.cat(labels_each)
             pooled = heads.box_head(
                 heads.box_roi_pool(seen_view.features, boxes, seen_view.image_sizes)
             )
@@ -613,19 +606,14 @@ class MaskRCNNSegmenter:
         heads = self.network.roi_heads
         totals: list[torch.Tensor | None] = [None] * len(detections)
         for index, seen_view in enumerate(seen):
-            inside = [label_views[detections[i]["labels"]] > index for i in seen_view.tiles]
-            boxes = [
-                seen_view.view.boxes(detections[i]["boxes"][m], *tile_hw)
-                for i, m in zip(seen_view.tiles, inside, strict=True)
-            ]
+            inside, boxes, labels = _objects_in_view(
+                detections, seen_view, label_views > index, tile_hw
+            )
             logits = heads.mask_predictor(
                 heads.mask_head(
                     heads.mask_roi_pool(seen_view.features, boxes, seen_view.image_sizes)
                 )
             )
-            labels = [
-                detections[i]["labels"][m] for i, m in zip(seen_view.tiles, inside, strict=True)
-            ]
             probs_each = maskrcnn_inference(logits, labels)
             for i, m, probs in zip(seen_view.tiles, inside, probs_each, strict=True):
                 if totals[i] is None:  # view 0 sees every tile and every object's class
@@ -695,6 +683,25 @@ class _SeenView(NamedTuple):
     tiles: list[int]
     features: OrderedDict[str, torch.Tensor]
     image_sizes: list[tuple[int, int]]
+
+
+def _objects_in_view(
+    detections: Sequence[dict[str, torch.Tensor]],
+    seen_view: _SeenView,
+    in_view: torch.Tensor,
+    tile_hw: tuple[int, int],
+    chosen: torch.Tensor | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """For each tile the view saw: which of its objects the view holds (``in_view[label]``,
+    and ``chosen[label]`` where given), their boxes turned into the view, and their labels."""
+    inside = []
+    for i in seen_view.tiles:
+        labels = detections[i]["labels"]
+        inside.append(in_view[labels] if chosen is None else in_view[labels] & chosen[labels])
+    pairs = list(zip(seen_view.tiles, inside, strict=True))
+    boxes = [seen_view.view.boxes(detections[i]["boxes"][m], *tile_hw) for i, m in pairs]
+    labels = [detections[i]["labels"][m] for i, m in pairs]
+    return inside, boxes, labels
 
 
 def _worth_more_views(
