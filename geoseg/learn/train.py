@@ -265,9 +265,7 @@ def train(
     }
     if meta["reading"]:
         log.info("keeping how %s is read: %s", init_note, meta["reading"])
-    cut = MaskCuts.of(meta["reading"], options.classes, "the start")
-    views = as_tta_views(meta["reading"].get("class_tta_views"), "the start")
-    moves = as_box_refinements(meta["reading"].get("class_box_refinements"), "the start")
+    reading = StartReading.of(meta["reading"], options.classes)
     validation = Validation({}, None)
     for epoch in range(start_epoch + 1, options.epochs + 1):
         summary = _train_epoch(
@@ -275,7 +273,7 @@ def train(
         )
         if options.val_every and epoch % options.val_every == 0 and epoch < options.epochs:
             validation = _validate(
-                network, val_chips, options, device, epoch, emit, synthetic, cut, views, moves
+                network, val_chips, options, device, epoch, emit, synthetic, reading
             )
             summary["val_f1"] = {c: m["f1"] for c, m in validation.scores.items()}
             summary["val_min_score"] = validation.min_score
@@ -283,7 +281,7 @@ def train(
         _append_history(side / "history.jsonl", summary)
         _save(output, side, network, optimizer, epoch, history, validation, meta)
     validation = _validate(
-        network, val_chips, options, device, options.epochs, emit, synthetic, cut, views, moves
+        network, val_chips, options, device, options.epochs, emit, synthetic, reading
     )
     _save(output, side, network, optimizer, options.epochs, history, validation, meta)
     return TrainResult(
@@ -682,6 +680,25 @@ def _batch(
 
 
 @dataclass(frozen=True, slots=True)
+class StartReading:
+    """How ``geoseg run`` reads with the start's settings, which validation reads as: its mask
+    cuts by GSD, the views each class is seen in and the refinements of its boxes."""
+
+    cuts: MaskCuts
+    views: dict[str, int] | None
+    refinements: dict[str, int] | None
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any], classes: Sequence[str]) -> StartReading:
+        """From the start's kept read settings (unchecked); bad values name "the start"."""
+        return cls(
+            MaskCuts.of(settings, classes, "the start"),
+            as_tta_views(settings.get("class_tta_views"), "the start"),
+            as_box_refinements(settings.get("class_box_refinements"), "the start"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Validation:
     """Validation figures per class, each at its ``min_score``: the threshold that scored best."""
 
@@ -697,21 +714,21 @@ def _validate(
     epoch: int,
     emit: Progress,
     synthetic: frozenset[str] = frozenset(),
-    cut: MaskCuts | None = None,
-    views: dict[str, int] | None = None,
-    moves: dict[str, int] | None = None,
+    reading: StartReading | None = None,
 ) -> Validation:
-    """Score the validation chips as ``geoseg run`` would read them: masks cut at ``cut``,
-    each class seen in its ``views``, its boxes refined ``moves`` times; the score
-    thresholds tuned here fit those."""
+    """Score the validation chips as ``geoseg run`` would read them with the start's
+    ``reading`` (its mask cuts, views and box refinements; torchvision's defaults when
+    ``None``): the score thresholds tuned here fit those."""
     if not chips:
         return Validation({}, None)
+    reading = reading or StartReading.of({}, options.classes)
+    views = reading.views
     segmenter = MaskRCNNSegmenter(
         network,
         classes=options.classes,
         arch=options.arch,
         device=str(device),
-        class_box_refinements=moves,
+        class_box_refinements=reading.refinements,
     )
     n_classes = len(options.classes)
     scores: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
@@ -728,7 +745,7 @@ def _validate(
                 pred,
                 shape_hw=chip.valid.shape,
                 n_classes=n_classes,
-                class_mask_thresholds=cut.at(chip.gsd_m) if cut else None,
+                class_mask_thresholds=reading.cuts.at(chip.gsd_m),
             )
             masks = found.masks & chip.valid
             ref_masks, _, ref_cls = targets_from_ids(chip.ids, chip.classes)
