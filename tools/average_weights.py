@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 from geoseg.errors import UserInputError
-from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
-from geoseg.model.read_settings import READ_SETTINGS
+from geoseg.model.checkpoint import read_checkpoint, run_settings, save_checkpoint
 
 
 def average_weights(output: Path, sources: list[Path]) -> Path:
@@ -50,9 +49,8 @@ def average_weights(output: Path, sources: list[Path]) -> Path:
         arch=first["arch"],
         classes=first["classes"],
         normalization=first["normalization"],
-        gsd_range_m=first.get("gsd_range_m"),
         train=train,
-        **{s.key: first.get(s.key) for s in READ_SETTINGS},
+        **run_settings(first),
     )
 
 

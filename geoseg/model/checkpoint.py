@@ -38,7 +38,14 @@ from typing import Any
 from geoseg.errors import UserInputError, first_line
 from geoseg.model.read_settings import READ_SETTINGS, to_payload
 
-__all__ = ["FORMAT", "VERSION", "read_checkpoint", "save_checkpoint", "update_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "read_checkpoint",
+    "run_settings",
+    "save_checkpoint",
+    "update_checkpoint",
+]
 
 FORMAT = "geoseg-maskrcnn"
 VERSION = 1
@@ -102,12 +109,12 @@ def update_checkpoint(path: str | Path, **changes: Any) -> Path:
     (``gsd_range_m``, and the read settings by checkpoint key: ``min_score``, ``class_gsd_m``,
     ... as in :data:`~geoseg.model.read_settings.READ_SETTINGS`; ``None`` drops one); weights,
     training records and everything else are kept."""
-    settings = ("gsd_range_m", *(s.key for s in READ_SETTINGS))
-    unknown = sorted(set(changes) - set(settings))
+    payload = read_checkpoint(path)
+    kept = run_settings(payload)
+    unknown = sorted(set(changes) - set(kept))
     if unknown:
         raise TypeError(f"update_checkpoint cannot change {', '.join(unknown)}")
-    payload = read_checkpoint(path)
-    kept = {name: payload.get(name) for name in settings} | changes
+    kept |= changes
     return save_checkpoint(
         path,
         state_dict=payload["state_dict"],
@@ -118,6 +125,12 @@ def update_checkpoint(path: str | Path, **changes: Any) -> Path:
         resume=payload.get("resume"),
         **kept,
     )
+
+
+def run_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's run settings as stored (``None`` where absent), by keyword of
+    :func:`save_checkpoint`: ``gsd_range_m`` and each of the read settings."""
+    return {key: payload.get(key) for key in ("gsd_range_m", *(s.key for s in READ_SETTINGS))}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
