@@ -95,3 +95,24 @@ def test_the_default_model_reads_buildings_and_ships_twice_on_very_fine_scenes(
     plan = plan_scene(scene, RunOptions())
     assert plan.class_readings_m()["building"] == pytest.approx(buildings_at, rel=1e-2)
     assert plan.class_readings_m()["ship"] == pytest.approx(ships_at, rel=1e-2)
+
+
+def test_the_shipped_model_fine_tunes_and_keeps_how_it_is_read(tmp_path: Path) -> None:
+    """``geoseg train --init default`` starts from the shipped weights and keeps every read
+    setting they carry for the classes it trains, the per-class tables and the one table
+    for all (its RPN proposal counts by GSD) alike."""
+    from geoseg.cli import main
+
+    image, labels = write_scene(tmp_path / "s.tif", size_wh=(192, 192), gsd_m=1.0, seed=43)
+    out = tmp_path / "ft.pt"
+    args = ["train", "--images", str(image), "--labels", str(labels), "--init", "default"]
+    args += ["--classes", "building,ship", "--epochs", "1", "--steps-per-epoch", "1"]
+    args += ["--batch-size", "1", "--chip-size", "96", "--threads", "1", "-o", str(out)]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 0
+    shipped, tuned = read_checkpoint(DEFAULT_WEIGHTS), read_checkpoint(out)
+    assert tuned["classes"] == ["building", "ship"]
+    assert tuned["rpn_proposals_by_gsd"] == shipped["rpn_proposals_by_gsd"]
+    for key in ("class_tta_views", "class_box_refinements", "class_extra_gsd_m"):
+        assert tuned[key] == {c: v for c, v in shipped[key].items() if c != "field"}, key

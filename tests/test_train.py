@@ -280,6 +280,7 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
         min_score_by_gsd={"ship": [(1.0, 0.5)]},
         class_tta_views={"ship": 4, "field": 8},
         class_box_refinements={"building": 2, "field": 1},
+        rpn_proposals_by_gsd=[(1.0, 1000, 500)],  # one table for all classes
     )
     asked = []
     predict = MaskRCNNSegmenter.predict
@@ -313,6 +314,7 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
     assert tuned.mask_threshold_by_gsd == {"building": ((1.0, 0.35),)}
     assert tuned.class_tta_views == {"ship": 4}
     assert tuned.class_box_refinements == {"building": 2}
+    assert tuned.rpn_proposals_by_gsd == ((1.0, 1000, 500),)
     assert asked and all(v == ({"ship": 4}, 2) for v in asked)  # validated as it will be read
     assert not tuned.min_score_by_gsd
     fresh = train(

@@ -560,10 +560,12 @@ def _start_settings(payload: Mapping[str, Any], classes: Sequence[str]) -> dict[
     read (:data:`KEPT_SETTINGS`, for the classes this run trains). Score thresholds are tuned
     anew on this run's validation chips, so ``min_score`` and ``min_score_by_gsd`` are not."""
     out = {k: payload[k] for k in ("gsd_range_m", "class_gsd_m") if payload.get(k)}
-    for key in KEPT_SETTINGS:
-        kept = {c: v for c, v in (payload.get(key) or {}).items() if c in classes}
+    for setting in READ_SETTINGS:
+        kept = payload.get(setting.key) if setting.kept else None
+        if kept and setting.per_class:
+            kept = {c: v for c, v in kept.items() if c in classes}
         if kept:
-            out[key] = kept
+            out[setting.key] = kept
     return out
 
 
