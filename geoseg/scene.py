@@ -10,6 +10,8 @@ Normalization (what a model's ``predict`` receives, float32):
 - any other type (uint16, int16, float): a per-scene, per-band linear stretch that maps the
   2nd percentile of the valid pixels to 0 and the 98th to 1, clipped to ``[0, 1]``; the
   percentiles come from the decimated overview, so they are the same for every tile.
+- bands: red, green and blue by colour interpretation, else by band descriptions
+  (:func:`described_rgb`), else the first three (an alpha band never counts).
 - nodata pixels (nodata value, internal mask or alpha band) are 0 and marked invalid; they
   never yield polygons, and a tile with no valid pixel is skipped without calling the model.
 
@@ -24,7 +26,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,6 +59,7 @@ __all__ = [
     "check_unchanged",
     "clamp_gsd",
     "crs_unit_m",
+    "described_rgb",
     "file_stamp",
     "fit_gsd",
     "normalize",
@@ -345,8 +349,36 @@ def _select_bands(src: Any, path: Path | str, bands: tuple[int, ...] | None) -> 
     rgb = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
     if all(c in interp for c in rgb):
         return tuple(interp.index(c) + 1 for c in rgb)
+    described = described_rgb(src.descriptions)
+    if described:
+        log.info("%s: bands %s by their descriptions (red, green, blue)", path, described)
+        return described
     data_bands = [i + 1 for i, c in enumerate(interp) if c != ColorInterp.alpha] or [1]
     return tuple(data_bands[:3])
+
+
+_DESCRIBED_COLOURS = (
+    re.compile(r"\bred\b|^b0?4$", re.IGNORECASE),
+    re.compile(r"\bgreen\b|^b0?3$", re.IGNORECASE),
+    re.compile(r"\bblue\b|^b0?2$", re.IGNORECASE),
+)
+"""A band's description that names its colour: the word (``Red``, ``red (B4)``, ``Blue
+band``), or Sentinel-2's and Landsat 8-9's band number (``B04``/``B4`` red, ``B03`` green,
+``B02`` blue), as band stacks of those sensors are often labelled."""
+
+
+def described_rgb(descriptions: Sequence[str | None]) -> tuple[int, ...] | None:
+    """The 1-based red, green and blue bands by their descriptions, or ``None`` unless each
+    colour is named by exactly one band (a band named "infrared" or "B8" names none)."""
+    picked = []
+    for pattern in _DESCRIBED_COLOURS:
+        hits = [
+            i + 1 for i, text in enumerate(descriptions) if text and pattern.search(text.strip())
+        ]
+        if len(hits) != 1:
+            return None
+        picked.append(hits[0])
+    return tuple(picked) if len(set(picked)) == 3 else None
 
 
 SCALE_TOLERANCE = 0.01

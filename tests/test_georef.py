@@ -123,6 +123,30 @@ def uint16_scene(path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize(
+    ("descriptions", "bands"),
+    [
+        (("B02", "B03", "B04", "B08"), (3, 2, 1)),  # a Sentinel-2 stack, blue first
+        (("NIR", "Red", "Green", "Blue"), (2, 3, 4)),
+        (("red edge", "red", "green", "blue"), (1, 2, 3)),  # two reds: not told, the first three
+        ((None, None, None, None), (1, 2, 3)),
+    ],
+)
+def test_bands_are_picked_by_their_descriptions_where_colours_are_not_set(
+    tmp_path: Path, descriptions: tuple[str | None, ...], bands: tuple[int, ...]
+) -> None:
+    path = tmp_path / "stack.tif"
+    profile = {"driver": "GTiff", "height": 32, "width": 32, "count": 4, "dtype": "uint16"}
+    transform = Affine(10, 0, 6e5, 0, -10, 5e6)
+    with rasterio.open(path, "w", crs="EPSG:32632", transform=transform, **profile) as dst:
+        dst.write(np.arange(4 * 32 * 32, dtype=np.uint16).reshape(4, 32, 32))
+        for index, text in enumerate(descriptions, start=1):
+            if text:
+                dst.set_band_description(index, text)
+    assert open_scene(path).bands == bands
+    assert open_scene(path, bands=(4, 1)).bands == (4, 1)  # --bands wins
+
+
 def test_uint16_is_stretched_per_band_and_nodata_is_invalid(tmp_path: Path) -> None:
     scene = open_scene(uint16_scene(tmp_path / "u16.tif"))
     assert scene.bands == (1, 2) and scene.stretch is not None

@@ -155,7 +155,7 @@ _OPTIONS = [
         callback=_bands_callback,
         metavar="1,2,3",
         help="Bands to read, numbered from 1. Default: red, green, blue by colour "
-        "interpretation, else the first three.",
+        "interpretation, else by band descriptions (Red, B04, ...), else the first three.",
     ),
     click.option(
         "--scheduler",
