@@ -107,7 +107,7 @@ def test_the_shipped_model_fine_tunes_and_keeps_how_it_is_read(tmp_path: Path) -
     out = tmp_path / "ft.pt"
     args = ["train", "--images", str(image), "--labels", str(labels), "--init", "default"]
     args += ["--classes", "building,ship", "--epochs", "1", "--steps-per-epoch", "1"]
-    args += ["--batch-size", "1", "--chip-size", "96", "--threads", "1", "-o", str(out)]
+    args += ["--batch-size", "1", "--chip-size", "96", "-o", str(out)]
     with pytest.raises(SystemExit) as stop:
         main(args)
     assert stop.value.code == 0
