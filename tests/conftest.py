@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,18 @@ def utm_transform(gsd_m: float) -> Affine:
 
 
 UTM_TRANSFORM = utm_transform(0.5)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    """Put torch's thread count back after each test: a test that runs ``geoseg train
+    --threads N`` in-process would otherwise set it for every later test of its worker."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture
