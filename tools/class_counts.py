@@ -1,6 +1,6 @@
 """What ``set_tta_views.py`` and ``set_box_refinements.py`` share: a whole number per class,
 written ``CLASS=N``, merged into a checkpoint's table of them (a class at its neutral count
-leaves the table)."""
+leaves the table), and the command line that does it (:func:`count_tool`)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,21 @@ def set_counts(
         return 2
     print(f"{checkpoint}: {key} {table or f'none ({neutral} each)'}")
     return 0
+
+
+def count_tool(
+    description: str,
+    key: str,
+    parse: Parse,
+    allowed: Collection[int],
+    wanted: str,
+    neutral: int,
+) -> int:
+    """The whole tool: ``CHECKPOINT CLASS=N ...`` from the command line, ``N`` one of
+    ``allowed`` (described as ``wanted``), merged into the checkpoint's ``key`` table by
+    :func:`set_counts`; its exit status."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("counts", nargs="+", type=count_parser(allowed, wanted), metavar="CLASS=N")
+    args = parser.parse_args()
+    return set_counts(args.checkpoint, key, parse, args.counts, neutral)

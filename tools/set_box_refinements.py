@@ -15,26 +15,19 @@ The file is rewritten atomically; weights and the other settings are kept.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from class_counts import count_parser, set_counts
+from class_counts import count_tool
 
 from geoseg.config import BOX_REFINEMENTS_MAX, as_box_refinements
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument(
-        "counts",
-        nargs="+",
-        type=count_parser(range(BOX_REFINEMENTS_MAX + 1), f"from 0 to {BOX_REFINEMENTS_MAX}"),
-        metavar="CLASS=N",
-    )
-    args = parser.parse_args()
-    return set_counts(
-        args.checkpoint, "class_box_refinements", as_box_refinements, args.counts, neutral=0
+    return count_tool(
+        __doc__.splitlines()[0],
+        "class_box_refinements",
+        as_box_refinements,
+        range(BOX_REFINEMENTS_MAX + 1),
+        f"from 0 to {BOX_REFINEMENTS_MAX}",
+        neutral=0,
     )
 
 

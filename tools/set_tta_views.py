@@ -14,25 +14,20 @@ kept. A run given ``--tta`` uses that for every class instead.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from class_counts import count_parser, set_counts
+from class_counts import count_tool
 
 from geoseg.config import TTA_VIEW_COUNTS, as_tta_views
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument(
-        "views",
-        nargs="+",
-        type=count_parser(TTA_VIEW_COUNTS, "one of 1, 2, 4, 8"),
-        metavar="CLASS=N",
+    return count_tool(
+        __doc__.splitlines()[0],
+        "class_tta_views",
+        as_tta_views,
+        TTA_VIEW_COUNTS,
+        "one of 1, 2, 4, 8",
+        neutral=1,
     )
-    args = parser.parse_args()
-    return set_counts(args.checkpoint, "class_tta_views", as_tta_views, args.views, neutral=1)
 
 
 if __name__ == "__main__":
