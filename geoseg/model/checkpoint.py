@@ -109,12 +109,11 @@ def update_checkpoint(path: str | Path, **changes: Any) -> Path:
     (``gsd_range_m``, and the read settings by checkpoint key: ``min_score``, ``class_gsd_m``,
     ... as in :data:`~geoseg.model.read_settings.READ_SETTINGS`; ``None`` drops one); weights,
     training records and everything else are kept."""
-    payload = read_checkpoint(path)
-    kept = run_settings(payload)
-    unknown = sorted(set(changes) - set(kept))
+    unknown = sorted(set(changes) - set(_RUN_SETTINGS))
     if unknown:
         raise TypeError(f"update_checkpoint cannot change {', '.join(unknown)}")
-    kept |= changes
+    payload = read_checkpoint(path)
+    kept = run_settings(payload) | changes
     return save_checkpoint(
         path,
         state_dict=payload["state_dict"],
@@ -130,7 +129,10 @@ def update_checkpoint(path: str | Path, **changes: Any) -> Path:
 def run_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's run settings as stored (``None`` where absent), by keyword of
     :func:`save_checkpoint`: ``gsd_range_m`` and each of the read settings."""
-    return {key: payload.get(key) for key in ("gsd_range_m", *(s.key for s in READ_SETTINGS))}
+    return {key: payload.get(key) for key in _RUN_SETTINGS}
+
+
+_RUN_SETTINGS = ("gsd_range_m", *(s.key for s in READ_SETTINGS))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
