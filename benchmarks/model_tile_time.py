@@ -10,9 +10,13 @@ alike), with one torch thread, and prints seconds per tile and the ratio to the 
     python benchmarks/model_tile_time.py old.pt default default --proposals 2000:1000 1000:300
 
 ``--batch`` sets the tiles per forward pass (the CPU default is ``geoseg.gpu.CPU_BATCH``);
-``--plain`` names models (by position, 0 first) whose backbone runs as torchvision's module,
-as geoseg ran them before session 26 folded the batch norm (``geoseg.model.folded_backbone``):
-the first default as it ran when issue 9 was filed is ``--plain 0``. ``--proposals PRE:POST``
+``--plain`` names models (by position, 0 first) that run as torchvision built them: the
+backbone as torchvision's module, as geoseg ran it before session 26 folded the batch norm
+(``geoseg.model.folded_backbone``), and torchvision's RoIAlign, as before session 31
+(``geoseg.model.roi_sampling``): the first default as it ran when issue 9 was filed is
+``--plain 0``. ``--torch`` names models whose folded backbone runs in torch, as before session
+31 ran it through ONNX Runtime (``geoseg.model.onnx_backbone``); ``--torch-roialign`` those
+that pool with torchvision's RoIAlign. ``--proposals PRE:POST``
 (one per model, in order; the model's own for the rest) sets how many proposals the RPN keeps
 per pyramid level before its NMS and per tile after it, at test time; the rest are told the
 tiles' GSD, as ``geoseg run`` tells them, and so keep the counts of their
@@ -26,10 +30,13 @@ import time
 
 import numpy as np
 import torch
+from torchvision.ops import MultiScaleRoIAlign
 
 from geoseg.config import RunOptions
+from geoseg.model.folded_backbone import FoldedBackbone
 from geoseg.model.maskrcnn import MaskRCNNSegmenter, rpn_test_counts, set_rpn_test_counts
 from geoseg.model.protocol import load_segmenter, predict_accepts
+from geoseg.model.roi_sampling import SampledRoIAlign
 from geoseg.pipeline import plan_scene, read_stage
 
 
@@ -43,6 +50,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="tiles per forward pass")
     parser.add_argument(
         "--plain", type=int, nargs="*", default=[], help="models run with the unfolded backbone"
+    )
+    parser.add_argument(
+        "--torch",
+        type=int,
+        nargs="*",
+        default=[],
+        help="models whose folded backbone runs in torch rather than ONNX Runtime",
+    )
+    parser.add_argument(
+        "--torch-roialign",
+        type=int,
+        nargs="*",
+        default=[],
+        help="models that pool with torchvision's RoIAlign",
     )
     parser.add_argument(
         "--tta",
@@ -72,7 +93,11 @@ def main() -> None:
     # sets the backbone its position asks for (the folded copy, or torchvision's own module)
     folded = {id(model): model._backbone for model in models}
     backbones = [
-        model.network.backbone if index in args.plain else folded[id(model)]
+        model.network.backbone
+        if index in args.plain
+        else FoldedBackbone(model.network.backbone)
+        if index in args.torch
+        else folded[id(model)]
         for index, model in enumerate(models)
     ]
     views = [*args.tta, *[1] * len(models)][: len(models)]
@@ -86,10 +111,15 @@ def main() -> None:
     defaults = [rpn_test_counts(model.network.rpn) for model in models]
     proposals = [*args.proposals, *defaults[len(args.proposals) :]][: len(models)]
 
+    plain_pooling = {*args.plain, *args.torch_roialign}
+
     def prepare(m: int) -> MaskRCNNSegmenter:
-        """Model ``m`` with the backbone and proposal counts of its position."""
+        """Model ``m`` with the backbone, RoIAlign and proposal counts of its position."""
         model = models[m]
         model._backbone = backbones[m]
+        heads = model.network.roi_heads
+        heads.box_roi_pool = _pooler(heads.box_roi_pool, m in plain_pooling)
+        heads.mask_roi_pool = _pooler(heads.mask_roi_pool, m in plain_pooling)
         set_rpn_test_counts(model.network.rpn, proposals[m])
         return model
 
@@ -111,9 +141,27 @@ def main() -> None:
     for index, (spec, n, row) in enumerate(zip(args.models, views, seconds, strict=True)):
         name = f"{spec} ({n} views)" if n > 1 else spec
         name += " (unfolded)" if index in args.plain else ""
+        name += " (torch backbone)" if index in args.torch and index not in args.plain else ""
+        name += (
+            " (torch RoIAlign)" if index in args.torch_roialign and index not in args.plain else ""
+        )
         if index < len(args.proposals):
             name += " ({}:{} proposals)".format(*proposals[index])
         print(f"  {name:40s} {row.min():.3f} s/tile  x{row.min() / base:.2f}")
+
+
+def _pooler(pooler: MultiScaleRoIAlign, plain: bool) -> MultiScaleRoIAlign:
+    """``pooler`` as torchvision's own class (``plain``) or geoseg's CPU one."""
+    kind = MultiScaleRoIAlign if plain else SampledRoIAlign
+    if type(pooler) is kind:
+        return pooler
+    return kind(
+        pooler.featmap_names,
+        pooler.output_size,
+        pooler.sampling_ratio,
+        canonical_scale=pooler.canonical_scale,
+        canonical_level=pooler.canonical_level,
+    )
 
 
 def proposal_counts(text: str) -> tuple[int, int]:

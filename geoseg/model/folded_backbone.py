@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["FoldedBackbone", "fold_frozen_batch_norm"]
+__all__ = ["FoldedBackbone", "fold_frozen_batch_norm", "weights_state"]
 
 
 def fold_frozen_batch_norm(module: nn.Module) -> nn.Module:
@@ -79,18 +79,19 @@ class FoldedBackbone:
         )
 
     def _current(self) -> nn.Module:
-        state = self._state()
+        state = weights_state(self.source)
         if self._copy is None or state != self._made_from:
             self._copy = fold_frozen_batch_norm(self.source).eval()
             self._copy.to(memory_format=torch.channels_last)
             self._made_from = state
         return self._copy
 
-    def _state(self) -> tuple[object, ...]:
-        """What a change to the source's weights changes: each tensor's identity, version and
-        device."""
-        tensors = [*self.source.parameters(), *self.source.buffers()]
-        return tuple((id(t), _version(t), t.device) for t in tensors)
+
+def weights_state(module: nn.Module) -> tuple[object, ...]:
+    """What a change to ``module``'s weights changes: each tensor's identity, version and
+    device."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return tuple((id(t), _version(t), t.device) for t in tensors)
 
 
 def _version(tensor: torch.Tensor) -> int:

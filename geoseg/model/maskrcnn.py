@@ -48,7 +48,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.models.mobilenetv2 import mobilenet_v2
 from torchvision.models.resnet import BasicBlock
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, clip_boxes_to_image
+from torchvision.ops import FrozenBatchNorm2d, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from geoseg.config import TTA_VIEW_COUNTS, proposals_at_gsd
@@ -57,8 +57,9 @@ from geoseg.gpu import CPU_BATCH
 from geoseg.model.checkpoint import read_checkpoint
 from geoseg.model.checksum import file_sha256
 from geoseg.model.flip_views import View, fuse_views, views
-from geoseg.model.folded_backbone import FoldedBackbone
+from geoseg.model.onnx_backbone import backbone_runner
 from geoseg.model.read_settings import parse_settings, settings_from_payload
+from geoseg.model.roi_sampling import SampledRoIAlign
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -296,13 +297,13 @@ def build_network(
         rpn_post_nms_top_n_train=arch.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=arch.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=arch.rpn_post_nms_top_n_test,
-        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        box_roi_pool=SampledRoIAlign(levels, output_size=7, sampling_ratio=2),
         box_head=TwoMLPHead(channels * 7 * 7, arch.box_head_dim),
         box_predictor=FastRCNNPredictor(arch.box_head_dim, n_classes + 1),
         box_score_thresh=SCORE_FLOOR,
         box_detections_per_img=arch.box_detections_per_img,
         box_batch_size_per_image=arch.box_batch_size_per_image,
-        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
+        mask_roi_pool=SampledRoIAlign(levels, output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(channels, list(arch.mask_layers), dilation=1),
         mask_predictor=MaskRCNNPredictor(arch.mask_layers[-1], arch.mask_layers[-1], n_classes + 1),
     )
@@ -378,7 +379,7 @@ class MaskRCNNSegmenter:
         self.batch_size = batch_size or (None if self._device.type == "cuda" else CPU_BATCH)
         self.device = str(self._device)
         self.network = network.to(self._device).eval()
-        self._backbone = FoldedBackbone(self.network.backbone)
+        self._backbone = backbone_runner(self.network.backbone, self._device)
         self._lock = threading.Lock()  # predict sets the network's score threshold per call
 
     def __repr__(self) -> str:

@@ -1,0 +1,91 @@
+"""The backbone through ONNX Runtime: the same features as torch, the same objects found."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geoseg.model.folded_backbone import FoldedBackbone
+from geoseg.model.maskrcnn import PRETRAINED_ARCH, MaskRCNNArch, build_network, untrained_segmenter
+from geoseg.model.onnx_backbone import OnnxBackbone, backbone_runner
+from tests.test_folded_backbone import _randomised, assert_same_detections
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("arch", [PRETRAINED_ARCH, MaskRCNNArch()], ids=["mobilenet_v2", "resnet"])
+def test_one_session_gives_the_modules_features_at_every_size(arch: MaskRCNNArch) -> None:
+    backbone = _randomised(build_network(arch, 3).backbone.eval())
+    runner = OnnxBackbone(backbone)
+    generator = torch.Generator().manual_seed(3)
+    for shape in [(2, 3, 96, 160), (1, 3, 64, 64), (3, 3, 128, 96)]:
+        pixels = torch.rand(shape, generator=generator) * 2 - 1
+        with torch.inference_mode():
+            want = backbone(pixels)
+            got = runner(pixels)
+        assert runner._fallback is None  # ONNX Runtime ran it
+        assert list(got) == list(want)
+        for name, level in want.items():
+            assert got[name].shape == level.shape and got[name].dtype == torch.float32
+            torch.testing.assert_close(got[name], level, rtol=1e-4, atol=1e-4 * level.abs().max())
+
+
+def test_the_session_follows_weights_changed_in_place() -> None:
+    backbone = _randomised(build_network(PRETRAINED_ARCH, 3).backbone.eval())
+    runner = OnnxBackbone(backbone)
+    pixels = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        before = runner(pixels)["0"]
+        next(iter(backbone.parameters())).mul_(2.0)  # as an optimizer step does
+        after = runner(pixels)["0"]
+        torch.testing.assert_close(after, backbone(pixels)["0"], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(before, after)
+
+
+def test_a_backbone_that_does_not_export_runs_in_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no exporter here")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    backbone = build_network(PRETRAINED_ARCH, 3).backbone.eval()
+    runner = OnnxBackbone(backbone)
+    pixels = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        got = runner(pixels)["0"]
+        want = FoldedBackbone(backbone)(pixels)["0"]
+    assert isinstance(runner._fallback, FoldedBackbone)
+    torch.testing.assert_close(got, want)
+
+
+def test_the_cpu_runs_onnx_runtime_and_cuda_torch() -> None:
+    backbone = build_network(PRETRAINED_ARCH, 3).backbone
+    assert isinstance(backbone_runner(backbone, torch.device("cpu")), OnnxBackbone)
+    assert isinstance(backbone_runner(backbone, torch.device("cuda")), FoldedBackbone)
+
+
+def test_predict_through_onnx_runtime_finds_what_torch_finds() -> None:
+    model = untrained_segmenter(("a", "b"), arch=PRETRAINED_ARCH, device="cpu", seed=2)
+    _randomised(model.network.backbone)
+    assert isinstance(model._backbone, OnnxBackbone)
+    tiles = np.random.default_rng(1).random((2, 3, 96, 96), dtype=np.float32)
+    onnx = model.predict(tiles, tta_views={"a": 4, "b": 4})
+    model._backbone = FoldedBackbone(model.network.backbone)  # type: ignore[assignment]
+    folded = model.predict(tiles, tta_views={"a": 4, "b": 4})
+    assert sum(len(p["scores"]) for p in folded) > 5
+    for got, want in zip(onnx, folded, strict=True):
+        assert_same_detections(got, want)
+
+
+def test_a_pickled_runner_makes_its_session_again() -> None:
+    import pickle
+
+    backbone = build_network(PRETRAINED_ARCH, 3).backbone.eval()
+    runner = OnnxBackbone(backbone)
+    pixels = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        want = runner(pixels)["0"]
+        copy = pickle.loads(pickle.dumps(runner))
+        got = copy(pixels)["0"]
+    assert copy._fallback is None
+    torch.testing.assert_close(got, want)
