@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from geoseg.model.folded_backbone import FoldedBackbone
-from geoseg.model.maskrcnn import PRETRAINED_ARCH, MaskRCNNArch, build_network, untrained_segmenter
-from geoseg.model.onnx_backbone import OnnxBackbone, backbone_runner
+from geoseg.model.maskrcnn import (
+    PRETRAINED_ARCH,
+    MaskRCNNArch,
+    build_network,
+    set_rpn_test_counts,
+    untrained_segmenter,
+)
+from geoseg.model.onnx_backbone import OnnxBackbone, backbone_runner, proposals_from_maps
 from tests.test_folded_backbone import _randomised, assert_same_detections
 
 pytest.importorskip("onnxruntime")
@@ -89,3 +95,33 @@ def test_a_pickled_runner_makes_its_session_again() -> None:
         got = copy(pixels)["0"]
     assert copy._fallback is None
     torch.testing.assert_close(got, want)
+
+
+def test_the_graphs_proposal_maps_give_the_rpns_proposals() -> None:
+    network = build_network(PRETRAINED_ARCH, 3).eval()
+    _randomised(network.backbone)
+    rpn = network.rpn
+    rpn.nms_thresh = 1.0  # no suppression and no cut: every proposal, whatever the rounding
+    set_rpn_test_counts(rpn, (10**6, 10**6))
+    runner = OnnxBackbone(network.backbone, rpn.head)
+    pixels = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        images, _ = network.transform(list(pixels))
+        features, maps = runner.run(images.tensors)
+        assert maps is not None and len(maps.objectness) == len(features) == 5
+        want = rpn(images, features)[0]
+        got = proposals_from_maps(rpn, images, features, maps)
+    for g, w in zip(got, want, strict=True):
+        assert len(g) == len(w) > 100
+        assert torch.cdist(g, w).min(dim=1).values.max() < 0.1  # px; random heads: large deltas
+
+
+def test_the_segmenter_proposes_through_the_graph() -> None:
+    model = untrained_segmenter(("a",), arch=PRETRAINED_ARCH, device="cpu", seed=1)
+    assert model._backbone.proposal_head is model.network.rpn.head
+    tiles = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        images, _ = model.network.transform(list(tiles))
+        features, proposals = model._features_and_proposals(images)
+        want, _ = model.network.rpn(images, features)
+    assert len(proposals[0]) == len(want[0]) > 0

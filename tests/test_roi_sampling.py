@@ -6,9 +6,10 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-from geoseg.model.roi_sampling import SampledRoIAlign, roi_align_channels_last
+from geoseg.model.roi_sampling import ChannelsLastBoxHead, SampledRoIAlign, roi_align_channels_last
 
 
 def _boxes(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -84,3 +85,16 @@ def test_training_pools_with_torchvision_and_gets_gradients() -> None:
     pooled = SampledRoIAlign(list(features), 7, 2)(features, boxes, [(512, 512)] * 2)
     pooled.sum().backward()
     assert features["0"].grad is not None and features["0"].grad.abs().sum() > 0
+
+
+def test_the_box_head_reads_channels_last_boxes_as_torchvision_does() -> None:
+    head = ChannelsLastBoxHead(6 * 7 * 7, 16)
+    plain = TwoMLPHead(6 * 7 * 7, 16)
+    plain.load_state_dict(head.state_dict())
+    boxes = torch.randn(9, 7, 7, 6).permute(0, 3, 1, 2)  # stored channels-last
+    with torch.no_grad():
+        torch.testing.assert_close(head(boxes), plain(boxes))
+        head.fc6.weight.mul_(-1.5)  # as an optimizer step does
+        plain.fc6.weight.mul_(-1.5)
+        torch.testing.assert_close(head(boxes), plain(boxes))
+        torch.testing.assert_close(head(boxes.contiguous()), plain(boxes))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["FoldedBackbone", "fold_frozen_batch_norm", "weights_state"]
+__all__ = ["FoldedBackbone", "fold_frozen_batch_norm", "tensor_version", "weights_state"]
 
 
 def fold_frozen_batch_norm(module: nn.Module) -> nn.Module:
@@ -91,10 +91,10 @@ def weights_state(module: nn.Module) -> tuple[object, ...]:
     """What a change to ``module``'s weights changes: each tensor's identity, version and
     device."""
     tensors = [*module.parameters(), *module.buffers()]
-    return tuple((id(t), _version(t), t.device) for t in tensors)
+    return tuple((id(t), tensor_version(t), t.device) for t in tensors)
 
 
-def _version(tensor: torch.Tensor) -> int:
+def tensor_version(tensor: torch.Tensor) -> int:
     """The in-place change counter (an inference tensor has none: it is never trained)."""
     try:
         return tensor._version

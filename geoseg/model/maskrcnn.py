@@ -41,7 +41,8 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
@@ -57,9 +58,9 @@ from geoseg.gpu import CPU_BATCH
 from geoseg.model.checkpoint import read_checkpoint
 from geoseg.model.checksum import file_sha256
 from geoseg.model.flip_views import View, fuse_views, views
-from geoseg.model.onnx_backbone import backbone_runner
+from geoseg.model.onnx_backbone import OnnxBackbone, backbone_runner, proposals_from_maps
 from geoseg.model.read_settings import parse_settings, settings_from_payload
-from geoseg.model.roi_sampling import SampledRoIAlign
+from geoseg.model.roi_sampling import ChannelsLastBoxHead, SampledRoIAlign
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -298,7 +299,7 @@ def build_network(
         rpn_pre_nms_top_n_test=arch.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=arch.rpn_post_nms_top_n_test,
         box_roi_pool=SampledRoIAlign(levels, output_size=7, sampling_ratio=2),
-        box_head=TwoMLPHead(channels * 7 * 7, arch.box_head_dim),
+        box_head=ChannelsLastBoxHead(channels * 7 * 7, arch.box_head_dim),
         box_predictor=FastRCNNPredictor(arch.box_head_dim, n_classes + 1),
         box_score_thresh=SCORE_FLOOR,
         box_detections_per_img=arch.box_detections_per_img,
@@ -379,7 +380,7 @@ class MaskRCNNSegmenter:
         self.batch_size = batch_size or (None if self._device.type == "cuda" else CPU_BATCH)
         self.device = str(self._device)
         self.network = network.to(self._device).eval()
-        self._backbone = backbone_runner(self.network.backbone, self._device)
+        self._backbone = backbone_runner(self.network.backbone, self._device, self.network.rpn.head)
         self._lock = threading.Lock()  # predict sets the network's score threshold per call
 
     def __repr__(self) -> str:
@@ -488,8 +489,7 @@ class MaskRCNNSegmenter:
         net = self.network
         original = [(int(t.shape[-2]), int(t.shape[-1])) for t in batch]
         images, _ = net.transform(list(batch))
-        features = self._features(images.tensors)
-        proposals, _ = net.rpn(images, features)
+        features, proposals = self._features_and_proposals(images)
         detections, _ = net.roi_heads(features, proposals, images.image_sizes)
         for det, size, size_in in zip(detections, images.image_sizes, original, strict=True):
             det["boxes"] = resize_boxes(det["boxes"], size, size_in)
@@ -523,8 +523,7 @@ class MaskRCNNSegmenter:
                     break
             pixels = batch if number == 0 else batch[tiles]
             images, _ = net.transform(list(view.image(pixels)))
-            features = self._features(images.tensors)
-            proposals, _ = net.rpn(images, features)
+            features, proposals = self._features_and_proposals(images)
             pooled = heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
             logits, deltas = heads.box_predictor(pooled)
             boxes, scores, labels = heads.postprocess_detections(
@@ -625,10 +624,25 @@ class MaskRCNNSegmenter:
 
     def _features(self, pixels: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """The backbone's feature pyramid, float32 (float16 autocast on CUDA), computed by its
-        folded channels-last copy (:mod:`geoseg.model.folded_backbone`)."""
+        folded copy (:mod:`geoseg.model.folded_backbone`): through ONNX Runtime on the CPU
+        (:mod:`geoseg.model.onnx_backbone`), channels-last in torch on CUDA."""
         cuda = pixels.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
             return self._backbone(pixels)
+
+    def _features_and_proposals(
+        self, images: ImageList
+    ) -> tuple[OrderedDict[str, torch.Tensor], list[torch.Tensor]]:
+        """:meth:`_features` of ``images`` and the RPN's proposals; on the CPU the RPN's head
+        runs in the backbone's ONNX Runtime graph (the same proposals)."""
+        if isinstance(self._backbone, OnnxBackbone):
+            features, maps = self._backbone.run(images.tensors)
+            if maps is not None:
+                return features, proposals_from_maps(self.network.rpn, images, features, maps)
+        else:
+            features = self._features(images.tensors)
+        proposals, _ = self.network.rpn(images, features)
+        return features, proposals
 
     def embed(self, tiles: np.ndarray) -> np.ndarray:
         """One float32 vector per tile ``(N, D)``: each feature-pyramid level of the backbone,

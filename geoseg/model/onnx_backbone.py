@@ -3,13 +3,15 @@
 ONNX Runtime's CPU kernels fuse what torch runs as separate steps (a pointwise convolution's
 bias, the ReLU6 after it, the layout changes between them), so the folded MobileNetV2 with its
 pyramid takes about 0.12 s instead of 0.18-0.26 s for a 512 px tile on one thread; the
-features equal torch's to float rounding (about 1e-4 on features of magnitude 10).
+features equal torch's to float rounding (about 1e-4 on features of magnitude 10). The region
+proposal network's head (its convolutions over every pyramid level) can run in the same graph:
+:func:`proposals_from_maps` makes torchvision's proposals from its maps.
 
 :class:`OnnxBackbone` exports the folded copy (:mod:`geoseg.model.folded_backbone`) to an ONNX
 graph in memory when it is first called (about a second; nothing is written to disk) and again
-after any change to the source's weights, so a network still being trained is seen as it is.
-Where ONNX Runtime is not installed, or a backbone does not export, it runs the folded copy in
-torch instead (:func:`backbone_runner`).
+after any change to the weights, so a network still being trained is seen as it is. Where
+ONNX Runtime is not installed, or a backbone does not export, it runs the folded copy in torch
+instead (:func:`backbone_runner`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,22 @@ import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 
 from geoseg.model.folded_backbone import FoldedBackbone, fold_frozen_batch_norm, weights_state
 
-__all__ = ["OnnxBackbone", "backbone_runner", "onnxruntime_available"]
+__all__ = [
+    "OnnxBackbone",
+    "ProposalMaps",
+    "backbone_runner",
+    "onnxruntime_available",
+    "proposals_from_maps",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +52,59 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def backbone_runner(source: nn.Module, device: torch.device) -> Runner:
+def backbone_runner(
+    source: nn.Module, device: torch.device, proposal_head: nn.Module | None = None
+) -> Runner:
     """What computes ``source``'s features at inference: ONNX Runtime on the CPU where it is
-    installed, else the folded copy in torch (on CUDA always)."""
+    installed (with ``proposal_head``'s maps too, where given), else the folded copy in torch
+    (on CUDA always)."""
     if device.type == "cpu" and onnxruntime_available():
-        return OnnxBackbone(source)
+        return OnnxBackbone(source, proposal_head)
     return FoldedBackbone(source)
 
 
-class _Levels(nn.Module):
-    """A backbone's feature pyramid as a tuple, for the exporter."""
+class ProposalMaps(NamedTuple):
+    """The region proposal head's output: per pyramid level, objectness ``(N, A, h, w)`` and
+    box deltas ``(N, 4 A, h, w)``."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    objectness: list[torch.Tensor]
+    deltas: list[torch.Tensor]
+
+
+def proposals_from_maps(
+    rpn: RegionProposalNetwork,
+    images: ImageList,
+    features: OrderedDict[str, torch.Tensor],
+    maps: ProposalMaps,
+) -> list[torch.Tensor]:
+    """What ``rpn(images, features)`` proposes at inference, from its head's ``maps`` computed
+    elsewhere (torchvision's ``RegionProposalNetwork.forward`` without the head and the
+    losses)."""
+    levels = list(features.values())
+    anchors = rpn.anchor_generator(images, levels)
+    per_level = [int(o[0].numel()) for o in maps.objectness]
+    objectness, deltas = concat_box_prediction_layers(maps.objectness, maps.deltas)
+    proposals = rpn.box_coder.decode(deltas, anchors).view(len(anchors), -1, 4)
+    boxes, _ = rpn.filter_proposals(proposals, objectness, images.image_sizes, per_level)
+    return boxes
+
+
+class _Graph(nn.Module):
+    """A backbone's feature pyramid as a tuple, channels-last, then the proposal head's
+    objectness and deltas of each level where there is one: what is exported."""
+
+    def __init__(self, backbone: nn.Module, proposal_head: nn.Module | None) -> None:
         super().__init__()
         self.backbone = backbone
+        self.proposal_head = proposal_head
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(level.permute(0, 2, 3, 1) for level in self.backbone(pixels).values())
+        levels = list(self.backbone(pixels).values())
+        out = [level.permute(0, 2, 3, 1) for level in levels]
+        if self.proposal_head is not None:
+            objectness, deltas = self.proposal_head(levels)
+            out += [*objectness, *deltas]
+        return tuple(out)
 
 
 class OnnxBackbone:
@@ -65,8 +112,9 @@ class OnnxBackbone:
     docstring); falls back to :class:`~geoseg.model.folded_backbone.FoldedBackbone` for good
     if the export fails."""
 
-    def __init__(self, source: nn.Module) -> None:
+    def __init__(self, source: nn.Module, proposal_head: nn.Module | None = None) -> None:
         self.source = source
+        self.proposal_head = proposal_head
         self._session: object | None = None
         self._names: list[str] = []
         self._made_from: tuple[object, ...] = ()
@@ -77,17 +125,30 @@ class OnnxBackbone:
         """The source's features of ``pixels`` ``(N, 3, H, W)``, float32 on the CPU: each level
         float32 ``(N, C, h, w)``, stored channels-last (as :mod:`geoseg.model.roi_sampling`
         reads them)."""
+        return self.run(pixels)[0]
+
+    def run(
+        self, pixels: torch.Tensor
+    ) -> tuple[OrderedDict[str, torch.Tensor], ProposalMaps | None]:
+        """The features (as :meth:`__call__` gives them) and the proposal head's maps of them,
+        ``None`` without a head or where torch computed the features."""
         if self._fallback is None and pixels.dtype == torch.float32:
             session = self._current()
             if session is not None:
-                levels = session.run(None, {"pixels": pixels.contiguous().numpy()})  # type: ignore[attr-defined]
-                return OrderedDict(  # channels-last: as the heads' RoIAlign reads them
-                    (name, torch.from_numpy(level).permute(0, 3, 1, 2))
-                    for name, level in zip(self._names, levels, strict=True)
+                arrays = session.run(None, {"pixels": pixels.contiguous().numpy()})  # type: ignore[attr-defined]
+                out = [torch.from_numpy(array) for array in arrays]
+                n = len(self._names)
+                features = OrderedDict(  # channels-last: as the heads' RoIAlign reads them
+                    (name, level.permute(0, 3, 1, 2))
+                    for name, level in zip(self._names, out[:n], strict=True)
                 )
+                maps = None
+                if self.proposal_head is not None:
+                    maps = ProposalMaps(out[n : 2 * n], out[2 * n : 3 * n])
+                return features, maps
         if self._fallback is None:
             self._fallback = FoldedBackbone(self.source)
-        return self._fallback(pixels)
+        return self._fallback(pixels), None
 
     def __getstate__(self) -> dict[str, object]:
         """Pickled without its session (made again where it is next called)."""
@@ -95,6 +156,8 @@ class OnnxBackbone:
 
     def _current(self) -> object | None:
         state = weights_state(self.source)
+        if self.proposal_head is not None:
+            state += weights_state(self.proposal_head)
         threads = torch.get_num_threads()
         if self._session is None or state != self._made_from or threads != self._threads:
             try:
@@ -113,16 +176,20 @@ class OnnxBackbone:
             folded = fold_frozen_batch_norm(self.source).eval().float()
             example = torch.zeros((2, 3, 64, 96))
             self._names = list(folded(example))
+            n = len(self._names)
+            outputs = [f"level{i}" for i in range(n)]
+            if self.proposal_head is not None:
+                outputs += [f"objectness{i}" for i in range(n)] + [f"deltas{i}" for i in range(n)]
             graph = io.BytesIO()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    _Levels(folded),
+                    _Graph(folded, self.proposal_head),
                     (example,),
                     graph,
                     dynamo=False,
                     input_names=["pixels"],
-                    output_names=[f"level{i}" for i in range(len(self._names))],
+                    output_names=outputs,
                     dynamic_axes={"pixels": {0: "n", 2: "height", 3: "width"}},
                     opset_version=17,
                 )

@@ -9,7 +9,8 @@ per-sample weights: 2-4 times faster, and the same values to float rounding.
 
 :class:`SampledRoIAlign` is torchvision's ``MultiScaleRoIAlign`` (the same level mapping and
 scales) that pools this way on the CPU when no gradient is needed; training, and other devices,
-run torchvision's own.
+run torchvision's own. It hands the pooled boxes over channels-last, and
+:class:`ChannelsLastBoxHead` reads them so without a copy.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
-__all__ = ["SampledRoIAlign", "roi_align_channels_last"]
+from geoseg.model.folded_backbone import tensor_version
+
+__all__ = ["ChannelsLastBoxHead", "SampledRoIAlign", "roi_align_channels_last"]
 
 
 def roi_align_channels_last(
@@ -107,3 +111,35 @@ class SampledRoIAlign(MultiScaleRoIAlign):
                     channels_last, rois[chosen], size, scale, self.sampling_ratio
                 )
         return pooled.permute(0, 3, 1, 2)  # (K, C, rows, cols), stored channels-last
+
+
+class ChannelsLastBoxHead(TwoMLPHead):
+    """torchvision's ``TwoMLPHead`` that reads pooled boxes stored channels-last as they lie:
+    its first layer's weights are taken in that order (and again after they change), so the
+    boxes need no copy into torchvision's order. With a gradient, or boxes in torchvision's
+    order, it is torchvision's."""
+
+    def __init__(self, in_channels: int, representation_size: int) -> None:
+        super().__init__(in_channels, representation_size)
+        self._reordered: tuple[tuple[object, ...], Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            torch.is_grad_enabled()
+            or x.dim() != 4
+            or x.is_contiguous()
+            or not x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            return super().forward(x)
+        count, channels, rows, cols = x.shape
+        weight = self._weight_channels_last(channels, rows, cols)
+        x = F.relu(F.linear(x.permute(0, 2, 3, 1).reshape(count, -1), weight, self.fc6.bias))
+        return F.relu(self.fc7(x))
+
+    def _weight_channels_last(self, channels: int, rows: int, cols: int) -> Tensor:
+        weight = self.fc6.weight
+        made_from = (id(weight), tensor_version(weight), weight.device, channels, rows, cols)
+        if self._reordered is None or self._reordered[0] != made_from:
+            reordered = weight.reshape(-1, channels, rows, cols).permute(0, 2, 3, 1)
+            self._reordered = (made_from, reordered.reshape(weight.shape[0], -1).contiguous())
+        return self._reordered[1]
