@@ -179,8 +179,10 @@ def test_only_tiles_with_a_sure_object_get_more_views(
     sure, unsure = (0, 1) if best[0] > best[1] else (1, 0)
     floor = (best[0] + best[1]) / 2
     batches: list[int] = []
-    features = model._features
-    monkeypatch.setattr(model, "_features", lambda p: batches.append(len(p)) or features(p))
+    seen = model._features_and_proposals
+    monkeypatch.setattr(
+        model, "_features_and_proposals", lambda i: batches.append(len(i.tensors)) or seen(i)
+    )
     fused = model.predict(tiles, tta_views={"ship": 4}, min_score=floor)
     assert batches == [2, 1, 1, 1]  # the tile, then its three other views for one tile only
     assert not (fused[unsure]["labels"] == 2).any()
