@@ -109,8 +109,8 @@ class _Graph(nn.Module):
 
 class OnnxBackbone:
     """Calls a backbone's folded copy through an ONNX Runtime session (see the module
-    docstring); falls back to :class:`~geoseg.model.folded_backbone.FoldedBackbone` for good
-    if the export fails."""
+    docstring); runs :class:`~geoseg.model.folded_backbone.FoldedBackbone` instead, for good,
+    once the export has failed."""
 
     def __init__(self, source: nn.Module, proposal_head: nn.Module | None = None) -> None:
         self.source = source
@@ -119,6 +119,7 @@ class OnnxBackbone:
         self._names: list[str] = []
         self._made_from: tuple[object, ...] = ()
         self._threads = 0
+        self._export_failed = False
         self._fallback: FoldedBackbone | None = None
 
     def __call__(self, pixels: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
@@ -132,29 +133,32 @@ class OnnxBackbone:
     ) -> tuple[OrderedDict[str, torch.Tensor], ProposalMaps | None]:
         """The features (as :meth:`__call__` gives them) and the proposal head's maps of them,
         ``None`` without a head or where torch computed the features."""
-        if self._fallback is None and pixels.dtype == torch.float32:
-            session = self._current()
-            if session is not None:
-                arrays = session.run(None, {"pixels": pixels.contiguous().numpy()})  # type: ignore[attr-defined]
-                out = [torch.from_numpy(array) for array in arrays]
-                n = len(self._names)
-                features = OrderedDict(  # channels-last: as the heads' RoIAlign reads them
-                    (name, level.permute(0, 3, 1, 2))
-                    for name, level in zip(self._names, out[:n], strict=True)
-                )
-                maps = None
-                if self.proposal_head is not None:
-                    maps = ProposalMaps(out[n : 2 * n], out[2 * n : 3 * n])
-                return features, maps
-        if self._fallback is None:
-            self._fallback = FoldedBackbone(self.source)
-        return self._fallback(pixels), None
+        session = self._current()
+        if session is None:
+            if self._fallback is None:
+                self._fallback = FoldedBackbone(self.source)
+            return self._fallback(pixels), None
+        arrays = session.run(None, {"pixels": pixels.contiguous().numpy()})  # type: ignore[attr-defined]
+        out = [torch.from_numpy(array) for array in arrays]
+        n = len(self._names)
+        features = OrderedDict(  # channels-last: as the heads' RoIAlign reads them
+            (name, level.permute(0, 3, 1, 2))
+            for name, level in zip(self._names, out[:n], strict=True)
+        )
+        maps = None
+        if self.proposal_head is not None:
+            maps = ProposalMaps(out[n : 2 * n], out[2 * n : 3 * n])
+        return features, maps
 
     def __getstate__(self) -> dict[str, object]:
         """Pickled without its session (made again where it is next called)."""
         return {**self.__dict__, "_session": None, "_made_from": ()}
 
     def _current(self) -> object | None:
+        """The session for the weights as they are now (exported again after a change);
+        ``None`` once an export has failed."""
+        if self._export_failed:
+            return None
         state = weights_state(self.source)
         if self.proposal_head is not None:
             state += weights_state(self.proposal_head)
@@ -164,7 +168,7 @@ class OnnxBackbone:
                 self._session = self._exported(threads)
             except Exception as error:  # an exporter or runtime that cannot take this backbone
                 log.warning("backbone runs in torch: ONNX export failed (%s)", error)
-                self._fallback = FoldedBackbone(self.source)
+                self._export_failed = True
                 return None
             self._made_from, self._threads = state, threads
         return self._session
