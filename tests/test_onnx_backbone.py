@@ -125,3 +125,19 @@ def test_the_segmenter_proposes_through_the_graph() -> None:
         features, proposals = model._features_and_proposals(images)
         want, _ = model.network.rpn(images, features)
     assert len(proposals[0]) == len(want[0]) > 0
+
+
+def test_embed_runs_a_graph_of_the_pyramid_alone() -> None:
+    model = untrained_segmenter(("a",), arch=PRETRAINED_ARCH, device="cpu", seed=2)
+    _randomised(model.network.backbone)
+    tiles = np.random.default_rng(3).random((2, 3, 64, 96), dtype=np.float32)
+    got = model.embed(tiles)
+    runner = model._pyramid_runner
+    assert isinstance(runner, OnnxBackbone) and runner.proposal_head is None
+    assert [o.name for o in runner._session.get_outputs()] == [f"level{i}" for i in range(5)]
+    with torch.inference_mode():
+        images, _ = model.network.transform(list(torch.from_numpy(tiles)))
+        levels = FoldedBackbone(model.network.backbone)(images.tensors).values()
+        want = torch.cat([f.mean(dim=(2, 3)) for f in levels], dim=1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert model._backbone._session is None  # predict's graph (with the head) never made
