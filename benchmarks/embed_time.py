@@ -12,10 +12,9 @@ import argparse
 import time
 
 import torch
+from model_tile_time import tiles_as_run_reads_them
 
-from geoseg.config import RunOptions
 from geoseg.model.protocol import load_segmenter
-from geoseg.pipeline import plan_scene, read_stage
 
 
 def main() -> None:
@@ -28,9 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    plan = plan_scene(args.scene, RunOptions(model=args.model, gsd_m=None))
-    tiles = [tile for _, batch in plan.batches for tile in batch][: args.tiles]
-    pixels = read_stage(plan.scene, tiles, plan.options.tile_px).pixels
+    _, pixels = tiles_as_run_reads_them(args.scene, args.model, args.tiles)
     model = load_segmenter(args.model, device="cpu")
     model.embed(pixels[:1])  # the first call exports the graph
     for round_ in range(args.rounds):

@@ -38,6 +38,7 @@ from geoseg.model.maskrcnn import MaskRCNNSegmenter, rpn_test_counts, set_rpn_te
 from geoseg.model.protocol import load_segmenter, predict_accepts
 from geoseg.model.roi_sampling import SampledRoIAlign
 from geoseg.pipeline import plan_scene, read_stage
+from geoseg.plan import ScenePlan
 
 
 def main() -> None:
@@ -83,9 +84,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    plan = plan_scene(args.scene, RunOptions(model=args.models[0], gsd_m=None))
-    tiles = [t for _, batch in plan.batches for t in batch][: args.tiles]
-    pixels = read_stage(plan.scene, tiles, plan.options.tile_px).pixels
+    plan, pixels = tiles_as_run_reads_them(args.scene, args.models[0], args.tiles)
     models = [load_segmenter(spec, device="cpu") for spec in args.models]
     for model in models:
         model.batch_size = args.batch or model.batch_size
@@ -148,6 +147,14 @@ def main() -> None:
         if index < len(args.proposals):
             name += " ({}:{} proposals)".format(*proposals[index])
         print(f"  {name:40s} {row.min():.3f} s/tile  x{row.min() / base:.2f}")
+
+
+def tiles_as_run_reads_them(scene: str, model: str, count: int) -> tuple[ScenePlan, np.ndarray]:
+    """``geoseg run --model model``'s plan of ``scene`` and its first ``count`` tiles, read as
+    the run reads them (normalized): ``(count, bands, tile, tile)``."""
+    plan = plan_scene(scene, RunOptions(model=model, gsd_m=None))
+    tiles = [tile for _, batch in plan.batches for tile in batch][:count]
+    return plan, read_stage(plan.scene, tiles, plan.options.tile_px).pixels
 
 
 def _pooler(pooler: MultiScaleRoIAlign, plain: bool) -> MultiScaleRoIAlign:
