@@ -14,7 +14,12 @@ from geoseg.model.maskrcnn import (
     set_rpn_test_counts,
     untrained_segmenter,
 )
-from geoseg.model.onnx_backbone import OnnxBackbone, backbone_runner, proposals_from_maps
+from geoseg.model.onnx_backbone import (
+    OnnxBackbone,
+    ProposalMaps,
+    backbone_runner,
+    proposals_from_maps,
+)
 from tests.test_folded_backbone import _randomised, assert_same_detections
 
 pytest.importorskip("onnxruntime")
@@ -114,6 +119,39 @@ def test_the_graphs_proposal_maps_give_the_rpns_proposals() -> None:
     for g, w in zip(got, want, strict=True):
         assert len(g) == len(w) > 100
         assert torch.cdist(g, w).min(dim=1).values.max() < 0.1  # px; random heads: large deltas
+
+
+@pytest.mark.parametrize(
+    ("counts", "nms"),
+    [((40, 25), 0.7), ((40, 10), 0.02), ((40, 60), 0.9), ((10**4, 10**4), 0.5)],
+    ids=["cut-at-once", "cut-grown", "fewer-than-asked", "every-box"],
+)
+def test_proposals_from_maps_are_torchvisions_to_the_bit(
+    counts: tuple[int, int], nms: float
+) -> None:
+    """Decoding only each level's best anchors, and suppressing only the best boxes until
+    enough are kept, give torchvision's proposals exactly: the same boxes in the same order,
+    with a level smaller than the per-level count."""
+    network = build_network(PRETRAINED_ARCH, 3).eval()
+    _randomised(network.backbone)
+    rpn = network.rpn
+    rpn.nms_thresh = nms
+    set_rpn_test_counts(rpn, counts)
+    pixels = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        images, _ = network.transform(list(pixels))
+        features = network.backbone(images.tensors)
+        maps = ProposalMaps(*rpn.head(list(features.values())))
+        assert (
+            min(o[0].numel() for o in maps.objectness)
+            < 40
+            < max(o[0].numel() for o in maps.objectness)
+        )
+        want = rpn(images, features)[0]
+        got = proposals_from_maps(rpn, images, features, maps)
+    for g, w in zip(got, want, strict=True):
+        assert len(w) == counts[1] if counts[1] < 50 else len(w) > 50
+        assert torch.equal(g, w)
 
 
 def test_the_segmenter_proposes_through_the_graph() -> None:

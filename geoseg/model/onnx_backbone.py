@@ -26,7 +26,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import boxes as box_ops
 
 from geoseg.model.folded_backbone import FoldedBackbone, fold_frozen_batch_norm, weights_state
 
@@ -79,14 +80,91 @@ def proposals_from_maps(
 ) -> list[torch.Tensor]:
     """What ``rpn(images, features)`` proposes at inference, from its head's ``maps`` computed
     elsewhere (torchvision's ``RegionProposalNetwork.forward`` without the head and the
-    losses)."""
-    levels = list(features.values())
-    anchors = rpn.anchor_generator(images, levels)
+    losses).
+
+    torchvision decodes the deltas of every anchor (about 65,000 in a 512 px tile) and then
+    keeps each level's best ``pre_nms_top_n``; this picks those first, with torchvision's own
+    selection, and decodes only them (a few thousand): the same boxes, in the same order,
+    for a twentieth of the decoding."""
+    n = len(images.image_sizes)
+    anchors = torch.stack(rpn.anchor_generator(images, list(features.values())))
+    # each level's anchors in torchvision's order: rows, then columns, then anchor shapes
+    objectness = torch.cat([o.permute(0, 2, 3, 1).reshape(n, -1) for o in maps.objectness], 1)
+    deltas = torch.cat(
+        [
+            d.view(n, -1, 4, *d.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+            for d in maps.deltas
+        ],
+        1,
+    )
     per_level = [int(o[0].numel()) for o in maps.objectness]
-    objectness, deltas = concat_box_prediction_layers(maps.objectness, maps.deltas)
-    proposals = rpn.box_coder.decode(deltas, anchors).view(len(anchors), -1, 4)
-    boxes, _ = rpn.filter_proposals(proposals, objectness, images.image_sizes, per_level)
-    return boxes
+    top = rpn._get_top_n_idx(objectness, per_level)  # (n, kept): each level's best, in order
+    rows = torch.arange(n, device=top.device)[:, None]
+    boxes = rpn.box_coder.decode_single(
+        deltas[rows, top].reshape(-1, 4), anchors[rows, top].reshape(-1, 4)
+    ).view(n, -1, 4)
+    scores = torch.sigmoid(objectness[rows, top])
+    level_of = torch.repeat_interleave(
+        torch.arange(len(per_level), device=top.device),
+        torch.tensor(per_level, device=top.device),
+    )[top]
+    return [
+        _kept_proposals(rpn, b, s, lv, size)
+        for b, s, lv, size in zip(boxes, scores, level_of, images.image_sizes, strict=True)
+    ]
+
+
+def _kept_proposals(
+    rpn: RegionProposalNetwork,
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    levels: torch.Tensor,
+    image_size: tuple[int, int],
+) -> torch.Tensor:
+    """One image's proposals after the per-level selection, as torchvision's
+    ``RegionProposalNetwork.filter_proposals`` finishes them: clipped to the image, small and
+    unlikely ones dropped, suppressed level by level, the best ``post_nms_top_n`` kept, in
+    order of score.
+
+    Greedy suppression keeps or drops a box by the boxes scored above it alone, so the boxes
+    scored from some cut keep what they would keep among all; once they keep
+    ``post_nms_top_n``, the boxes under the cut cannot change the best ones. The cut starts
+    at twice ``post_nms_top_n`` boxes and doubles until that holds (a 512 px tile: about 700
+    of its 4,000 boxes, for a sixth of the suppression's time)."""
+    boxes = box_ops.clip_boxes_to_image(boxes, image_size)
+    keep = box_ops.remove_small_boxes(boxes, rpn.min_size)
+    boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+    keep = torch.where(scores >= rpn.score_thresh)[0]
+    boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+    wanted, count = rpn.post_nms_top_n(), len(scores)
+    by_score = scores.argsort(descending=True)
+    head = min(count, 2 * wanted)
+    while True:
+        if head < count:  # boxes scored the same as the last one in stay with it
+            head = int((scores >= scores[by_score[head - 1]]).sum())
+        kept = _suppressed_by_level(boxes, scores, levels, by_score[:head], rpn.nms_thresh)
+        if len(kept) >= wanted or head >= count:
+            return boxes[kept[:wanted]]
+        head = min(count, 2 * head)
+
+
+def _suppressed_by_level(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    levels: torch.Tensor,
+    among: torch.Tensor,
+    iou: float,
+) -> torch.Tensor:
+    """Indices of the boxes ``among`` those indexed that non-maximum suppression at ``iou``
+    keeps, each pyramid level on its own (torchvision's ``batched_nms`` on the CPU), best
+    score first."""
+    among = among.sort().values  # in index order, as torchvision hands them on: equal
+    kept = [among[:0]]  # scores then fall the same way
+    for level in levels[among].unique():
+        these = among[levels[among] == level]
+        kept.append(these[box_ops.nms(boxes[these], scores[these], iou)])
+    out = torch.cat(kept).sort().values
+    return out[scores[out].sort(descending=True)[1]]
 
 
 class _Graph(nn.Module):
