@@ -65,8 +65,30 @@ def test_a_backbone_that_does_not_export_runs_in_torch(monkeypatch: pytest.Monke
     with torch.inference_mode():
         got = runner(pixels)["0"]
         want = FoldedBackbone(backbone)(pixels)["0"]
-    assert isinstance(runner._fallback, FoldedBackbone)
+    assert isinstance(runner._fallback, FoldedBackbone) and runner.export_failed
     torch.testing.assert_close(got, want)
+
+
+def test_embed_tries_no_second_export_after_predicts_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tries = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        tries.append(1)
+        raise RuntimeError("no exporter here")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    model = untrained_segmenter(("a",), arch=PRETRAINED_ARCH, device="cpu", seed=3)
+    tiles = np.random.default_rng(4).random((1, 3, 64, 64), dtype=np.float32)
+    model.predict(tiles)
+    embedded = model.embed(tiles)
+    assert len(tries) == 1 and model._pyramid_runner is None
+    with torch.inference_mode():
+        images, _ = model.network.transform(list(torch.from_numpy(tiles)))
+        levels = FoldedBackbone(model.network.backbone)(images.tensors).values()
+        want = torch.cat([f.mean(dim=(2, 3)) for f in levels], dim=1).numpy()
+    np.testing.assert_allclose(embedded, want, rtol=1e-5, atol=1e-5)
 
 
 def test_the_cpu_runs_onnx_runtime_and_cuda_torch() -> None:

@@ -104,6 +104,10 @@ def save_checkpoint(
     return path
 
 
+_RUN_SETTINGS = ("gsd_range_m", *(s.key for s in READ_SETTINGS))
+"""The keywords of :func:`save_checkpoint` that say how a checkpoint is run."""
+
+
 def update_checkpoint(path: str | Path, **changes: Any) -> Path:
     """Rewrite the checkpoint at ``path`` atomically with some of its run settings replaced
     (``gsd_range_m``, and the read settings by checkpoint key: ``min_score``, ``class_gsd_m``,
@@ -130,9 +134,6 @@ def run_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's run settings as stored (``None`` where absent), by keyword of
     :func:`save_checkpoint`: ``gsd_range_m`` and each of the read settings."""
     return {key: payload.get(key) for key in _RUN_SETTINGS}
-
-
-_RUN_SETTINGS = ("gsd_range_m", *(s.key for s in READ_SETTINGS))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -668,8 +668,9 @@ class MaskRCNNSegmenter:
         """:meth:`_features` without the proposal head's maps, which the CPU graph of
         :meth:`_features_and_proposals` also computes: on the CPU a second graph of the
         backbone alone, exported when :meth:`embed` is first called (embed 0.12-0.16 s a
-        512 px tile instead of 0.18-0.20 s, one thread)."""
-        if not isinstance(self._backbone, OnnxBackbone):
+        512 px tile instead of 0.18-0.20 s, one thread); where that graph's export has
+        failed, the torch copy, without trying a second export."""
+        if not isinstance(self._backbone, OnnxBackbone) or self._backbone.export_failed:
             return self._features(pixels)
         if self._pyramid_runner is None:
             self._pyramid_runner = OnnxBackbone(self.network.backbone)

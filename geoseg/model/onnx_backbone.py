@@ -228,6 +228,11 @@ class OnnxBackbone:
             maps = ProposalMaps(out[n : 2 * n], out[2 * n : 3 * n])
         return features, maps
 
+    @property
+    def export_failed(self) -> bool:
+        """Whether the export has failed (the folded copy then runs in torch, for good)."""
+        return self._export_failed
+
     def __getstate__(self) -> dict[str, object]:
         """Pickled without its session (made again where it is next called)."""
         return {**self.__dict__, "_session": None, "_made_from": ()}
