@@ -28,7 +28,7 @@ _lock = threading.Lock()
 
 class TimedSegmenter:
     """Delegates to the wrapped model, timing ``predict`` (with the keywords geoseg gives,
-    ``min_score`` and ``tta_views``, where the wrapped ``predict`` takes them)."""
+    ``min_score``, ``tta_views`` and ``gsd_m``, where the wrapped ``predict`` takes them)."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -45,8 +45,15 @@ class TimedSegmenter:
             if hasattr(inner, name):
                 setattr(self, name, getattr(inner, name))
 
-    def predict(self, tiles: Any, *, min_score: float | None = None, tta_views: Any = None) -> Any:
-        given = {"min_score": min_score, "tta_views": tta_views}
+    def predict(
+        self,
+        tiles: Any,
+        *,
+        min_score: float | None = None,
+        tta_views: Any = None,
+        gsd_m: float | None = None,
+    ) -> Any:
+        given = {"min_score": min_score, "tta_views": tta_views, "gsd_m": gsd_m}
         keywords = {k: v for k, v in given.items() if v is not None and k in self._takes}
         start = time.perf_counter()
         out = self._inner.predict(tiles, **keywords)

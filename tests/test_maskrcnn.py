@@ -25,7 +25,7 @@ from geoseg.model.maskrcnn import (
     load_checkpoint,
     untrained_segmenter,
 )
-from geoseg.model.protocol import ModelInfo, describe_spec
+from geoseg.model.protocol import ModelInfo, describe_spec, predict_accepts
 from geoseg.model.read_settings import READ_SETTINGS
 
 CLASSES = ("building", "field", "ship")
@@ -385,6 +385,8 @@ def test_every_read_setting_survives_the_checkpoint(
         describe_model(timed_model.TimedSegmenter(loaded), str(path)),
     ):
         assert {attribute: getattr(info, attribute) for attribute in read} == read
+    # the wrapper hands on every keyword geoseg gives (the proposals depend on the GSD)
+    assert predict_accepts(timed_model.TimedSegmenter(loaded), "gsd_m")
     with pytest.raises(TypeError, match="class_gsd_range_m"):  # an attribute, not a key
         save_checkpoint(
             path,
