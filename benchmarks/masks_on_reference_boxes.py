@@ -52,6 +52,7 @@ def main() -> None:
     tiles = [t for index, batch in plan.batches if index == 0 for t in batch]
     batch = read_stage(first.scene, tiles, plan.options.tile_px)
     side = plan.options.tile_px
+    heads = model.network.roi_heads
     rows: list[list[float]] = []
     done: set[int] = set()
     with torch.inference_mode():
@@ -71,7 +72,6 @@ def main() -> None:
             images, _ = model.network.transform([torch.from_numpy(pixels).float()])
             features, _ = model._features_and_proposals(images)
             boxes = torch.tensor([o.bounds for _, o in inside], dtype=torch.float32)
-            heads = model.network.roi_heads
             pooled = heads.mask_roi_pool(features, [boxes], images.image_sizes)
             logits = heads.mask_predictor(heads.mask_head(pooled))
             probs = maskrcnn_inference(logits, [torch.full((len(boxes),), label)])[0]

@@ -160,8 +160,9 @@ def _suppressed_by_level(
     score first."""
     among = among.sort().values  # in index order, as torchvision hands them on: equal
     kept = [among[:0]]  # scores then fall the same way
-    for level in levels[among].unique():
-        these = among[levels[among] == level]
+    level_of = levels[among]
+    for level in level_of.unique():
+        these = among[level_of == level]
         kept.append(these[box_ops.nms(boxes[these], scores[these], iou)])
     out = torch.cat(kept).sort().values
     return out[scores[out].sort(descending=True)[1]]
