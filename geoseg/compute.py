@@ -96,7 +96,7 @@ def compute_tasks(tasks: Sequence[Delayed], scheduler: Any = "threads") -> list[
     """Every task's result, in task order, all at once (for small jobs such as
     ``geoseg select``'s; a scene goes through :func:`iter_results`)."""
     if isinstance(scheduler, str) and scheduler in ("threads", "processes", "sync"):
-        return list(dask.compute(*tasks, scheduler=scheduler))
+        return list(dask.compute(*tasks, scheduler=scheduler, **_local_options(scheduler)))
     with _client(scheduler) as client:
         return list(client.gather(client.compute(list(tasks))))
 
@@ -110,7 +110,9 @@ def _iter_local(tasks: Sequence[Delayed], scheduler: str) -> Iterator[BatchResul
     def compute() -> None:
         try:
             callbacks = [*Callback.active, _Forward(sink, stop)._callback]  # and the user's own
-            dask.compute(*tasks, scheduler=scheduler, callbacks=callbacks, **_pool_size(scheduler))
+            dask.compute(
+                *tasks, scheduler=scheduler, callbacks=callbacks, **_local_options(scheduler)
+            )
             _put(sink, _DONE, stop)
         except BaseException as exc:  # handed to the consumer, raised there
             _put(sink, exc, stop)
@@ -139,13 +141,22 @@ the GIL, so two more keep the cores busy (the sparse 20,000 px benchmark: 60 s o
 4 threads on 2 cores against 73 s with 2)."""
 
 
-def _pool_size(scheduler: str) -> dict[str, int]:
-    """``num_workers`` for ``threads``: called from a thread other than the main one,
-    ``dask.threaded`` would otherwise start ``min(32, cores + 4)`` threads, each task with
-    its results and a model's working memory. Dask's ``num_workers`` setting wins."""
-    if scheduler != "threads" or dask.config.get("num_workers", None) is not None:
-        return {}
-    return {"num_workers": CPU_COUNT + EXTRA_THREADS}
+def _local_options(scheduler: str) -> dict[str, int]:
+    """Options for Dask's local schedulers, each left to the user's Dask config if set there:
+
+    - ``num_workers`` on ``threads``: called from a thread other than the main one,
+      ``dask.threaded`` would otherwise start ``min(32, cores + 4)`` threads, each task with
+      its results and a model's working memory;
+    - ``chunksize`` 1 on ``processes``: Dask hands each worker process 6 tasks at a time by
+      default, which suits tiny tasks. A geoseg task is a batch of tiles through a model
+      (seconds), so six of them made Ctrl-C wait for up to six batches per worker, let six
+      results through the bounded queue at once, and left one worker busy at the end.
+    """
+    if scheduler == "threads" and dask.config.get("num_workers", None) is None:
+        return {"num_workers": CPU_COUNT + EXTRA_THREADS}
+    if scheduler == "processes" and dask.config.get("chunksize", None) is None:
+        return {"chunksize": 1}
+    return {}
 
 
 def _put(sink: queue.Queue, item: object, stop: threading.Event) -> bool:

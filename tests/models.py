@@ -103,13 +103,22 @@ def slow_oracle() -> SlowOracle:
 
 
 class VerySlowOracle(OracleSegmenter):
-    """An oracle that takes a second per tile: a run lasts long enough to be interrupted
-    after its worker processes have started, even on a busy machine."""
+    """An oracle that takes five seconds per tile, so that a run lasts long enough to be
+    interrupted after its worker processes have started, however busy the machine.
+
+    If ``GEOSEG_TEST_PREDICT_LOG`` names a file, each call appends a line to it first, so a
+    test can count the batches that were started.
+    """
 
     def predict(self, tiles: np.ndarray) -> list:
+        import os
         import time
 
-        time.sleep(1.0 * len(tiles))
+        log = os.environ.get("GEOSEG_TEST_PREDICT_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{len(tiles)}\n")
+        time.sleep(5.0 * len(tiles))
         return super().predict(tiles)
 
 

@@ -82,6 +82,7 @@ def test_case10_signal_exits_cleanly(
 ) -> None:
     out = tmp_path / "out"
     err = tmp_path / "stderr"
+    started = tmp_path / "predicted"  # a line per batch the model started
     with open(err, "w") as stderr:
         proc = subprocess.Popen(
             run_cmd(
@@ -93,7 +94,7 @@ def test_case10_signal_exits_cleanly(
                 "1",
                 model="tests.models:very_slow_oracle",
             ),
-            env=ENV,
+            env={**ENV, "GEOSEG_TEST_PREDICT_LOG": str(started)},
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             # a background job's processes ignore SIGINT, and the run would inherit that
@@ -120,6 +121,9 @@ def test_case10_signal_exits_cleanly(
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, "worker processes were left behind"
     assert not out.exists() or not list(out.iterdir())  # no outputs, no lock, no staging
+    # the scene has 12 tiles; a stop lets the running batches end and starts no new one
+    # (with Dask's default of 6 tasks per hand-out to a process, every tile was predicted)
+    assert len(started.read_text().splitlines()) <= 2 * len(workers), started.read_text()
 
 
 # -- 14 --------------------------------------------------------------------------------------
