@@ -52,7 +52,8 @@ def main() -> None:
     tiles = [t for index, batch in plan.batches if index == 0 for t in batch]
     batch = read_stage(first.scene, tiles, plan.options.tile_px)
     side = plan.options.tile_px
-    heads = model.network.roi_heads
+    net = model._network_at(first.scene.gsd_m)  # the weights this reading runs through
+    heads = net.network.roi_heads
     rows: list[list[float]] = []
     done: set[int] = set()
     with torch.inference_mode():
@@ -69,8 +70,8 @@ def main() -> None:
             ]
             if not inside:
                 continue
-            images, _ = model.network.transform([torch.from_numpy(pixels).float()])
-            features, _ = model._features_and_proposals(images)
+            images, _ = net.network.transform([torch.from_numpy(pixels).float()])
+            features, _ = model._features_and_proposals(net, images)
             boxes = torch.tensor([o.bounds for _, o in inside], dtype=torch.float32)
             pooled = heads.mask_roi_pool(features, [boxes], images.image_sizes)
             logits = heads.mask_predictor(heads.mask_head(pooled))

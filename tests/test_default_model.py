@@ -31,6 +31,8 @@ def test_the_weights_ship_in_the_package_with_their_card() -> None:
     assert tuple(payload["classes"]) == CLASSES
     assert set(payload["min_score"]) == set(CLASSES)
     assert all(0 < v < 1 for v in payload["min_score"].values())
+    # readings at 1 m or finer run through a second set of weights (model card, session 34)
+    assert [gsd for gsd, _ in payload["weights_by_gsd"]] == [1.0]
 
 
 def test_the_default_model_loads_offline_trained() -> None:
@@ -98,7 +100,7 @@ def test_the_default_model_reads_buildings_and_ships_twice_on_very_fine_scenes(
 
 
 def test_the_shipped_model_fine_tunes_and_keeps_how_it_is_read(tmp_path: Path) -> None:
-    """``geoseg train --init default`` starts from the shipped weights and keeps every read
+    """``geoseg train --init default`` starts from the shipped (main) weights and keeps every read
     setting they carry for the classes it trains, the per-class tables and the one table
     for all (its RPN proposal counts by GSD) alike."""
     from geoseg.cli import main
@@ -113,6 +115,7 @@ def test_the_shipped_model_fine_tunes_and_keeps_how_it_is_read(tmp_path: Path) -
     assert stop.value.code == 0
     shipped, tuned = read_checkpoint(DEFAULT_WEIGHTS), read_checkpoint(out)
     assert tuned["classes"] == ["building", "ship"]
+    assert "weights_by_gsd" not in tuned  # it starts from the main weights, and has one set
     assert tuned["rpn_proposals_by_gsd"] == shipped["rpn_proposals_by_gsd"]
     for key in ("class_tta_views", "class_box_refinements", "class_extra_gsd_m"):
         assert tuned[key] == {c: v for c, v in shipped[key].items() if c != "field"}, key

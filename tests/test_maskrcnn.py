@@ -9,6 +9,7 @@ import warnings
 from dataclasses import fields
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -181,7 +182,9 @@ def test_only_tiles_with_a_sure_object_get_more_views(
     batches: list[int] = []
     seen = model._features_and_proposals
     monkeypatch.setattr(
-        model, "_features_and_proposals", lambda i: batches.append(len(i.tensors)) or seen(i)
+        model,
+        "_features_and_proposals",
+        lambda net, i: batches.append(len(i.tensors)) or seen(net, i),
     )
     fused = model.predict(tiles, tta_views={"ship": 4}, min_score=floor)
     assert batches == [2, 1, 1, 1]  # the tile, then its three other views for one tile only
@@ -199,7 +202,7 @@ def _regressed(model: MaskRCNNSegmenter, tile: np.ndarray, boxes: np.ndarray, la
     net = model.network
     with torch.inference_mode():
         images, _ = net.transform([torch.from_numpy(tile)])
-        features = model._features(images.tensors)
+        features = model._features(model._backbone, images.tensors)
         start = [torch.from_numpy(boxes)]
         pooled = net.roi_heads.box_head(
             net.roi_heads.box_roi_pool(features, start, images.image_sizes)
@@ -515,11 +518,11 @@ def test_a_pass_that_runs_out_of_gpu_memory_is_halved(monkeypatch: pytest.Monkey
     expected = segmenter.predict(many, min_score=0.0)
     detect, sizes = segmenter._detect, []
 
-    def small_gpu(batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    def small_gpu(net: Any, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         sizes.append(len(batch))
         if len(batch) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return detect(batch)
+        return detect(net, batch)
 
     monkeypatch.setattr(segmenter, "_detect", small_gpu)
     segmenter.batch_size = None  # as on a GPU: the whole call at once

@@ -185,7 +185,7 @@ def test_the_segmenter_proposes_through_the_graph() -> None:
     tiles = torch.rand(1, 3, 64, 64)
     with torch.inference_mode():
         images, _ = model.network.transform(list(tiles))
-        features, proposals = model._features_and_proposals(images)
+        features, proposals = model._features_and_proposals(model._network_at(None), images)
         want, _ = model.network.rpn(images, features)
     assert len(proposals[0]) == len(want[0]) > 0
 

@@ -18,8 +18,15 @@ lists and dicts, so :func:`torch.load` reads it with ``weights_only=True`` (no p
                                                 # (where the scene is 1.5x finer), merged
      "mask_threshold": {"building": 0.4},  # optional: a class's mask probability from
                                            # which a pixel is in (0.5 where unset)
-     "mask_threshold_by_gsd": {"building": [[1.0, 0.35]]}}  # optional: other values for a
-                                                          # class read at up to 1.0 m
+     "mask_threshold_by_gsd": {"building": [[1.0, 0.35]]},  # optional: other values for a
+                                                           # class read at up to 1.0 m
+     "weights_by_gsd": [[1.0, {...}]]}  # optional (version 2): other weights of the same
+                                        # network for tiles read at up to 1.0 m
+
+``weights_by_gsd`` lets one checkpoint hold a network tuned for each range of scales: its
+steps, by increasing GSD, each hold a whole state dict; tiles read at a GSD up to a step's
+run through that step's weights, coarser ones through ``state_dict``. A checkpoint with them
+is version 2, which a geoseg that would ignore them refuses to read.
 
 A training checkpoint (the ``last.pt`` that ``geoseg train`` resumes from) also holds
 ``"resume"``: optimizer state and the epoch reached; it loads as a model all the same.
@@ -31,7 +38,7 @@ import os
 import pickle
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +55,9 @@ __all__ = [
 ]
 
 FORMAT = "geoseg-maskrcnn"
-VERSION = 1
+VERSION = 2
+"""The newest checkpoint version this geoseg reads: 2 holds ``weights_by_gsd``, 1 does not
+(and is still what a checkpoint without them is written as)."""
 _REQUIRED = ("arch", "classes", "state_dict")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 _PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle (protocol 2 or later)
@@ -64,21 +73,24 @@ def save_checkpoint(
     gsd_range_m: tuple[float, float] | list[float] | None,
     train: Mapping[str, Any] | None = None,
     resume: Mapping[str, Any] | None = None,
+    weights_by_gsd: Sequence[tuple[float, Mapping[str, Any]]] | None = None,
     **settings: Any,
 ) -> Path:
     """Write a checkpoint to ``path`` atomically (a temporary file, then :func:`os.replace`).
 
     ``settings`` are the run settings it recommends, by checkpoint key (``min_score``,
     ``class_gsd_m``, ...: :data:`~geoseg.model.read_settings.READ_SETTINGS`), each checked
-    and written as plain values; ``None`` or empty ones are left out. Tensors are moved to the
-    CPU, so a checkpoint written on a GPU loads anywhere.
+    and written as plain values; ``None`` or empty ones are left out. ``weights_by_gsd``: the
+    other weights and the finest GSD each serves up to (see the module doc). Tensors are moved
+    to the CPU, so a checkpoint written on a GPU loads anywhere.
     """
     import torch
 
     path = Path(path)
+    steps = _weight_steps(weights_by_gsd or (), str(path))
     payload: dict[str, Any] = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": 2 if steps else 1,
         "arch": dict(arch),
         "classes": list(classes),
         "normalization": dict(normalization),
@@ -87,6 +99,8 @@ def save_checkpoint(
         "train": dict(train or {}),
         **to_payload(settings, str(path)),
     }
+    if steps:
+        payload["weights_by_gsd"] = steps
     if resume is not None:
         payload["resume"] = dict(resume)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +140,7 @@ def update_checkpoint(path: str | Path, **changes: Any) -> Path:
         normalization=payload["normalization"],
         train=payload.get("train"),
         resume=payload.get("resume"),
+        weights_by_gsd=payload.get("weights_by_gsd"),
         **kept,
     )
 
@@ -186,4 +201,33 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise UserInputError(f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged")
+    if payload.get("weights_by_gsd") is not None:
+        payload["weights_by_gsd"] = _weight_steps(payload["weights_by_gsd"], str(path))
     return payload
+
+
+def _weight_steps(steps: Sequence[Any], source: str) -> list[list[Any]]:
+    """``weights_by_gsd`` checked: ``[gsd, state dict]`` pairs, GSDs positive and increasing,
+    tensors on the CPU (a :class:`~geoseg.errors.UserInputError` naming ``source`` if not)."""
+    import torch
+
+    out: list[list[Any]] = []
+    for step in steps:
+        try:
+            gsd, weights = step
+            gsd = float(gsd)
+            ok = (
+                gsd > 0
+                and (not out or gsd > out[-1][0])
+                and isinstance(weights, Mapping)
+                and all(isinstance(v, torch.Tensor) for v in weights.values())
+            )
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UserInputError(
+                f"{source}: weights_by_gsd must be [GSD in metres, state dict] steps by "
+                "increasing GSD"
+            )
+        out.append([gsd, {k: v.detach().cpu() for k, v in weights.items()}])
+    return out

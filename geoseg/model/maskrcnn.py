@@ -363,6 +363,7 @@ class MaskRCNNSegmenter:
         normalization: Mapping[str, Any] | None = None,
         device: str = "auto",
         batch_size: int | None = None,
+        networks_by_gsd: Sequence[tuple[float, MaskRCNN]] = (),
         **settings: Any,
     ) -> None:
         self.classes = tuple(classes)
@@ -381,6 +382,14 @@ class MaskRCNNSegmenter:
         self.device = str(self._device)
         self.network = network.to(self._device).eval()
         self._backbone = backbone_runner(self.network.backbone, self._device, self.network.rpn.head)
+        # other weights of the same network, each for tiles read at up to its GSD
+        self.networks_by_gsd = tuple(
+            (float(gsd), other.to(self._device).eval()) for gsd, other in networks_by_gsd
+        )
+        self._backbones_by_gsd = [
+            backbone_runner(other.backbone, self._device, other.rpn.head)
+            for _, other in self.networks_by_gsd
+        ]
         self._pyramid_runner: OnnxBackbone | None = None  # embed's graph, made on first use
         self._lock = threading.Lock()  # predict sets the network's score threshold per call
 
@@ -412,6 +421,9 @@ class MaskRCNNSegmenter:
 
         Each kept object of a class in :attr:`class_box_refinements` has its box moved by the
         box head that many more times (see :meth:`_refine_boxes`) before its mask is drawn.
+
+        Tiles read at a GSD that a step of :attr:`networks_by_gsd` reaches go through that
+        step's weights, others (and tiles of no known GSD) through :attr:`network`'s.
         """
         tiles = np.asarray(tiles, dtype=np.float32)
         if tiles.ndim != 4:
@@ -421,20 +433,34 @@ class MaskRCNNSegmenter:
         refinements = self._refinement_counts()
         floor = max(SCORE_FLOOR, float(min_score))
         one_view = max(counts) == 1
+        net = self._network_at(gsd_m)
         forward = (
-            self._detect
+            partial(self._detect, net)
             if one_view and not any(refinements)
-            else partial(self._detect_views, counts=counts, floor=floor, refinements=refinements)
+            else partial(
+                self._detect_views, net, counts=counts, floor=floor, refinements=refinements
+            )
         )
         out: list[dict[str, np.ndarray]] = []
         proposals = None if gsd_m is None else proposals_at_gsd(self.rpn_proposals_by_gsd, gsd_m)
-        with self._lock, torch.inference_mode(), _proposal_counts(self.network.rpn, proposals):
+        with self._lock, torch.inference_mode(), _proposal_counts(net.network.rpn, proposals):
             # one view: the network keeps objects from the floor; several: each view keeps
             # them from SCORE_FLOOR, and the fused objects are kept from the floor
-            self.network.roi_heads.score_thresh = floor if one_view else SCORE_FLOOR
+            net.network.roi_heads.score_thresh = floor if one_view else SCORE_FLOOR
             for found in self._in_passes(tiles, forward):
                 out.extend(_to_instances(det) for det in found)
         return out
+
+    def _network_at(self, gsd_m: float | None) -> _Network:
+        """The weights (and their backbone runner) for tiles read at ``gsd_m``: the first step
+        of :attr:`networks_by_gsd` that reaches it, else :attr:`network`."""
+        if gsd_m is not None:
+            for (up_to, other), backbone in zip(
+                self.networks_by_gsd, self._backbones_by_gsd, strict=True
+            ):
+                if gsd_m <= up_to:
+                    return _Network(other, backbone)
+        return _Network(self.network, self._backbone)
 
     def _view_counts(self, tta_views: Mapping[str, int] | None) -> list[int]:
         """Views per torchvision label (0 is the background)."""
@@ -477,7 +503,7 @@ class MaskRCNNSegmenter:
             return batch.pin_memory().to(self._device, non_blocking=True)
         return batch.to(self._device)
 
-    def _detect(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    def _detect(self, net: _Network, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """torchvision's ``MaskRCNN.forward`` in eval mode, up to the 28 x 28 mask
         probabilities: boxes are scaled to the input size as ``transform.postprocess`` does,
         masks are never pasted into tiles.
@@ -487,17 +513,18 @@ class MaskRCNNSegmenter:
         float16 (autocast); the RPN and the heads run in float32, so box coordinates keep
         their precision.
         """
-        net = self.network
+        network = net.network
         original = [(int(t.shape[-2]), int(t.shape[-1])) for t in batch]
-        images, _ = net.transform(list(batch))
-        features, proposals = self._features_and_proposals(images)
-        detections, _ = net.roi_heads(features, proposals, images.image_sizes)
+        images, _ = network.transform(list(batch))
+        features, proposals = self._features_and_proposals(net, images)
+        detections, _ = network.roi_heads(features, proposals, images.image_sizes)
         for det, size, size_in in zip(detections, images.image_sizes, original, strict=True):
             det["boxes"] = resize_boxes(det["boxes"], size, size_in)
         return detections
 
     def _detect_views(
         self,
+        net: _Network,
         batch: torch.Tensor,
         counts: Sequence[int],
         floor: float,
@@ -511,7 +538,7 @@ class MaskRCNNSegmenter:
         The other views see only the tiles where the first finds an object of a class seen in
         several, scored ``floor`` or more (see :func:`_worth_more_views`): an empty tile (open
         sea for ships, farmland for buildings) costs one view, not four."""
-        net, heads = self.network, self.network.roi_heads
+        heads = net.network.roi_heads
         height, width = int(batch.shape[-2]), int(batch.shape[-1])
         several = torch.tensor([count > 1 for count in counts], device=batch.device)
         seen: list[_SeenView] = []
@@ -523,8 +550,8 @@ class MaskRCNNSegmenter:
                 if not tiles:
                     break
             pixels = batch if number == 0 else batch[tiles]
-            images, _ = net.transform(list(view.image(pixels)))
-            features, proposals = self._features_and_proposals(images)
+            images, _ = net.network.transform(list(view.image(pixels)))
+            features, proposals = self._features_and_proposals(net, images)
             pooled = heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
             logits, deltas = heads.box_predictor(pooled)
             boxes, scores, labels = heads.postprocess_detections(
@@ -543,12 +570,13 @@ class MaskRCNNSegmenter:
         label_views = torch.tensor(counts, device=batch.device)
         moves = torch.tensor(refinements, device=batch.device)
         for step in range(max(refinements)):
-            self._refine_boxes(detections, seen, label_views, moves > step, (height, width))
-        self._mean_masks(detections, seen, label_views, (height, width))
+            self._refine_boxes(heads, detections, seen, label_views, moves > step, (height, width))
+        self._mean_masks(heads, detections, seen, label_views, (height, width))
         return detections
 
     def _refine_boxes(
         self,
+        heads: nn.Module,
         detections: list[dict[str, torch.Tensor]],
         seen: Sequence[_SeenView],
         label_views: torch.Tensor,
@@ -562,7 +590,6 @@ class MaskRCNNSegmenter:
         Iterative box regression (the baseline of Cai and Vasconcelos's Cascade R-CNN, 2018):
         where the head's first box covers part of a large object, a second look from that
         box reaches further out. The object keeps its score."""
-        heads = self.network.roi_heads
         totals = [torch.zeros_like(det["boxes"]) for det in detections]
         for index, seen_view in enumerate(seen):
             inside, boxes, labels_each = _objects_in_view(
@@ -595,6 +622,7 @@ class MaskRCNNSegmenter:
 
     def _mean_masks(
         self,
+        heads: nn.Module,
         detections: list[dict[str, torch.Tensor]],
         seen: Sequence[_SeenView],
         label_views: torch.Tensor,
@@ -604,7 +632,6 @@ class MaskRCNNSegmenter:
         each view its class is seen in (``label_views[label]``, the first ones), turned back
         and averaged (boxes in ``tile_hw`` tiles). A tile that a view did not see has no
         object that needs it (see :meth:`_detect_views`)."""
-        heads = self.network.roi_heads
         totals: list[torch.Tensor | None] = [None] * len(detections)
         for index, seen_view in enumerate(seen):
             inside, boxes, labels = _objects_in_view(
@@ -623,26 +650,26 @@ class MaskRCNNSegmenter:
         for det, total in zip(detections, totals, strict=True):
             det["masks"] = total / label_views[det["labels"]].to(total.dtype)[:, None, None, None]
 
-    def _features(self, pixels: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    def _features(self, backbone: Any, pixels: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """The backbone's feature pyramid, float32 (float16 autocast on CUDA), computed by its
         folded copy (:mod:`geoseg.model.folded_backbone`): through ONNX Runtime on the CPU
         (:mod:`geoseg.model.onnx_backbone`), channels-last in torch on CUDA."""
         cuda = pixels.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-            return self._backbone(pixels)
+            return backbone(pixels)
 
     def _features_and_proposals(
-        self, images: ImageList
+        self, net: _Network, images: ImageList
     ) -> tuple[OrderedDict[str, torch.Tensor], list[torch.Tensor]]:
         """:meth:`_features` of ``images`` and the RPN's proposals; on the CPU the RPN's head
         runs in the backbone's ONNX Runtime graph (the same proposals)."""
-        if isinstance(self._backbone, OnnxBackbone):
-            features, maps = self._backbone.run(images.tensors)
+        if isinstance(net.backbone, OnnxBackbone):
+            features, maps = net.backbone.run(images.tensors)
             if maps is not None:
-                return features, proposals_from_maps(self.network.rpn, images, features, maps)
+                return features, proposals_from_maps(net.network.rpn, images, features, maps)
         else:
-            features = self._features(images.tensors)
-        proposals, _ = self.network.rpn(images, features)
+            features = self._features(net.backbone, images.tensors)
+        proposals, _ = net.network.rpn(images, features)
         return features, proposals
 
     def embed(self, tiles: np.ndarray) -> np.ndarray:
@@ -671,7 +698,7 @@ class MaskRCNNSegmenter:
         512 px tile instead of 0.18-0.20 s, one thread); where that graph's export has
         failed, the torch copy, without trying a second export."""
         if not isinstance(self._backbone, OnnxBackbone) or self._backbone.export_failed:
-            return self._features(pixels)
+            return self._features(self._backbone, pixels)
         if self._pyramid_runner is None:
             self._pyramid_runner = OnnxBackbone(self.network.backbone)
         return self._pyramid_runner(pixels)
@@ -701,6 +728,13 @@ def _proposal_counts(rpn: RegionProposalNetwork, counts: tuple[int, int] | None)
         yield
     finally:
         set_rpn_test_counts(rpn, saved)
+
+
+class _Network(NamedTuple):
+    """One set of the segmenter's weights: the network and what runs its backbone."""
+
+    network: MaskRCNN
+    backbone: Any  # OnnxBackbone on the CPU, FoldedBackbone (or the torch backbone) else
 
 
 class _SeenView(NamedTuple):
@@ -780,6 +814,11 @@ def segmenter_from_payload(
     try:
         network = build_network(arch, len(classes), normalization)
         network.load_state_dict(payload["state_dict"])
+        others = []
+        for gsd, weights in payload.get("weights_by_gsd") or ():
+            other = build_network(arch, len(classes), normalization)
+            other.load_state_dict(weights)
+            others.append((float(gsd), other))
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UserInputError(
@@ -796,6 +835,7 @@ def segmenter_from_payload(
         gsd_range_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
         normalization=normalization,
         device=device,
+        networks_by_gsd=others,
         **settings_from_payload(payload, source),
     )
 
