@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from geoseg.errors import UserInputError
-from geoseg.model.checkpoint import read_checkpoint, run_settings, save_checkpoint
+from geoseg.model import checkpoint
+from geoseg.model.checkpoint import read_checkpoint
 
 
 def set_weights_by_gsd(path: Path, steps: list[tuple[float, Path]]) -> Path:
@@ -30,19 +31,8 @@ def set_weights_by_gsd(path: Path, steps: list[tuple[float, Path]]) -> Path:
         if other["arch"] != payload["arch"] or other["classes"] != payload["classes"]:
             raise UserInputError(f"{source}: not the same network or classes as {path}")
         weights.append((gsd, other["state_dict"]))
-    train = dict(payload.get("train") or {})
-    train["weights_by_gsd_from"] = [[gsd, str(source)] for gsd, source in steps]
-    return save_checkpoint(
-        path,
-        state_dict=payload["state_dict"],
-        arch=payload["arch"],
-        classes=payload["classes"],
-        normalization=payload["normalization"],
-        train=train,
-        resume=payload.get("resume"),
-        weights_by_gsd=weights,
-        **run_settings(payload),
-    )
+    note = [[gsd, str(source)] for gsd, source in steps]
+    return checkpoint.set_weights_by_gsd(path, weights, note)
 
 
 def parse_step(text: str) -> tuple[float, Path]:

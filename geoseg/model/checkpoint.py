@@ -51,6 +51,7 @@ __all__ = [
     "read_checkpoint",
     "run_settings",
     "save_checkpoint",
+    "set_weights_by_gsd",
     "update_checkpoint",
 ]
 
@@ -131,17 +132,43 @@ def update_checkpoint(path: str | Path, **changes: Any) -> Path:
     if unknown:
         raise TypeError(f"update_checkpoint cannot change {', '.join(unknown)}")
     payload = read_checkpoint(path)
-    kept = run_settings(payload) | changes
+    return _rewrite(path, payload, run_settings(payload) | changes)
+
+
+def set_weights_by_gsd(
+    path: str | Path, steps: Sequence[tuple[float, Mapping[str, Any]]], note: Any = None
+) -> Path:
+    """Rewrite the checkpoint at ``path`` atomically with ``steps`` as its ``weights_by_gsd``
+    (none: one set of weights again), ``note`` recorded in its training record as
+    ``weights_by_gsd_from``; its own weights and settings are kept."""
+    payload = read_checkpoint(path)
+    train = dict(payload.get("train") or {})
+    train["weights_by_gsd_from"] = note
+    return _rewrite(path, payload, run_settings(payload), weights_by_gsd=steps, train=train)
+
+
+def _rewrite(
+    path: str | Path,
+    payload: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    *,
+    weights_by_gsd: Sequence[tuple[float, Mapping[str, Any]]] | None = None,
+    train: Mapping[str, Any] | None = None,
+) -> Path:
+    """:func:`save_checkpoint` of ``payload`` with ``settings``, and its own weights by GSD
+    and training record where none are given."""
+    if weights_by_gsd is None:
+        weights_by_gsd = payload.get("weights_by_gsd")
     return save_checkpoint(
         path,
         state_dict=payload["state_dict"],
         arch=payload["arch"],
         classes=payload["classes"],
         normalization=payload["normalization"],
-        train=payload.get("train"),
+        train=payload.get("train") if train is None else train,
         resume=payload.get("resume"),
-        weights_by_gsd=payload.get("weights_by_gsd"),
-        **kept,
+        weights_by_gsd=weights_by_gsd,
+        **settings,
     )
 
 
