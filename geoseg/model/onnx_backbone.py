@@ -287,4 +287,8 @@ class OnnxBackbone:
         # idle threads wait rather than spin: the reading and vectorizing threads need the cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
+        # no arena: each run's buffers go back to the system, so a segmenter with two weight
+        # sets (two sessions) holds neither's working memory between runs (peak -250 MB a
+        # process, the same time per tile; benchmarks/README.md, session 34)
+        options.enable_cpu_mem_arena = False
         return ort.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
