@@ -100,7 +100,7 @@ def test_the_default_model_reads_buildings_and_ships_twice_on_very_fine_scenes(
 
 
 def test_the_shipped_model_fine_tunes_and_keeps_how_it_is_read(tmp_path: Path) -> None:
-    """``geoseg train --init default`` starts from the shipped (main) weights and keeps every read
+    """``geoseg train --init default`` starts from the shipped weights and keeps every read
     setting they carry for the classes it trains, the per-class tables and the one table
     for all (its RPN proposal counts by GSD) alike."""
     from geoseg.cli import main
@@ -115,7 +115,8 @@ def test_the_shipped_model_fine_tunes_and_keeps_how_it_is_read(tmp_path: Path) -
     assert stop.value.code == 0
     shipped, tuned = read_checkpoint(DEFAULT_WEIGHTS), read_checkpoint(out)
     assert tuned["classes"] == ["building", "ship"]
-    assert "weights_by_gsd" not in tuned  # it starts from the main weights, and has one set
+    assert "weights_by_gsd" not in tuned  # one set, from the default's for 1 m or finer
+    assert tuned["train"]["init"] == "default.pt (its weights for readings up to 1 m)"
     assert tuned["rpn_proposals_by_gsd"] == shipped["rpn_proposals_by_gsd"]
     for key in ("class_tta_views", "class_box_refinements", "class_extra_gsd_m"):
         assert tuned[key] == {c: v for c, v in shipped[key].items() if c != "field"}, key

@@ -228,3 +228,36 @@ def test_thresholds_can_be_tuned_on_the_real_validation_chips(
 
     assert tuned("all") == 0.6  # 0.25-0.9 tie at F1 2/3: the middle one
     assert tuned("real") == 0.1  # 0.05-0.15 keep the real object: F1 1
+
+
+@pytest.mark.parametrize(("step_m", "starts_from"), [(1.0, "fine"), (0.5, "main")])
+def test_init_from_weights_by_gsd_starts_from_the_set_that_serves_the_chips(
+    scene: tuple[Path, Path], tmp_path: Path, step_m: float, starts_from: str
+) -> None:
+    """The default holds other weights for readings at 1 m or finer: a fine-tune on 1 m chips
+    starts from those, one on coarser chips from the main ones."""
+    from geoseg.model.checkpoint import save_checkpoint
+    from geoseg.model.maskrcnn import NORMALIZATION
+
+    image, labels = scene
+    sets = {}
+    for name, seed in (("main", 1), ("fine", 2)):
+        torch.manual_seed(seed)
+        sets[name] = build_network(PRETRAINED_ARCH, 3).state_dict()
+    start = save_checkpoint(
+        tmp_path / "two.pt",
+        state_dict=sets["main"],
+        arch=PRETRAINED_ARCH.to_dict(),
+        classes=["building", "field"],
+        normalization=NORMALIZATION,
+        gsd_range_m=(0.3, 10.0),
+        weights_by_gsd=[(step_m, sets["fine"])],
+    )
+    output = tmp_path / "m.pt"
+    train([image], [LabelSource(str(labels))], output, options=_options(init=str(start), lr=1e-12))
+    payload = read_checkpoint(output)
+    stem = "backbone.body.0.0.weight"  # frozen: the start's, bit for bit
+    assert torch.equal(payload["state_dict"][stem], sets[starts_from][stem])
+    assert not torch.equal(sets["main"][stem], sets["fine"][stem])
+    assert ("weights for readings up to" in payload["train"]["init"]) == (starts_from == "fine")
+    assert "weights_by_gsd" not in payload  # one set, for every GSD it reads

@@ -236,7 +236,7 @@ def train(
 
     device = resolve_device(options.device)
     resume = _resume_state(side / "last.pt", setup)
-    arch, network, init_note, start = _initial_network(options, resume)
+    arch, network, init_note, start = _initial_network(options, resume, gsd_range[1])
     start_gsd, start_class_gsd = _gsd_range(start), _class_gsd(start)
     if start_gsd:  # the GSDs learned include the starting checkpoint's (a resumed run's hold it)
         gsd_range = (min(gsd_range[0], start_gsd[0]), max(gsd_range[1], start_gsd[1]))
@@ -498,12 +498,15 @@ def _resume_state(path: Path, setup: Mapping[str, Any]) -> dict[str, Any] | None
 
 
 def _initial_network(
-    options: TrainOptions, resume: Mapping[str, Any] | None
+    options: TrainOptions, resume: Mapping[str, Any] | None, coarsest_chip_m: float
 ) -> tuple[MaskRCNNArch, torch.nn.Module, str, dict[str, Any]]:
     """The network to train, its arch, a note on where it started, and what it keeps of the
     checkpoint it started from (:func:`_start_settings`; empty from random or backbone-only
     weights): fine-tuning the default on 0.3 m imagery keeps the 0.5-10 m it learned as
-    well, and its second readings and mask thresholds."""
+    well, and its second readings and mask thresholds.
+
+    From a checkpoint with weights by GSD (the default's), it starts from the set that serves
+    every chip (``coarsest_chip_m`` at most that set's GSD), else from its main weights."""
     n_classes = len(options.classes)
     if resume is not None:
         arch = MaskRCNNArch.from_dict(resume["arch"])
@@ -532,11 +535,16 @@ def _initial_network(
     arch = MaskRCNNArch.from_dict(payload["arch"])
     network = build_network(arch, n_classes)
     own = network.state_dict()
-    fits = {k: v for k, v in payload["state_dict"].items() if k in own and own[k].shape == v.shape}
+    weights, note = payload["state_dict"], Path(init).name
+    for gsd, state in payload.get("weights_by_gsd") or ():
+        if coarsest_chip_m <= gsd * (1 + 1e-6):
+            weights, note = state, f"{note} (its weights for readings up to {gsd:g} m)"
+            break
+    fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     network.load_state_dict(fits, strict=False)
     skipped = len(own) - len(fits)
-    log.info("initialised from %s (%d tensors; %d left random)", init, len(fits), skipped)
-    return arch, network, Path(init).name, _start_settings(payload, options.classes)
+    log.info("initialised from %s (%d tensors; %d left random)", note, len(fits), skipped)
+    return arch, network, note, _start_settings(payload, options.classes)
 
 
 def _is_backbone_state_dict(init: str) -> bool:
