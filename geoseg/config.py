@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,7 @@ __all__ = [
     "proposals_at_gsd",
     "score_thresholds",
     "threshold_at_gsd",
+    "value_at_gsd",
 ]
 
 DEFAULT_MIN_SCORE = 0.5
@@ -266,18 +267,24 @@ def _whole(value: Any) -> int:
     return int(value)
 
 
+T = TypeVar("T")
+
+
+def value_at_gsd(steps: Iterable[tuple[float, T]], gsd_m: float, default: T) -> T:
+    """The value of the first ``(GSD, value)`` step whose GSD is at least ``gsd_m`` (to float
+    rounding), else ``default``: how every by-GSD table of a model is read."""
+    return next((value for up_to, value in steps if gsd_m <= up_to * (1 + 1e-9)), default)
+
+
 def proposals_at_gsd(steps: ProposalSteps | None, gsd_m: float) -> tuple[int, int] | None:
     """The proposal counts of the first step of ``steps`` whose GSD is at least ``gsd_m``;
     ``None`` where none is."""
-    for up_to, pre, post in steps or ():
-        if gsd_m <= up_to * (1 + 1e-9):
-            return pre, post
-    return None
+    return value_at_gsd(((up_to, (pre, post)) for up_to, pre, post in steps or ()), gsd_m, None)
 
 
 def threshold_at_gsd(threshold: float, steps: Sequence[tuple[float, float]], gsd_m: float) -> float:
     """``threshold``, or the score of the first step whose GSD is at least ``gsd_m``."""
-    return next((score for up_to, score in steps if gsd_m <= up_to * (1 + 1e-9)), threshold)
+    return value_at_gsd(steps, gsd_m, threshold)
 
 
 def class_values_at(

@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoseg.config import DEFAULT_MIN_SCORE, MaskCuts, as_box_refinements, as_tta_views
+from geoseg.config import (
+    DEFAULT_MIN_SCORE,
+    MaskCuts,
+    as_box_refinements,
+    as_tta_views,
+    value_at_gsd,
+)
 from geoseg.errors import UserInputError
 from geoseg.learn.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
 from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
@@ -535,11 +541,12 @@ def _initial_network(
     arch = MaskRCNNArch.from_dict(payload["arch"])
     network = build_network(arch, n_classes)
     own = network.state_dict()
-    weights, note = payload["state_dict"], Path(init).name
-    for gsd, state in payload.get("weights_by_gsd") or ():
-        if coarsest_chip_m <= gsd * (1 + 1e-6):
-            weights, note = state, f"{note} (its weights for readings up to {gsd:g} m)"
-            break
+    # the set that `geoseg run` would read the coarsest chip with
+    steps = [(gsd, (state, gsd)) for gsd, state in payload.get("weights_by_gsd") or ()]
+    weights, reach = value_at_gsd(steps, coarsest_chip_m, (payload["state_dict"], None))
+    note = Path(init).name
+    if reach is not None:
+        note += f" (its weights for readings up to {reach:g} m)"
     fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     network.load_state_dict(fits, strict=False)
     skipped = len(own) - len(fits)

@@ -52,7 +52,7 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from geoseg.config import TTA_VIEW_COUNTS, proposals_at_gsd
+from geoseg.config import TTA_VIEW_COUNTS, proposals_at_gsd, value_at_gsd
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
 from geoseg.gpu import CPU_BATCH
 from geoseg.model.checkpoint import read_checkpoint
@@ -383,13 +383,11 @@ class MaskRCNNSegmenter:
         self.network = network.to(self._device).eval()
         self._backbone = backbone_runner(self.network.backbone, self._device, self.network.rpn.head)
         # other weights of the same network, each for tiles read at up to its GSD
-        self.networks_by_gsd = tuple(
-            (float(gsd), other.to(self._device).eval()) for gsd, other in networks_by_gsd
-        )
-        self._backbones_by_gsd = [
-            backbone_runner(other.backbone, self._device, other.rpn.head)
-            for _, other in self.networks_by_gsd
-        ]
+        self._by_gsd: list[tuple[float, _Network]] = []
+        for gsd, other in networks_by_gsd:
+            other = other.to(self._device).eval()
+            runner = backbone_runner(other.backbone, self._device, other.rpn.head)
+            self._by_gsd.append((float(gsd), _Network(other, runner)))
         self._pyramid_runner: OnnxBackbone | None = None  # embed's graph, made on first use
         self._lock = threading.Lock()  # predict sets the network's score threshold per call
 
@@ -451,16 +449,17 @@ class MaskRCNNSegmenter:
                 out.extend(_to_instances(det) for det in found)
         return out
 
+    @property
+    def networks_by_gsd(self) -> tuple[tuple[float, MaskRCNN], ...]:
+        """The other weights, as ``(GSD, network)`` steps: tiles read at up to a step's GSD
+        (the first that reaches it) go through its network."""
+        return tuple((gsd, net.network) for gsd, net in self._by_gsd)
+
     def _network_at(self, gsd_m: float | None) -> _Network:
         """The weights (and their backbone runner) for tiles read at ``gsd_m``: the first step
         of :attr:`networks_by_gsd` that reaches it, else :attr:`network`."""
-        if gsd_m is not None:
-            for (up_to, other), backbone in zip(
-                self.networks_by_gsd, self._backbones_by_gsd, strict=True
-            ):
-                if gsd_m <= up_to:
-                    return _Network(other, backbone)
-        return _Network(self.network, self._backbone)
+        main = _Network(self.network, self._backbone)
+        return main if gsd_m is None else value_at_gsd(self._by_gsd, gsd_m, main)
 
     def _view_counts(self, tta_views: Mapping[str, int] | None) -> list[int]:
         """Views per torchvision label (0 is the background)."""
