@@ -231,11 +231,12 @@ def test_thresholds_can_be_tuned_on_the_real_validation_chips(
 
 
 @pytest.mark.parametrize(("step_m", "starts_from"), [(1.0, "fine"), (0.5, "main")])
-def test_init_from_weights_by_gsd_starts_from_the_set_that_serves_the_chips(
+def test_init_from_weights_by_gsd_trains_the_set_that_serves_the_chips(
     scene: tuple[Path, Path], tmp_path: Path, step_m: float, starts_from: str
 ) -> None:
     """The default holds other weights for readings at 1 m or finer: a fine-tune on 1 m chips
-    starts from those, one on coarser chips from the main ones."""
+    starts from those, one on coarser chips from the main ones; the set that serves none of
+    the chips is written back as it was, also after the run resumes."""
     from geoseg.model.checkpoint import save_checkpoint
     from geoseg.model.maskrcnn import NORMALIZATION
 
@@ -254,10 +255,43 @@ def test_init_from_weights_by_gsd_starts_from_the_set_that_serves_the_chips(
         weights_by_gsd=[(step_m, sets["fine"])],
     )
     output = tmp_path / "m.pt"
-    train([image], [LabelSource(str(labels))], output, options=_options(init=str(start), lr=1e-12))
-    payload = read_checkpoint(output)
-    stem = "backbone.body.0.0.weight"  # frozen: the start's, bit for bit
-    assert torch.equal(payload["state_dict"][stem], sets[starts_from][stem])
-    assert not torch.equal(sets["main"][stem], sets["fine"][stem])
-    assert ("weights for readings up to" in payload["train"]["init"]) == (starts_from == "fine")
-    assert "weights_by_gsd" not in payload  # one set, for every GSD it reads
+    for epochs in (1, 2):  # the second run resumes the first
+        options = _options(init=str(start), lr=1e-3, epochs=epochs)
+        train([image], [LabelSource(str(labels))], output, options=options)
+        payload = read_checkpoint(output)
+        [(gsd, fine)] = payload["weights_by_gsd"]
+        assert gsd == step_m
+        trained, untouched = (
+            (fine, "main") if starts_from == "fine" else (payload["state_dict"], "fine")
+        )
+        kept = payload["state_dict"] if untouched == "main" else fine
+        assert all(torch.equal(kept[k], sets[untouched][k]) for k in kept)
+        head = "roi_heads.box_predictor.cls_score.weight"  # trained: no longer the start's
+        assert not torch.equal(trained[head], sets[starts_from][head])
+        stem = "backbone.body.0.0.weight"  # frozen: the start's, bit for bit
+        assert torch.equal(trained[stem], sets[starts_from][stem])
+        assert ("weights for readings up to" in payload["train"]["init"]) == (starts_from == "fine")
+        assert "own weights kept for readings" in payload["train"]["init"]
+
+
+def test_init_from_weights_by_gsd_with_other_classes_writes_one_set(
+    scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Other classes, other heads: the start's other weights cannot serve, so one set."""
+    from geoseg.model.checkpoint import save_checkpoint
+    from geoseg.model.maskrcnn import NORMALIZATION
+
+    image, labels = scene
+    state = build_network(PRETRAINED_ARCH, 4).state_dict()
+    start = save_checkpoint(
+        tmp_path / "two.pt",
+        state_dict=state,
+        arch=PRETRAINED_ARCH.to_dict(),
+        classes=["building", "field", "ship"],
+        normalization=NORMALIZATION,
+        gsd_range_m=(0.3, 10.0),
+        weights_by_gsd=[(0.5, state)],
+    )
+    output = tmp_path / "m.pt"
+    train([image], [LabelSource(str(labels))], output, options=_options(init=str(start)))
+    assert "weights_by_gsd" not in read_checkpoint(output)

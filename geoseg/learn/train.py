@@ -39,6 +39,7 @@ from geoseg.config import (
 )
 from geoseg.errors import UserInputError
 from geoseg.learn.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
+from geoseg.learn.kept_weights import KeptWeights
 from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
 from geoseg.model.maskrcnn import (
     DEFAULT_CLASSES,
@@ -242,7 +243,7 @@ def train(
 
     device = resolve_device(options.device)
     resume = _resume_state(side / "last.pt", setup)
-    arch, network, init_note, start = _initial_network(options, resume, gsd_range[1])
+    arch, network, init_note, start, kept = _initial_network(options, resume, gsd_range)
     start_gsd, start_class_gsd = _gsd_range(start), _class_gsd(start)
     if start_gsd:  # the GSDs learned include the starting checkpoint's (a resumed run's hold it)
         gsd_range = (min(gsd_range[0], start_gsd[0]), max(gsd_range[1], start_gsd[1]))
@@ -268,6 +269,7 @@ def train(
         "sources": sources,
         "init": init_note,
         "reading": {k: start[k] for k in KEPT_SETTINGS if k in start},
+        "kept": kept,
     }
     if meta["reading"]:
         log.info("keeping how %s is read: %s", init_note, meta["reading"])
@@ -504,15 +506,17 @@ def _resume_state(path: Path, setup: Mapping[str, Any]) -> dict[str, Any] | None
 
 
 def _initial_network(
-    options: TrainOptions, resume: Mapping[str, Any] | None, coarsest_chip_m: float
-) -> tuple[MaskRCNNArch, torch.nn.Module, str, dict[str, Any]]:
-    """The network to train, its arch, a note on where it started, and what it keeps of the
+    options: TrainOptions, resume: Mapping[str, Any] | None, chip_gsd_m: tuple[float, float]
+) -> tuple[MaskRCNNArch, torch.nn.Module, str, dict[str, Any], KeptWeights | None]:
+    """The network to train, its arch, a note on where it started, what it keeps of the
     checkpoint it started from (:func:`_start_settings`; empty from random or backbone-only
     weights): fine-tuning the default on 0.3 m imagery keeps the 0.5-10 m it learned as
-    well, and its second readings and mask thresholds.
+    well, and its second readings and mask thresholds; and the start's weight sets that serve
+    none of the chips (``chip_gsd_m``: finest, coarsest), kept as they were in the model it
+    writes (:mod:`geoseg.learn.kept_weights`; ``None``: none are).
 
     From a checkpoint with weights by GSD (the default's), it starts from the set that serves
-    every chip (``coarsest_chip_m`` at most that set's GSD), else from its main weights."""
+    the coarsest chip (the first whose GSD reaches it), else from its main weights."""
     n_classes = len(options.classes)
     if resume is not None:
         arch = MaskRCNNArch.from_dict(resume["arch"])
@@ -520,15 +524,16 @@ def _initial_network(
         network = build_network(arch, n_classes)
         network.load_state_dict(resume["state_dict"])
         note = str(resume.get("train", {}).get("init", "resumed"))
-        return arch, network, note, _start_settings(resume, options.classes)
+        kept = KeptWeights.from_payload(resume["resume"].get("kept_weights"))
+        return arch, network, note, _start_settings(resume, options.classes), kept
     torch.manual_seed(options.seed)
     init = options.init
     if init == "none":
-        return options.arch, build_network(options.arch, n_classes), "none", {}
+        return options.arch, build_network(options.arch, n_classes), "none", {}, None
     if init == "default":
         if not DEFAULT_WEIGHTS.is_file():
             log.warning("--init default: no default weights are installed; starting from random")
-            return options.arch, build_network(options.arch, n_classes), "none", {}
+            return options.arch, build_network(options.arch, n_classes), "none", {}, None
         init = str(DEFAULT_WEIGHTS)
     if init == "imagenet" or _is_backbone_state_dict(init):
         source = IMAGENET_BACKBONE if init == "imagenet" else Path(init)
@@ -536,14 +541,14 @@ def _initial_network(
         network = build_network(arch, n_classes)
         loaded = load_backbone_weights(network, source)
         log.info("initialised the backbone from %s (%d tensors)", source, loaded)
-        return arch, network, init if init == "imagenet" else source.name, {}
+        return arch, network, init if init == "imagenet" else source.name, {}, None
     payload = read_checkpoint(init)
     arch = MaskRCNNArch.from_dict(payload["arch"])
     network = build_network(arch, n_classes)
     own = network.state_dict()
     # the set that `geoseg run` would read the coarsest chip with
     steps = [(gsd, (state, gsd)) for gsd, state in payload.get("weights_by_gsd") or ()]
-    weights, reach = value_at_gsd(steps, coarsest_chip_m, (payload["state_dict"], None))
+    weights, reach = value_at_gsd(steps, chip_gsd_m[1], (payload["state_dict"], None))
     note = Path(init).name
     if reach is not None:
         note += f" (its weights for readings up to {reach:g} m)"
@@ -551,7 +556,13 @@ def _initial_network(
     network.load_state_dict(fits, strict=False)
     skipped = len(own) - len(fits)
     log.info("initialised from %s (%d tensors; %d left random)", note, len(fits), skipped)
-    return arch, network, note, _start_settings(payload, options.classes)
+    kept = KeptWeights.of(payload, chip_gsd_m)
+    if kept is not None and list(payload["classes"]) != list(options.classes):
+        log.info("%s: other classes, so its other weights are not kept", Path(init).name)
+        kept = None
+    if kept is not None:
+        note += f"; its own weights kept for {kept.note()}"
+    return arch, network, note, _start_settings(payload, options.classes), kept
 
 
 def _is_backbone_state_dict(init: str) -> bool:
@@ -913,6 +924,7 @@ def _save(
         "torch": str(torch.__version__),
         "untrained": False,
     }
+    kept: KeptWeights | None = meta["kept"]
     common = {
         "state_dict": network.state_dict(),
         "arch": meta["arch"].to_dict(),
@@ -929,8 +941,14 @@ def _save(
         "setup": meta["setup"],
         "optimizer": optimizer.state_dict(),
         "history": history,
+        "kept_weights": None if kept is None else kept.to_payload(),
     }
     save_checkpoint(side / "last.pt", **common, resume=resume)
+    if kept is not None:  # the start's other sets serve the GSDs no chip was read at
+        state_dict, weights_by_gsd = kept.weights(common["state_dict"])
+        min_score, min_score_by_gsd = kept.thresholds(validation.min_score, options.classes)
+        common |= {"state_dict": state_dict, "weights_by_gsd": weights_by_gsd}
+        common |= {"min_score": min_score, "min_score_by_gsd": min_score_by_gsd}
     save_checkpoint(output, **common)
 
 
