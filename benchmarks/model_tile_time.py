@@ -14,9 +14,11 @@ alike), with one torch thread, and prints seconds per tile and the ratio to the 
 backbone as torchvision's module, as geoseg ran it before session 26 folded the batch norm
 (``geoseg.model.folded_backbone``), and torchvision's RoIAlign, as before session 31
 (``geoseg.model.roi_sampling``): the first default as it ran when issue 9 was filed is
-``--plain 0``. ``--torch`` names models whose folded backbone runs in torch, as before session
-31 ran it through ONNX Runtime (``geoseg.model.onnx_backbone``); ``--torch-roialign`` those
-that pool with torchvision's RoIAlign. ``--proposals PRE:POST``
+``--plain 0``. On a CPU with AMX, tiles read at 1 m or finer run the backbone in bfloat16
+(``geoseg.model.bf16_backbone``); ``--float32`` names models that run them in float32.
+``--torch`` names models whose folded backbone runs in torch, as before session 31 ran it
+through ONNX Runtime (``geoseg.model.onnx_backbone``); ``--torch-roialign`` those that pool
+with torchvision's RoIAlign. ``--proposals PRE:POST``
 (one per model, in order; the model's own for the rest) sets how many proposals the RPN keeps
 per pyramid level before its NMS and per tile after it, at test time; the rest are told the
 tiles' GSD, as ``geoseg run`` tells them, and so keep the counts of their
@@ -60,6 +62,14 @@ def main() -> None:
         help="models whose folded backbone runs in torch rather than ONNX Runtime",
     )
     parser.add_argument(
+        "--float32",
+        type=int,
+        nargs="*",
+        default=[],
+        help="models whose fine tiles run in float32 on a CPU with AMX, where they would run "
+        "in bfloat16 (geoseg.model.bf16_backbone; --plain and --torch imply it)",
+    )
+    parser.add_argument(
         "--torch-roialign",
         type=int,
         nargs="*",
@@ -91,6 +101,8 @@ def main() -> None:
     # load_segmenter caches by spec, so one object may serve two positions: each call below
     # sets the backbone its position asks for (the folded copy, or torchvision's own module)
     folded = {id(model): model._backbone for model in models}
+    bf16 = {id(model): (model._bf16, list(model._by_gsd)) for model in models}
+    float32 = {*args.plain, *args.torch, *args.float32}
     backbones = [
         model.network.backbone
         if index in args.plain
@@ -116,6 +128,10 @@ def main() -> None:
         """Model ``m`` with the backbone, RoIAlign and proposal counts of its position."""
         model = models[m]
         model._backbone = backbones[m]
+        main, by_gsd = bf16[id(model)]
+        if m in float32:  # fine tiles too through the float32 runner
+            main, by_gsd = None, [(gsd, net._replace(bf16=None)) for gsd, net in by_gsd]
+        model._bf16, model._by_gsd = main, by_gsd
         heads = model.network.roi_heads
         heads.box_roi_pool = _pooler(heads.box_roi_pool, m in plain_pooling)
         heads.mask_roi_pool = _pooler(heads.mask_roi_pool, m in plain_pooling)

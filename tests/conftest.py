@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,7 +13,13 @@ from affine import Affine
 from rasterio import features
 from shapely.geometry import shape
 
+from geoseg.model.bf16_backbone import BF16_ENV
 from geoseg.testing import write_coded_scene
+
+# float32 on every CPU, so that figures compared across code paths hold on any machine (the
+# bfloat16 path of CPUs with AMX is tested on its own, tests/test_bf16_backbone.py); the CLI
+# tests' subprocesses inherit it
+os.environ[BF16_ENV] = "0"
 
 ORACLE = "geoseg.testing:OracleSegmenter"
 UTM = "EPSG:32633"

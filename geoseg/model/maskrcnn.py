@@ -55,6 +55,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from geoseg.config import TTA_VIEW_COUNTS, proposals_at_gsd, value_at_gsd
 from geoseg.errors import ModelError, UntrainedModelWarning, UserInputError
 from geoseg.gpu import CPU_BATCH
+from geoseg.model.bf16_backbone import BF16_UP_TO_M, Bf16Backbone, bf16_runner
 from geoseg.model.checkpoint import read_checkpoint
 from geoseg.model.checksum import file_sha256
 from geoseg.model.flip_views import View, fuse_views, views
@@ -381,13 +382,12 @@ class MaskRCNNSegmenter:
         self.batch_size = batch_size or (None if self._device.type == "cuda" else CPU_BATCH)
         self.device = str(self._device)
         self.network = network.to(self._device).eval()
-        self._backbone = backbone_runner(self.network.backbone, self._device, self.network.rpn.head)
+        self._backbone, self._bf16 = _Network.of(self.network, self._device)[1:]
         # other weights of the same network, each for tiles read at up to its GSD
-        self._by_gsd: list[tuple[float, _Network]] = []
-        for gsd, other in networks_by_gsd:
-            other = other.to(self._device).eval()
-            runner = backbone_runner(other.backbone, self._device, other.rpn.head)
-            self._by_gsd.append((float(gsd), _Network(other, runner)))
+        self._by_gsd: list[tuple[float, _Network]] = [
+            (float(gsd), _Network.of(other.to(self._device).eval(), self._device))
+            for gsd, other in networks_by_gsd
+        ]
         self._pyramid_runner: OnnxBackbone | None = None  # embed's graph, made on first use
         self._lock = threading.Lock()  # predict sets the network's score threshold per call
 
@@ -457,9 +457,16 @@ class MaskRCNNSegmenter:
 
     def _network_at(self, gsd_m: float | None) -> _Network:
         """The weights (and their backbone runner) for tiles read at ``gsd_m``: the first step
-        of :attr:`networks_by_gsd` that reaches it, else :attr:`network`."""
-        main = _Network(self.network, self._backbone)
-        return main if gsd_m is None else value_at_gsd(self._by_gsd, gsd_m, main)
+        of :attr:`networks_by_gsd` that reaches it, else :attr:`network`; tiles read at
+        :data:`~geoseg.model.bf16_backbone.BF16_UP_TO_M` or finer through its bfloat16 runner
+        where the CPU has one (:mod:`geoseg.model.bf16_backbone`)."""
+        main = _Network(self.network, self._backbone, self._bf16)
+        if gsd_m is None:
+            return main
+        net = value_at_gsd(self._by_gsd, gsd_m, main)
+        if net.bf16 is not None and value_at_gsd([(BF16_UP_TO_M, True)], gsd_m, False):
+            return net._replace(backbone=net.bf16)
+        return net
 
     def _view_counts(self, tta_views: Mapping[str, int] | None) -> list[int]:
         """Views per torchvision label (0 is the background)."""
@@ -652,7 +659,8 @@ class MaskRCNNSegmenter:
     def _features(self, backbone: Any, pixels: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """The backbone's feature pyramid, float32 (float16 autocast on CUDA), computed by its
         folded copy (:mod:`geoseg.model.folded_backbone`): through ONNX Runtime on the CPU
-        (:mod:`geoseg.model.onnx_backbone`), channels-last in torch on CUDA."""
+        (:mod:`geoseg.model.onnx_backbone`; in bfloat16 in torch on CPUs with AMX,
+        :mod:`geoseg.model.bf16_backbone`), channels-last in torch on CUDA."""
         cuda = pixels.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
             return backbone(pixels)
@@ -661,8 +669,9 @@ class MaskRCNNSegmenter:
         self, net: _Network, images: ImageList
     ) -> tuple[OrderedDict[str, torch.Tensor], list[torch.Tensor]]:
         """:meth:`_features` of ``images`` and the RPN's proposals; on the CPU the RPN's head
-        runs in the backbone's ONNX Runtime graph (the same proposals)."""
-        if isinstance(net.backbone, OnnxBackbone):
+        runs with the backbone (in its ONNX Runtime graph: the same proposals; or in
+        bfloat16)."""
+        if isinstance(net.backbone, (OnnxBackbone, Bf16Backbone)):
             features, maps = net.backbone.run(images.tensors)
             if maps is not None:
                 return features, proposals_from_maps(net.network.rpn, images, features, maps)
@@ -730,10 +739,18 @@ def _proposal_counts(rpn: RegionProposalNetwork, counts: tuple[int, int] | None)
 
 
 class _Network(NamedTuple):
-    """One set of the segmenter's weights: the network and what runs its backbone."""
+    """One set of the segmenter's weights: the network, what runs its backbone, and what runs
+    it in bfloat16 for fine readings (``None`` but on a CPU with AMX)."""
 
     network: MaskRCNN
-    backbone: Any  # OnnxBackbone on the CPU, FoldedBackbone (or the torch backbone) else
+    backbone: Any  # OnnxBackbone or Bf16Backbone on the CPU, FoldedBackbone (or torch's) else
+    bf16: Bf16Backbone | None = None
+
+    @classmethod
+    def of(cls, network: MaskRCNN, device: torch.device) -> _Network:
+        """``network``'s runners on ``device``."""
+        runner = backbone_runner(network.backbone, device, network.rpn.head)
+        return cls(network, runner, bf16_runner(network.backbone, device, network.rpn.head))
 
 
 class _SeenView(NamedTuple):

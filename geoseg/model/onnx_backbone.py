@@ -21,7 +21,6 @@ import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -30,6 +29,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
 from geoseg.model.folded_backbone import FoldedBackbone, fold_frozen_batch_norm, weights_state
+from geoseg.model.proposal_graph import ProposalGraph, ProposalMaps
 
 __all__ = [
     "OnnxBackbone",
@@ -58,18 +58,11 @@ def backbone_runner(
 ) -> Runner:
     """What computes ``source``'s features at inference: ONNX Runtime on the CPU where it is
     installed (with ``proposal_head``'s maps too, where given), else the folded copy in torch
-    (on CUDA always)."""
+    (on CUDA always). (:func:`geoseg.model.bf16_backbone.bf16_runner` gives the runner of
+    fine readings on CPUs with AMX.)"""
     if device.type == "cpu" and onnxruntime_available():
         return OnnxBackbone(source, proposal_head)
     return FoldedBackbone(source)
-
-
-class ProposalMaps(NamedTuple):
-    """The region proposal head's output: per pyramid level, objectness ``(N, A, h, w)`` and
-    box deltas ``(N, 4 A, h, w)``."""
-
-    objectness: list[torch.Tensor]
-    deltas: list[torch.Tensor]
 
 
 def proposals_from_maps(
@@ -168,24 +161,6 @@ def _suppressed_by_level(
     return out[scores[out].sort(descending=True)[1]]
 
 
-class _Graph(nn.Module):
-    """A backbone's feature pyramid as a tuple, channels-last, then the proposal head's
-    objectness and deltas of each level where there is one: what is exported."""
-
-    def __init__(self, backbone: nn.Module, proposal_head: nn.Module | None) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.proposal_head = proposal_head
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        levels = list(self.backbone(pixels).values())
-        out = [level.permute(0, 2, 3, 1) for level in levels]
-        if self.proposal_head is not None:
-            objectness, deltas = self.proposal_head(levels)
-            out += [*objectness, *deltas]
-        return tuple(out)
-
-
 class OnnxBackbone:
     """Calls a backbone's folded copy through an ONNX Runtime session (see the module
     docstring); runs :class:`~geoseg.model.folded_backbone.FoldedBackbone` instead, for good,
@@ -272,7 +247,7 @@ class OnnxBackbone:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    _Graph(folded, self.proposal_head),
+                    ProposalGraph(folded, self.proposal_head),
                     (example,),
                     graph,
                     dynamo=False,

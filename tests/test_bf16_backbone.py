@@ -1,0 +1,97 @@
+"""The backbone in bfloat16 on CPUs with AMX: close to float32, chosen only where fast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geoseg.model import bf16_backbone
+from geoseg.model.bf16_backbone import (
+    BF16_ENV,
+    BF16_UP_TO_M,
+    Bf16Backbone,
+    bf16_fast,
+    bf16_runner,
+)
+from geoseg.model.folded_backbone import FoldedBackbone
+from geoseg.model.maskrcnn import PRETRAINED_ARCH, build_network, untrained_segmenter
+from tests.test_folded_backbone import _randomised
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().mean() / want.abs().mean())
+
+
+def test_features_and_maps_close_to_float32_and_stored_channels_last() -> None:
+    network = build_network(PRETRAINED_ARCH, 3).eval()
+    backbone = _randomised(network.backbone)
+    runner = Bf16Backbone(backbone, network.rpn.head)
+    pixels = torch.rand((2, 3, 96, 128), generator=torch.Generator().manual_seed(5)) * 2 - 1
+    with torch.inference_mode():
+        want = FoldedBackbone(backbone)(pixels)
+        want_maps = network.rpn.head(list(want.values()))
+        got, maps = runner.run(pixels)
+        alone = runner(pixels)
+    assert list(got) == list(want) == list(alone) and maps is not None
+    for name, level in want.items():
+        assert got[name].dtype == torch.float32 and got[name].shape == level.shape
+        assert got[name].is_contiguous(memory_format=torch.channels_last)
+        assert _relative_error(got[name], level) < 0.05  # bfloat16: 8 bits of mantissa
+        torch.testing.assert_close(alone[name], got[name])
+    for got_maps, want_levels in zip(maps, want_maps, strict=True):
+        for got_level, want_level in zip(got_maps, want_levels, strict=True):
+            assert got_level.dtype == torch.float32 and got_level.shape == want_level.shape
+            assert _relative_error(got_level, want_level) < 0.05
+
+
+def test_weights_changed_in_place_are_folded_again() -> None:
+    backbone = _randomised(build_network(PRETRAINED_ARCH, 3).backbone.eval())
+    runner = Bf16Backbone(backbone)
+    pixels = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        before = runner(pixels)["0"]
+        next(iter(backbone.parameters())).mul_(2.0)  # as an optimizer step does
+        after = runner(pixels)["0"]
+        want = FoldedBackbone(backbone)(pixels)["0"]
+    assert not torch.allclose(before, after)
+    assert _relative_error(after, want) < 0.05
+
+
+def test_the_network_s_own_head_is_left_as_it_is() -> None:
+    network = build_network(PRETRAINED_ARCH, 3).eval()
+    weight = network.rpn.head.conv[0][0].weight
+    Bf16Backbone(network.backbone, network.rpn.head).run(torch.rand(1, 3, 64, 64))
+    assert weight.is_contiguous() and network.rpn.head.conv[0][0].weight is weight
+
+
+@pytest.mark.parametrize("setting", ["0", "off", "false", "no"])
+def test_turned_off_by_the_environment(monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
+    monkeypatch.setenv(BF16_ENV, setting)
+    assert not bf16_fast()
+    network = build_network(PRETRAINED_ARCH, 3)
+    assert bf16_runner(network.backbone, torch.device("cpu"), network.rpn.head) is None
+
+
+def test_chosen_on_the_cpu_only_where_the_cpu_has_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BF16_ENV, raising=False)
+    amx = torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported()
+    assert bf16_fast() == amx
+    network = build_network(PRETRAINED_ARCH, 3)
+    cpu = bf16_runner(network.backbone, torch.device("cpu"), network.rpn.head)
+    assert isinstance(cpu, Bf16Backbone) == amx
+    assert bf16_runner(network.backbone, torch.device("cuda")) is None
+
+
+def test_the_segmenter_reads_fine_tiles_in_bfloat16_and_coarse_ones_in_float32(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bf16_backbone, "bf16_fast", lambda: True)  # as on a CPU with AMX
+    model = untrained_segmenter(arch=PRETRAINED_ARCH, device="cpu")
+    fine, coarse = model._network_at(BF16_UP_TO_M), model._network_at(BF16_UP_TO_M * 1.01)
+    assert isinstance(fine.backbone, Bf16Backbone)
+    assert not isinstance(coarse.backbone, Bf16Backbone)
+    assert not isinstance(model._network_at(None).backbone, Bf16Backbone)  # GSD unknown
+    tiles = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    model.predict(tiles, min_score=0.05, gsd_m=0.3)
+    assert fine.backbone._graph is not None  # the bfloat16 runner read the 0.3 m tile
