@@ -87,7 +87,7 @@ class KeptWeights:
             own = self.min_score_by_gsd.get(name, [])
             out = []
             if low is not None:
-                out += [s for s in own if s[0] < low] + [[low, _score_at(own, low, start)]]
+                out += [s for s in own if s[0] < low] + [[low, value_at_gsd(own, low, start)]]
             if high is None:
                 main[name] = tuned[name]
             else:
@@ -135,7 +135,3 @@ class KeptWeights:
 def _band(steps: Steps, gsd_m: float) -> int:
     """The index of the step that serves ``gsd_m``; ``len(steps)`` for the main weights."""
     return value_at_gsd(((up_to, i) for i, (up_to, _) in enumerate(steps)), gsd_m, len(steps))
-
-
-def _score_at(steps: list[list[float]], gsd_m: float, default: float) -> float:
-    return value_at_gsd(((g, s) for g, s in steps), gsd_m, default)

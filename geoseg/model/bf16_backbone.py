@@ -22,8 +22,13 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from geoseg.model.folded_backbone import fold_frozen_batch_norm, weights_state
-from geoseg.model.proposal_graph import ProposalGraph, ProposalMaps
+from geoseg.model.proposal_graph import (
+    ProposalGraph,
+    ProposalMaps,
+    folded_graph,
+    graph_outputs,
+    graph_state,
+)
 
 __all__ = ["BF16_ENV", "BF16_UP_TO_M", "Bf16Backbone", "bf16_fast", "bf16_runner"]
 
@@ -90,25 +95,14 @@ class Bf16Backbone:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             out = graph(pixels.contiguous(memory_format=torch.channels_last), with_maps=with_maps)
         out = [o.float() for o in out]  # keeps each output's channels-last layout
-        n = len(self._names)
-        features = OrderedDict(
-            (name, level.permute(0, 3, 1, 2))
-            for name, level in zip(self._names, out[:n], strict=True)
-        )
-        maps = ProposalMaps(out[n : 2 * n], out[2 * n : 3 * n]) if with_maps else None
-        return features, maps
+        return graph_outputs(self._names, out, with_maps)
 
     def _current(self) -> ProposalGraph:
-        state = weights_state(self.source)
-        if self.proposal_head is not None:
-            state += weights_state(self.proposal_head)
+        state = graph_state(self.source, self.proposal_head)
         if self._graph is None or state != self._made_from:
-            with torch.inference_mode(False), torch.no_grad():
-                folded = fold_frozen_batch_norm(self.source).eval().float()
-                self._names = list(folded(torch.zeros((1, 3, 64, 64))))
-                head = copy.deepcopy(self.proposal_head)  # the network's own stays as it is
-                graph = ProposalGraph(folded, head).eval()
-                self._graph = graph.to(memory_format=torch.channels_last)
+            head = copy.deepcopy(self.proposal_head)  # the network's own stays as it is
+            self._names, graph = folded_graph(self.source, head, torch.zeros((1, 3, 64, 64)))
+            self._graph = graph.eval().to(memory_format=torch.channels_last)
             self._made_from = state
         return self._graph
 

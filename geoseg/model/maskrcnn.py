@@ -382,7 +382,8 @@ class MaskRCNNSegmenter:
         self.batch_size = batch_size or (None if self._device.type == "cuda" else CPU_BATCH)
         self.device = str(self._device)
         self.network = network.to(self._device).eval()
-        self._backbone, self._bf16 = _Network.of(self.network, self._device)[1:]
+        main = _Network.of(self.network, self._device)  # kept as its runners: tests swap them
+        self._backbone, self._bf16 = main.backbone, main.bf16
         # other weights of the same network, each for tiles read at up to its GSD
         self._by_gsd: list[tuple[float, _Network]] = [
             (float(gsd), _Network.of(other.to(self._device).eval(), self._device))

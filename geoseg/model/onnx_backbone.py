@@ -28,8 +28,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
-from geoseg.model.folded_backbone import FoldedBackbone, fold_frozen_batch_norm, weights_state
-from geoseg.model.proposal_graph import ProposalGraph, ProposalMaps
+from geoseg.model.folded_backbone import FoldedBackbone
+from geoseg.model.proposal_graph import ProposalMaps, folded_graph, graph_outputs, graph_state
 
 __all__ = [
     "OnnxBackbone",
@@ -194,15 +194,7 @@ class OnnxBackbone:
             return self._fallback(pixels), None
         arrays = session.run(None, {"pixels": pixels.contiguous().numpy()})  # type: ignore[attr-defined]
         out = [torch.from_numpy(array) for array in arrays]
-        n = len(self._names)
-        features = OrderedDict(  # channels-last: as the heads' RoIAlign reads them
-            (name, level.permute(0, 3, 1, 2))
-            for name, level in zip(self._names, out[:n], strict=True)
-        )
-        maps = None
-        if self.proposal_head is not None:
-            maps = ProposalMaps(out[n : 2 * n], out[2 * n : 3 * n])
-        return features, maps
+        return graph_outputs(self._names, out, self.proposal_head is not None)
 
     @property
     def export_failed(self) -> bool:
@@ -218,9 +210,7 @@ class OnnxBackbone:
         ``None`` once an export has failed."""
         if self._export_failed:
             return None
-        state = weights_state(self.source)
-        if self.proposal_head is not None:
-            state += weights_state(self.proposal_head)
+        state = graph_state(self.source, self.proposal_head)
         threads = torch.get_num_threads()
         if self._session is None or state != self._made_from or threads != self._threads:
             try:
@@ -235,19 +225,18 @@ class OnnxBackbone:
     def _exported(self, threads: int) -> object:
         import onnxruntime as ort
 
+        example = torch.zeros((2, 3, 64, 96))
+        self._names, proposal_graph = folded_graph(self.source, self.proposal_head, example)
+        n = len(self._names)
+        outputs = [f"level{i}" for i in range(n)]
+        if self.proposal_head is not None:
+            outputs += [f"objectness{i}" for i in range(n)] + [f"deltas{i}" for i in range(n)]
         with torch.inference_mode(False), torch.no_grad():
-            folded = fold_frozen_batch_norm(self.source).eval().float()
-            example = torch.zeros((2, 3, 64, 96))
-            self._names = list(folded(example))
-            n = len(self._names)
-            outputs = [f"level{i}" for i in range(n)]
-            if self.proposal_head is not None:
-                outputs += [f"objectness{i}" for i in range(n)] + [f"deltas{i}" for i in range(n)]
             graph = io.BytesIO()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    ProposalGraph(folded, self.proposal_head),
+                    proposal_graph,
                     (example,),
                     graph,
                     dynamo=False,

@@ -4,12 +4,16 @@ ONNX Runtime, :mod:`geoseg.model.bf16_backbone` runs it in bfloat16)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["ProposalGraph", "ProposalMaps"]
+from geoseg.model.folded_backbone import fold_frozen_batch_norm, weights_state
+
+__all__ = ["ProposalGraph", "ProposalMaps", "folded_graph", "graph_outputs", "graph_state"]
 
 
 class ProposalMaps(NamedTuple):
@@ -36,3 +40,38 @@ class ProposalGraph(nn.Module):
             objectness, deltas = self.proposal_head(levels)
             out += [*objectness, *deltas]
         return tuple(out)
+
+
+def graph_state(source: nn.Module, proposal_head: nn.Module | None) -> tuple[object, ...]:
+    """What a change to the weights of ``source`` or ``proposal_head`` changes (a runner makes
+    its graph again when it differs)."""
+    state = weights_state(source)
+    if proposal_head is not None:
+        state += weights_state(proposal_head)
+    return state
+
+
+def folded_graph(
+    source: nn.Module, proposal_head: nn.Module | None, example: torch.Tensor
+) -> tuple[list[str], ProposalGraph]:
+    """The names of ``source``'s pyramid levels (from ``example``) and the graph of its folded
+    copy (:func:`~geoseg.model.folded_backbone.fold_frozen_batch_norm`, in eval mode) with
+    ``proposal_head`` (which keeps its own mode: it may be the network's, being trained)."""
+    with torch.inference_mode(False), torch.no_grad():
+        folded = fold_frozen_batch_norm(source).eval().float()
+        names = list(folded(example))
+    return names, ProposalGraph(folded, proposal_head)
+
+
+def graph_outputs(
+    names: Sequence[str], out: Sequence[torch.Tensor], with_maps: bool
+) -> tuple[OrderedDict[str, torch.Tensor], ProposalMaps | None]:
+    """A :class:`ProposalGraph`'s outputs handed over: the levels by name as ``(N, C, h, w)``
+    views of their channels-last storage (as the heads' RoIAlign reads them), and the maps
+    where ``with_maps``."""
+    n = len(names)
+    features = OrderedDict(
+        (name, level.permute(0, 3, 1, 2)) for name, level in zip(names, out[:n], strict=True)
+    )
+    maps = ProposalMaps(list(out[n : 2 * n]), list(out[2 * n : 3 * n])) if with_maps else None
+    return features, maps
