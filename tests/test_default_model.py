@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyogrio
 import pytest
+import torch
 
 from geoseg.config import RunOptions
 from geoseg.learn.evaluate import evaluate_files
@@ -31,8 +32,12 @@ def test_the_weights_ship_in_the_package_with_their_card() -> None:
     assert tuple(payload["classes"]) == CLASSES
     assert set(payload["min_score"]) == set(CLASSES)
     assert all(0 < v < 1 for v in payload["min_score"].values())
-    # readings at 1 m or finer run through a second set of weights (model card, session 34)
-    assert [gsd for gsd, _ in payload["weights_by_gsd"]] == [1.0]
+    # readings at 1 m or finer run through a second set of weights (model card, session 34),
+    # readings over 1 m up to 3 m through a third, stored as float16 (session 36)
+    steps = payload["weights_by_gsd"]
+    assert [gsd for gsd, _ in steps] == [1.0, 3.0]
+    weight = "roi_heads.box_predictor.cls_score.weight"
+    assert [w[weight].dtype for _, w in steps] == [torch.float32, torch.float16]
 
 
 def test_the_default_model_loads_offline_trained() -> None:
@@ -41,7 +46,7 @@ def test_the_default_model_loads_offline_trained() -> None:
     assert model.name == "default" and model.checksum.startswith("sha256:")
 
 
-@pytest.mark.parametrize("gsd_m", [1.0, 4.0])
+@pytest.mark.parametrize("gsd_m", [1.0, 2.0, 4.0])  # each of its three weight sets
 def test_the_default_model_finds_houses_in_a_held_out_synthetic_scene(
     tmp_path: Path, gsd_m: float
 ) -> None:

@@ -149,5 +149,18 @@ def test_the_tools_make_the_soup_and_put_it_in(
     [(gsd, network)] = both.networks_by_gsd
     assert gsd == 1.0 and torch.equal(network.state_dict()[scores], mixed[scores])
     assert both.min_score == read_checkpoint(first)["min_score"] == {"ship": 0.4}  # kept
+
+    done = _tool("set_weights_by_gsd.py", first, f"1:{soup}", f"3:{second}", "--half", "3")
+    assert done.returncode == 0, done.stderr
+    steps = read_checkpoint(first)["weights_by_gsd"]
+    assert [gsd for gsd, _ in steps] == [1.0, 3.0]
+    assert steps[0][1][scores].dtype == torch.float32 and steps[1][1][scores].dtype == torch.float16
+    three = load_checkpoint(first, device="cpu")
+    (_, fine_net), (_, middle) = three.networks_by_gsd
+    assert torch.equal(fine_net.state_dict()[scores], mixed[scores])
+    loaded = middle.state_dict()[scores]
+    assert loaded.dtype == torch.float32 and torch.equal(loaded, b[scores].half().float())
+    bad = _tool("set_weights_by_gsd.py", first, f"1:{soup}", "--half", "2")
+    assert bad.returncode == 2 and "--half [2.0]: no such step" in bad.stderr
     assert _tool("set_weights_by_gsd.py", first, "-").returncode == 0
     assert "weights_by_gsd" not in read_checkpoint(first)
