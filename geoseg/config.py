@@ -25,6 +25,7 @@ __all__ = [
     "as_min_score",
     "as_min_score_by_gsd",
     "as_proposals_by_gsd",
+    "as_tta_views_by_gsd",
     "proposals_at_gsd",
     "score_thresholds",
     "threshold_at_gsd",
@@ -186,6 +187,18 @@ def as_tta_views(value: Any, source: str = "model") -> dict[str, int] | None:
             f"{source}: class_tta_views {value!r} is not {{class: 1, 2, 4 or 8 views}}"
         ) from None
     return table
+
+
+def as_tta_views_by_gsd(value: Any, source: str = "model") -> GsdThresholds | None:
+    """A model's ``tta_views_by_gsd`` (``{class: [[up to m, views], ...]}``: a class read at
+    that GSD or finer is seen in that many views, one of :data:`TTA_VIEW_COUNTS`, in place of
+    its ``class_tta_views``) as plain values, finest first; ``None`` when it has none. Other
+    counts are a :class:`~geoseg.errors.UserInputError` naming ``source``."""
+    return _gsd_steps(value, source, "tta_views_by_gsd", "1, 2, 4 or 8 views", _view_count)
+
+
+def _view_count(value: float) -> bool:
+    return value in TTA_VIEW_COUNTS
 
 
 def as_mask_threshold(value: Any, source: str = "model") -> dict[str, float] | None:

@@ -36,6 +36,7 @@ from geoseg.config import (
     class_values_at,
     mask_cuts_at,
     score_thresholds,
+    value_at_gsd,
 )
 from geoseg.errors import UserInputError
 from geoseg.formats import check_formats
@@ -95,7 +96,8 @@ class ScenePass:
     (``min_score_by_gsd``) and ``--min-score`` was not given, this pass's thresholds, and where
     the model sets mask thresholds (``mask_threshold``, ``mask_threshold_by_gsd``), the value
     each class's masks are cut at in this pass, and where a class it keeps is seen in more
-    than one view (``--tta``, the model's ``class_tta_views``), how many."""
+    than one view (``--tta``, the model's ``class_tta_views`` and ``tta_views_by_gsd``), how
+    many."""
 
     scene: SceneInfo
     grid: TileGrid
@@ -271,7 +273,7 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
                 mask_cuts_at(
                     info.classes, info.mask_threshold, info.mask_threshold_by_gsd, working.gsd_m
                 ),
-                _tta_views(info, options, classes),
+                _tta_views(info, options, classes, working.gsd_m),
             )
         )
         batches.extend((index, tuple(tiles[k : k + size])) for k in range(0, len(tiles), size))
@@ -313,15 +315,22 @@ def _check_setting_classes(info: ModelInfo, options: RunOptions) -> None:
 
 
 def _tta_views(
-    info: ModelInfo, options: RunOptions, classes: Iterable[int]
+    info: ModelInfo, options: RunOptions, classes: Iterable[int], gsd_m: float
 ) -> dict[str, int] | None:
-    """How many views each of a pass's classes is seen in, where more than one: ``--tta``
-    for every class, else the model's ``class_tta_views``."""
+    """How many views each of a pass's classes (read at ``gsd_m``) is seen in, where more than
+    one: ``--tta`` for every class, else the model's step of ``tta_views_by_gsd`` that reaches
+    ``gsd_m``, else its ``class_tta_views``."""
     names = [info.classes[k] for k in classes]
     if options.tta is not None:
         counts = dict.fromkeys(names, options.tta)
     else:
-        counts = {name: (info.class_tta_views or {}).get(name, 1) for name in names}
+        steps = info.tta_views_by_gsd or {}
+        counts = {
+            name: int(
+                value_at_gsd(steps.get(name, ()), gsd_m, (info.class_tta_views or {}).get(name, 1))
+            )
+            for name in names
+        }
     return {name: n for name, n in counts.items() if n > 1} or None
 
 

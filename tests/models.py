@@ -353,6 +353,30 @@ def misnamed_views_oracle() -> MisnamedViewsOracle:
     return MisnamedViewsOracle()
 
 
+class MisnamedViewsByGsdOracle(ViewsOracle):
+    """Views by GSD for a class the model does not have."""
+
+    tta_views_by_gsd: ClassVar[dict[str, list[tuple[float, int]]]] = {"boat": [(1.0, 4)]}
+
+
+def misnamed_views_by_gsd_oracle() -> MisnamedViewsByGsdOracle:
+    return MisnamedViewsByGsdOracle()
+
+
+class ViewsByGsdOracle(ViewsOracle):
+    """As :class:`ViewsOracle`, also recommending 4 views for fields read at 3 m or finer and
+    8 for buildings read at 0.3 m or finer (``tta_views_by_gsd``)."""
+
+    tta_views_by_gsd: ClassVar[dict[str, list[tuple[float, int]]]] = {
+        "field": [(3.0, 4)],
+        "building": [(0.3, 8)],
+    }
+
+
+def views_by_gsd_oracle() -> ViewsByGsdOracle:
+    return ViewsByGsdOracle()
+
+
 class SideScoredOracle(OracleSegmenter):
     """An oracle sure (0.9) of the objects in the right half of a tile and unsure (0.3) of
     those in the left half: a neighbouring tile may score an object over a threshold that the

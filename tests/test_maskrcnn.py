@@ -344,6 +344,7 @@ SETTINGS = {  # attribute: (as given, as read)
     "mask_threshold": ({"field": 0.3}, {"field": 0.3}),
     "mask_threshold_by_gsd": ({"building": [(1, 0.35)]}, {"building": ((1.0, 0.35),)}),
     "class_tta_views": ({"ship": 4.0}, {"ship": 4}),
+    "tta_views_by_gsd": ({"field": [(3, 4.0)]}, {"field": ((3.0, 4.0),)}),
     "rpn_proposals_by_gsd": (
         [(2, 1500, 700.0), (1, 1000, 500)],
         ((1.0, 1000, 500), (2.0, 1500, 700)),
@@ -413,6 +414,9 @@ def test_every_read_setting_survives_the_checkpoint(
         ("rpn_proposals_by_gsd", [[1.0, 1000.5, 500]]),
         ("rpn_proposals_by_gsd", [[0, 1000, 500]]),
         ("rpn_proposals_by_gsd", {"ship": [[1.0, 1000, 500]]}),
+        ("tta_views_by_gsd", {"field": [[3.0, 3]]}),
+        ("tta_views_by_gsd", {"field": [[0, 4]]}),
+        ("tta_views_by_gsd", {"field": 4}),
         ("class_box_refinements", {"ship": 5}),
         ("class_box_refinements", {"ship": 1.5}),
         ("class_box_refinements", {"ship": -1}),
@@ -606,5 +610,11 @@ def test_box_refinements_tool_sets_and_drops_classes(
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert _run_tool("set_tta_views.py", path, "ship=4", "field=1").returncode == 0
     assert load_checkpoint(path, device="cpu").class_tta_views == {"ship": 4}
+    assert _run_tool("set_tta_views.py", path, "field@3=4", "ship@1=1").returncode == 0
+    loaded = load_checkpoint(path, device="cpu")
+    assert loaded.class_tta_views == {"ship": 4}
+    assert loaded.tta_views_by_gsd == {"field": ((3.0, 4.0),), "ship": ((1.0, 1.0),)}
+    assert _run_tool("set_tta_views.py", path, "field@3=-", "ship@1=-").returncode == 0
+    assert "tta_views_by_gsd" not in read_checkpoint(path)
     refused = _run_tool("set_tta_views.py", path, "ship=3")
     assert refused.returncode == 2 and "one of 1, 2, 4, 8" in refused.stderr

@@ -179,6 +179,7 @@ def test_a_class_threshold_can_depend_on_the_gsd_it_is_read_at(
         ("misnamed_threshold_oracle", "min_score_by_gsd names boat"),
         ("misnamed_mask_oracle", "mask_threshold names boat"),
         ("misnamed_views_oracle", "class_tta_views names boat"),
+        ("misnamed_views_by_gsd_oracle", "tta_views_by_gsd names boat"),
     ],
 )
 def test_thresholds_for_an_unknown_class_are_refused(
@@ -296,6 +297,60 @@ def test_each_reading_asks_for_its_classes_views(
     metadata = pyogrio.read_info(tmp_path / "out" / "s.gpkg", layer="building")["layer_metadata"]
     recorded = json.loads(metadata.get("geoseg_class_tta_views", "{}"))
     assert recorded == {**views, **(field_views or {})}
+
+
+@pytest.mark.parametrize(
+    ("gsd", "tta", "building_views", "field_views"),
+    [
+        (0.5, None, {"building": 4}, {"field": 4}),
+        (0.25, None, {"building": 8}, {"field": 4}),
+        (4.0, None, {"building": 4}, None),
+        (0.5, 2, {"building": 2, "ship": 2}, {"field": 2}),
+    ],
+)
+def test_views_by_gsd_follow_the_reading(
+    tmp_path: Path,
+    coded_scene: Callable[..., Path],
+    gsd: float,
+    tta: int | None,
+    building_views: dict[str, int] | None,
+    field_views: dict[str, int] | None,
+) -> None:
+    """A model's ``tta_views_by_gsd`` sets a class's views by the GSD it is read at: fields
+    read at 2 m (a 0.5 m or 0.25 m scene) are seen in 4 views, at 4 m in one; buildings read at
+    0.25 m in 8, at 0.5 m or 4 m in their ``class_tta_views``'s 4. ``--tta`` replaces both. The
+    objects come out as without views, and the layers' metadata records the views."""
+    from geoseg.cli import main
+
+    ids = np.zeros((128, 128), dtype=np.int32)
+    ids[40:56, 40:72] = 1
+    ids[80:112, 80:112] = 2
+    transform = utm_transform(gsd)
+    path = coded_scene(ids, {1: 0, 2: 1}, name="s.tif", transform=transform)
+    model = "tests.models:views_by_gsd_oracle"
+    plan = plan_scene(path, RunOptions(model=model, tile_px=64, overlap_px=16, tta=tta))
+    names = plan.model.classes
+    views = {
+        names[k]: (reading.tta_views or {}).get(names[k], 1)
+        for reading in plan.passes
+        for k in reading.classes
+    }
+    assert views == {
+        "building": (building_views or {}).get("building", 1),
+        "ship": (building_views or {}).get("ship", 1),
+        "field": (field_views or {}).get("field", 1),
+    }
+    args = ["run", str(path), "-o", str(tmp_path / "out"), "--model", model]
+    args += ["--tile-size", "64", "--overlap", "16", "--no-preview", "--no-webmap"]
+    with pytest.raises(SystemExit) as done:
+        main([*args, *(["--tta", str(tta)] if tta else [])])
+    assert done.value.code == 0
+    for name, k in (("building", 1), ("field", 2)):
+        (got,) = gpd.read_file(tmp_path / "out" / "s.gpkg", layer=name).geometry
+        assert_same_shape(got, truth_polygon(ids, k, transform))
+    metadata = pyogrio.read_info(tmp_path / "out" / "s.gpkg", layer="field")["layer_metadata"]
+    recorded = json.loads(metadata.get("geoseg_class_tta_views", "{}"))
+    assert recorded == {**(building_views or {}), **(field_views or {})}
 
 
 def test_views_are_1_2_4_or_8(tmp_path: Path, coded_scene: Callable[..., Path]) -> None:

@@ -1,4 +1,4 @@
-"""What ``set_tta_views.py`` and ``set_box_refinements.py`` share: a whole number per class,
+"""What ``set_box_refinements.py`` uses (and a tool like it may): a whole number per class,
 written ``CLASS=N``, merged into a checkpoint's table of them (a class at its neutral count
 leaves the table), and the command line that does it (:func:`count_tool`)."""
 

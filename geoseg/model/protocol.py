@@ -34,7 +34,8 @@ A segmenter is any object with
   instances from for stitching, so the model can drop lower-scored instances before building
   their masks. It may also accept
   ``tta_views``: geoseg then passes ``{class name: views}`` (2, 4 or 8; classes not named get
-  1) for the classes a reading keeps, from ``--tta`` or the model's ``class_tta_views``, and
+  1) for the classes a reading keeps, from ``--tta`` or the model's ``class_tta_views`` and
+  ``tta_views_by_gsd``, and
   the model predicts those classes from that many views of each tile (the built-in Mask R-CNN:
   flipped, and turned for 8, fused; see :mod:`geoseg.model.flip_views`). And it may accept
   ``gsd_m``: geoseg then passes the ground sampling distance in metres the tiles were read
@@ -60,6 +61,8 @@ is in, 0.5 where unset, for probabilities; it replaces any ``mask_thresholds`` o
 ``mask_threshold_by_gsd`` (``{class name: [(up to m, value), ...]}``: the same for a class
 read at a GSD up to a step's), ``class_tta_views`` (``{class name: views}``: how many views of
 each tile ``geoseg run`` asks ``predict`` to fuse per class, see ``tta_views`` above),
+``tta_views_by_gsd`` (``{class name: [(up to m, views), ...]}``: the same for a class read at
+a GSD up to a step's),
 ``rpn_proposals_by_gsd`` (recorded with the outputs; the model applies it itself, see
 ``gsd_m`` above), ``class_box_refinements`` (``{class name: n}``, recorded with the outputs;
 the built-in Mask R-CNN moves each kept object's box by its box head n more times) and
@@ -312,6 +315,7 @@ class ModelInfo:
     mask_threshold: dict[str, float] | None = None
     mask_threshold_by_gsd: GsdThresholds | None = None
     class_tta_views: dict[str, int] | None = None
+    tta_views_by_gsd: GsdThresholds | None = None
     rpn_proposals_by_gsd: ProposalSteps | None = None
     class_box_refinements: dict[str, int] | None = None
 

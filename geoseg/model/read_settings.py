@@ -23,6 +23,7 @@ from geoseg.config import (
     as_min_score_by_gsd,
     as_proposals_by_gsd,
     as_tta_views,
+    as_tta_views_by_gsd,
 )
 
 __all__ = [
@@ -75,6 +76,9 @@ READ_SETTINGS: tuple[ReadSetting, ...] = (
         kept=True,
     ),
     ReadSetting("class_tta_views", "class_tta_views", as_tta_views, per_class=True, kept=True),
+    ReadSetting(
+        "tta_views_by_gsd", "tta_views_by_gsd", as_tta_views_by_gsd, per_class=True, kept=True
+    ),
     ReadSetting("rpn_proposals_by_gsd", "rpn_proposals_by_gsd", as_proposals_by_gsd, kept=True),
     ReadSetting(
         "class_box_refinements",
