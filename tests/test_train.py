@@ -30,6 +30,7 @@ from geoseg.learn.train import (
     SCORE_GRID,
     LabelSource,
     MaskCuts,
+    StartReading,
     TrainOptions,
     f1_scores,
     match_instances,
@@ -37,6 +38,7 @@ from geoseg.learn.train import (
     train,
     tune_min_scores,
 )
+from geoseg.learn.train import _predict_in_views as predict_in_views
 from geoseg.model import load_segmenter
 from geoseg.model.maskrcnn import MaskRCNNArch, MaskRCNNSegmenter
 
@@ -279,6 +281,7 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
         mask_threshold_by_gsd={"building": [(1.0, 0.35)]},
         min_score_by_gsd={"ship": [(1.0, 0.5)]},
         class_tta_views={"ship": 4, "field": 8},
+        tta_views_by_gsd={"building": [(2.0, 2)], "field": [(3.0, 4)], "ship": [(0.5, 8)]},
         class_box_refinements={"building": 2, "field": 1},
         rpn_proposals_by_gsd=[(1.0, 1000, 500)],  # one table for all classes
     )
@@ -313,9 +316,11 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
     assert tuned.mask_threshold == {"ship": 0.4}
     assert tuned.mask_threshold_by_gsd == {"building": ((1.0, 0.35),)}
     assert tuned.class_tta_views == {"ship": 4}
+    assert tuned.tta_views_by_gsd == {"building": ((2.0, 2.0),), "ship": ((0.5, 8.0),)}
     assert tuned.class_box_refinements == {"building": 2}
     assert tuned.rpn_proposals_by_gsd == ((1.0, 1000, 500),)
-    assert asked and all(v == ({"ship": 4}, 2) for v in asked)  # validated as it will be read
+    # validated as it will be read: the chips are at 1 m, so buildings in 2 views, ships in 4
+    assert asked and all(v == ({"building": 2, "ship": 4}, 2) for v in asked)
     assert not tuned.min_score_by_gsd
     fresh = train(
         [image],
@@ -361,3 +366,38 @@ def test_augmented_chips_keep_pixels_and_labels_together() -> None:
     low, high = (round(2400 * f**2) for f in ZOOM_RANGE)
     assert all(low * 0.9 <= a <= high * 1.1 for a in areas)
     assert min(areas) < 2400 * 0.95 and max(areas) > 2400 * 1.05  # some chips were zoomed
+
+
+def test_validation_sees_each_chip_in_the_views_of_its_gsd() -> None:
+    """A start that sees fields in 4 views where read at 3 m or finer and ships in 4 views
+    everywhere: validation chips at 2 m and 8 m in one batch go through two ``predict`` calls,
+    each with the views of its GSD, and come back in the batch's order."""
+    from geoseg.grid import PixelWindow
+
+    reading = StartReading.of(
+        {"class_tta_views": {"ship": 4}, "tta_views_by_gsd": {"field": [[3.0, 4]]}},
+        ("field", "ship"),
+    )
+    assert reading.views_at(2.0) == {"field": 4, "ship": 4}
+    assert reading.views_at(3.0) == {"field": 4, "ship": 4}
+    assert reading.views_at(8.0) == {"ship": 4}
+    calls = []
+
+    class Recording:
+        def predict(self, tiles: np.ndarray, tta_views: dict | None = None) -> list:
+            calls.append((len(tiles), tta_views))
+            return [{"first": float(t[0, 0, 0])} for t in tiles]
+
+    def chip(gsd: float, value: int) -> Chip:
+        pixels = np.full((3, 8, 8), value, dtype=np.uint8)
+        empty = np.zeros((8, 8), dtype=np.int32)
+        window = PixelWindow(0, 0, 8, 8)
+        return Chip(pixels, empty > -1, empty, np.zeros(0, np.int64), "s", window, gsd, "val")
+
+    batch = [chip(2.0, 10), chip(8.0, 20), chip(2.0, 30)]
+    found = predict_in_views(Recording(), batch, reading)  # type: ignore[arg-type]
+    assert [round(f["first"] * 255) for f in found] == [10, 20, 30]
+    assert sorted(calls, key=lambda c: c[0]) == [
+        (1, {"ship": 4}),
+        (2, {"field": 4, "ship": 4}),
+    ]

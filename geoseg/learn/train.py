@@ -32,9 +32,11 @@ import torch
 
 from geoseg.config import (
     DEFAULT_MIN_SCORE,
+    GsdThresholds,
     MaskCuts,
     as_box_refinements,
     as_tta_views,
+    as_tta_views_by_gsd,
     value_at_gsd,
 )
 from geoseg.errors import UserInputError
@@ -715,6 +717,7 @@ class StartReading:
     cuts: MaskCuts
     views: dict[str, int] | None
     refinements: dict[str, int] | None
+    views_by_gsd: GsdThresholds | None = None
 
     @classmethod
     def of(cls, settings: Mapping[str, Any], classes: Sequence[str]) -> StartReading:
@@ -723,7 +726,22 @@ class StartReading:
             MaskCuts.of(settings, classes, "the start"),
             as_tta_views(settings.get("class_tta_views"), "the start"),
             as_box_refinements(settings.get("class_box_refinements"), "the start"),
+            as_tta_views_by_gsd(settings.get("tta_views_by_gsd"), "the start"),
         )
+
+    def views_at(self, gsd_m: float) -> dict[str, int] | None:
+        """The views each class is seen in when read at ``gsd_m``, where more than one (as
+        ``geoseg run`` sets them: a step of ``views_by_gsd``, else ``views``)."""
+        names = {*(self.views or {}), *(self.views_by_gsd or {})}
+        counts = {
+            name: int(
+                value_at_gsd(
+                    (self.views_by_gsd or {}).get(name, ()), gsd_m, (self.views or {}).get(name, 1)
+                )
+            )
+            for name in names
+        }
+        return {name: n for name, n in counts.items() if n > 1} or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -750,7 +768,6 @@ def _validate(
     if not chips:
         return Validation({}, None)
     reading = reading or StartReading.of({}, options.classes)
-    views = reading.views
     segmenter = MaskRCNNSegmenter(
         network,
         classes=options.classes,
@@ -766,8 +783,7 @@ def _validate(
     n_real_ref = np.zeros(n_classes, dtype=np.int64)
     for start in range(0, len(chips), options.batch_size):
         batch = chips[start : start + options.batch_size]
-        pixels = np.stack([c.pixels.astype(np.float32) / 255.0 for c in batch])
-        found_in = segmenter.predict(pixels, **({"tta_views": views} if views else {}))
+        found_in = _predict_in_views(segmenter, batch, reading)
         for chip, pred in zip(batch, found_in, strict=True):
             found = Instances.from_any(
                 pred,
@@ -812,6 +828,24 @@ def _validate(
     )
     emit(TrainEvent("validation", epoch=epoch, info={"min_score": thresholds, **result}))
     return Validation(result, thresholds)
+
+
+def _predict_in_views(
+    segmenter: MaskRCNNSegmenter, batch: Sequence[Chip], reading: StartReading
+) -> list[dict[str, np.ndarray]]:
+    """``predict`` on the chips of ``batch``, each in the views ``reading`` sees its GSD in
+    (chips that share views go through one call), in the batch's order."""
+    groups: dict[tuple[tuple[str, int], ...], list[int]] = {}
+    for index, chip in enumerate(batch):
+        views = reading.views_at(chip.gsd_m) or {}
+        groups.setdefault(tuple(sorted(views.items())), []).append(index)
+    found: list[dict[str, np.ndarray]] = [{} for _ in batch]
+    for views, indexes in groups.items():
+        pixels = np.stack([batch[i].pixels.astype(np.float32) / 255.0 for i in indexes])
+        preds = segmenter.predict(pixels, **({"tta_views": dict(views)} if views else {}))
+        for index, pred in zip(indexes, preds, strict=True):
+            found[index] = pred
+    return found
 
 
 def _counts_at(scores: np.ndarray, matched: np.ndarray, n_ref: int, threshold: float) -> tuple:
