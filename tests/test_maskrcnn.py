@@ -616,5 +616,9 @@ def test_box_refinements_tool_sets_and_drops_classes(
     assert loaded.tta_views_by_gsd == {"field": ((3.0, 4.0),), "ship": ((1.0, 1.0),)}
     assert _run_tool("set_tta_views.py", path, "field@3=-", "ship@1=-").returncode == 0
     assert "tta_views_by_gsd" not in read_checkpoint(path)
+    for tool in ("set_tta_views.py", "set_min_score.py", "set_mask_threshold.py"):
+        missing = _run_tool(tool, tmp_path / "none.pt", "ship=4" if "tta" in tool else "ship=0.4")
+        assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+        assert "none.pt" in missing.stderr
     refused = _run_tool("set_tta_views.py", path, "ship=3")
     assert refused.returncode == 2 and "one of 1, 2, 4, 8" in refused.stderr

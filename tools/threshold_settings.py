@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from geoseg.errors import UserInputError
 from geoseg.model.checkpoint import read_checkpoint
 
 _SETTING = re.compile(r"^(?P<name>[^@=]+)(@(?P<gsd>[^=]+))?=(?P<value>.+)$")
@@ -46,12 +47,17 @@ def setting_parser(
 def read_arguments(
     doc: str, parse: Callable[[str], Setting], metavar: str
 ) -> tuple[argparse.ArgumentParser, Path, list[Setting], dict[str, Any]]:
-    """Parse ``CHECKPOINT SETTING...`` from the command line and read the checkpoint."""
+    """Parse ``CHECKPOINT SETTING...`` from the command line and read the checkpoint (a
+    checkpoint that cannot be read stops the tool with one line and exit status 2)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("settings", nargs="+", type=parse, metavar=metavar)
     args = parser.parse_args()
-    return parser, args.checkpoint, args.settings, read_checkpoint(args.checkpoint)
+    try:
+        payload = read_checkpoint(args.checkpoint)
+    except UserInputError as exc:  # a missing or unreadable file: one line, exit status 2
+        parser.exit(2, f"Error: {exc}\n")
+    return parser, args.checkpoint, args.settings, payload
 
 
 def apply_settings(
