@@ -19,6 +19,7 @@ __all__ = [
     "RunOptions",
     "as_box_refinements",
     "as_class_ranges",
+    "as_coarse_reading",
     "as_extra_gsd",
     "as_mask_threshold",
     "as_mask_threshold_by_gsd",
@@ -26,6 +27,7 @@ __all__ = [
     "as_min_score_by_gsd",
     "as_proposals_by_gsd",
     "as_tta_views_by_gsd",
+    "coarse_read_gsd",
     "proposals_at_gsd",
     "score_thresholds",
     "threshold_at_gsd",
@@ -199,6 +201,49 @@ def as_tta_views_by_gsd(value: Any, source: str = "model") -> GsdThresholds | No
 
 def _view_count(value: float) -> bool:
     return value in TTA_VIEW_COUNTS
+
+
+CoarseReading = dict[str, tuple[float, float]]
+"""``{class name: (upsampling, up to m)}``: see :func:`as_coarse_reading`."""
+
+
+def as_coarse_reading(value: Any, source: str = "model") -> CoarseReading | None:
+    """A model's ``class_coarse_reading`` (``{class: [upsampling, up to m]}``: where the scene
+    is coarser than the class's GSD range, the class is read at the scene's GSD divided by
+    ``upsampling``, no finer than the range's top and no coarser than ``up to m``) as plain
+    values; ``None`` when it has none. An upsampling under 1 or a GSD that is not positive is a
+    :class:`~geoseg.errors.UserInputError` naming ``source``."""
+    if not value:
+        return None
+    try:
+        table = {}
+        for name, (upsampling, up_to) in dict(value).items():
+            upsampling, up_to = float(upsampling), float(up_to)
+            if not (math.isfinite(upsampling) and upsampling >= 1):
+                raise ValueError
+            if not (math.isfinite(up_to) and up_to > 0):
+                raise ValueError
+            table[str(name)] = (upsampling, up_to)
+    except (TypeError, ValueError):
+        raise UserInputError(
+            f"{source}: class_coarse_reading {value!r} is not "
+            "{class: [upsampling >= 1, up to m > 0]}"
+        ) from None
+    return table
+
+
+def coarse_read_gsd(
+    native_m: float, gsd_range: tuple[float, float] | None, coarse: tuple[float, float] | None
+) -> float | None:
+    """The GSD a class with ``class_coarse_reading`` ``coarse`` is read at on a scene of
+    ``native_m`` coarser than its ``gsd_range``: ``native_m / upsampling`` kept between the
+    range's top and ``up to m``; ``None`` where the rule does not apply (no rule, no range, or a
+    scene within the range)."""
+    if coarse is None or gsd_range is None or native_m <= gsd_range[1] * 1.001:
+        return None
+    upsampling, up_to = coarse
+    top = gsd_range[1]
+    return min(max(native_m / upsampling, top), max(up_to, top))
 
 
 def as_mask_threshold(value: Any, source: str = "model") -> dict[str, float] | None:

@@ -34,6 +34,7 @@ from geoseg.config import (
     TTA_VIEW_COUNTS,
     RunOptions,
     class_values_at,
+    coarse_read_gsd,
     mask_cuts_at,
     score_thresholds,
     value_at_gsd,
@@ -441,7 +442,9 @@ def _readings(
                 f"({gsd_range[1]:.3g} m)"
             )
             continue
-        first = _coarsest_for_size(scene, clamp_gsd(native, gsd_range), options.tile_px)
+        coarse = (info.class_coarse_reading or {}).get(info.classes[k])
+        read_at = coarse_read_gsd(native, gsd_range, coarse) or clamp_gsd(native, gsd_range)
+        first = _coarsest_for_size(scene, read_at, options.tile_px)
         _add_reading(targets, first, k)
         for extra in (info.class_extra_gsd_m or {}).get(info.classes[k], ()):
             gsd = _coarsest_for_size(scene, clamp_gsd(extra, gsd_range), options.tile_px)

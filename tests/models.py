@@ -166,6 +166,21 @@ def class_scale_oracle() -> ClassScaleOracle:
     return ClassScaleOracle()
 
 
+class CoarseShipsOracle(ClassScaleOracle):
+    """As :class:`ClassScaleOracle`, but ships only up to 5 m, and on coarser scenes read at
+    the scene's GSD / 5 x 3, between 5 and 6 m (``class_coarse_reading``)."""
+
+    class_gsd_range_m: ClassVar[dict[str, tuple[float, float]]] = {
+        **ClassScaleOracle.class_gsd_range_m,
+        "ship": (0.25, 5.0),
+    }
+    class_coarse_reading: ClassVar[dict[str, tuple[float, float]]] = {"ship": (5 / 3, 6.0)}
+
+
+def coarse_ships_oracle() -> CoarseShipsOracle:
+    return CoarseShipsOracle()
+
+
 class FineBuildingsOracle(ClassScaleOracle):
     """As :class:`ClassScaleOracle`, but buildings only at 5 m or finer."""
 

@@ -353,6 +353,50 @@ def test_views_by_gsd_follow_the_reading(
     assert recorded == {**(building_views or {}), **(field_views or {})}
 
 
+@pytest.mark.parametrize(
+    ("gsd", "ship_gsd"), [(4.0, 4.0), (5.0, 5.0), (8.0, 5.0), (9.0, 5.4), (10.0, 6.0), (12.0, 6.0)]
+)
+def test_coarse_scenes_read_a_class_at_a_share_of_their_gsd(
+    coded_scene: Callable[..., Path], gsd: float, ship_gsd: float
+) -> None:
+    """Ships work up to 5 m and, on coarser scenes, are read at the scene's GSD / 5 x 3 kept
+    between 5 and 6 m (``class_coarse_reading``); within their range they are read at the
+    scene's GSD as before. Buildings keep theirs (up to 10 m)."""
+    ids = np.zeros((96, 96), dtype=np.int32)
+    path = coded_scene(ids, {}, name="s.tif", transform=utm_transform(gsd))
+    options = RunOptions(model="tests.models:coarse_ships_oracle", tile_px=64, overlap_px=16)
+    plan = plan_scene(path, options)
+    names = plan.model.classes
+    read_at = {names[k]: reading.scene.gsd_m for reading in plan.passes for k in reading.classes}
+    assert read_at["ship"] == pytest.approx(ship_gsd, rel=1e-3)
+    assert read_at["building"] == pytest.approx(min(gsd, 10.0), rel=1e-3)  # its range: 10 m
+
+
+def test_a_coarse_reading_finds_its_objects(
+    tmp_path: Path, coded_scene: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through ``geoseg run``, a 10 m scene's ships read at 6 m come out once each, in the
+    scene's CRS, where they lie; the summary says the GSD they were read at."""
+    from geoseg.cli import main
+
+    ids = np.zeros((96, 96), dtype=np.int32)
+    ids[20:26, 30:60] = 1
+    ids[60:66, 10:40] = 2
+    transform = utm_transform(10.0)
+    path = coded_scene(ids, {1: 2, 2: 2}, name="s.tif", transform=transform)
+    args = ["run", str(path), "-o", str(tmp_path / "out"), "--model"]
+    args += ["tests.models:coarse_ships_oracle", "--tile-size", "64", "--overlap", "16"]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--no-preview", "--no-webmap", "--classes", "ship"])
+    assert done.value.code == 0
+    assert "2 ship (at 6 m" in capsys.readouterr().out
+    got = gpd.read_file(tmp_path / "out" / "s.gpkg", layer="ship").geometry
+    for k in (1, 2):
+        truth = truth_polygon(ids, k, transform)
+        best = max(g.intersection(truth).area / g.union(truth).area for g in got)
+        assert best > 0.8
+
+
 def test_views_are_1_2_4_or_8(tmp_path: Path, coded_scene: Callable[..., Path]) -> None:
     path = coded_scene(np.zeros((64, 64), dtype=np.int32), {}, name="s.tif")
     with pytest.raises(UserInputError, match="--tta 3"):

@@ -1,6 +1,7 @@
-"""Set the GSD range each class of a geoseg checkpoint works at (``class_gsd_m``), and the
+"""Set the GSD range each class of a geoseg checkpoint works at (``class_gsd_m``), the
 other GSDs a class is also read at (``class_extra_gsd_m``, coarser; ``class_fine_gsd_m``,
-finer than the scene).
+finer than the scene), and how a class is read on scenes coarser than its range
+(``class_coarse_reading``).
 
 ``geoseg train`` records, per class, the GSDs of the chips it learned the class from. A model
 may find a class well only at part of that range (fields are wider than a tile at 0.5 m): this
@@ -10,6 +11,8 @@ rewrites the ranges that ``geoseg run`` reads each class at, and nothing else::
     python tools/set_class_gsd.py default.pt --also building=0.6   # read twice, merged
     python tools/set_class_gsd.py default.pt --also building=      # read once again
     python tools/set_class_gsd.py default.pt --fine ship=0.3       # and upsampled, merged
+    python tools/set_class_gsd.py default.pt --coarse ship=1.667:6 # 10 m scene: ships at 6 m
+    python tools/set_class_gsd.py default.pt --coarse ship=        # at the range's top again
 
 The file is rewritten atomically; weights, thresholds and training records are kept.
 """
@@ -44,6 +47,17 @@ def parse_extra(text: str) -> tuple[str, list[float]]:
         raise argparse.ArgumentTypeError(f"{text!r}: write CLASS=GSD[,GSD...] in metres") from None
 
 
+def parse_coarse(text: str) -> tuple[str, list[float] | None]:
+    name, _, rule = text.partition("=")
+    if not rule.strip():
+        return name, None
+    upsampling, _, up_to = rule.partition(":")
+    try:
+        return name, [float(upsampling), float(up_to)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write CLASS=UPSAMPLING:UP_TO_M") from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -57,6 +71,15 @@ def main() -> int:
             metavar="CLASS=GSD[,GSD]",
             help=f"also read CLASS at these GSDs {where} (empty: none)",
         )
+    parser.add_argument(
+        "--coarse",
+        action="append",
+        type=parse_coarse,
+        default=[],
+        metavar="CLASS=UPSAMPLING:UP_TO_M",
+        help="on scenes coarser than CLASS's range, read it at the scene's GSD / UPSAMPLING, "
+        "between the range's top and UP_TO_M (CLASS=: at the range's top)",
+    )
     args = parser.parse_args()
     payload = read_checkpoint(args.checkpoint)
     ranges = dict(payload.get("class_gsd_m") or {})
@@ -72,10 +95,17 @@ def main() -> int:
                 parser.error(f"{flag} {name}: not a class of the model, or a GSD not above 0")
             table[name] = gsds
         tables[key] = {name: gsds for name, gsds in table.items() if gsds} or None
+    coarse = dict(payload.get("class_coarse_reading") or {})
+    for name, rule in args.coarse:
+        if name not in payload["classes"] or (rule and not (rule[0] >= 1 and rule[1] > 0)):
+            parser.error(f"--coarse {name}: not a class of the model, or not UPSAMPLING >= 1")
+        coarse[name] = rule
+    tables["class_coarse_reading"] = {n: r for n, r in coarse.items() if r} or None
     update_checkpoint(args.checkpoint, class_gsd_m=ranges, **tables)
     print(
         f"{args.checkpoint}: class GSD ranges {ranges}, also read at "
-        f"{tables['class_extra_gsd_m'] or {}} and, finer, at {tables['class_fine_gsd_m'] or {}}"
+        f"{tables['class_extra_gsd_m'] or {}} and, finer, at {tables['class_fine_gsd_m'] or {}}; "
+        f"on coarser scenes {tables['class_coarse_reading'] or {}}"
     )
     return 0
 

@@ -54,6 +54,9 @@ read at a GSD up to a step's takes that step's threshold instead of its ``min_sc
 ``class_extra_gsd_m`` (``{class name: [GSD m, ...]}``: where the scene is at least 1.5 times
 finer, the class is also read at these GSDs and the readings' objects merged, each object
 kept once from the reading that scored it best; see :mod:`geoseg.reading_merge`),
+``class_coarse_reading`` (``{class name: (upsampling, up to m)}``: where the scene is coarser
+than the class's range, the class is read at the scene's GSD divided by the upsampling, no
+finer than the range's top and no coarser than ``up to m``),
 ``class_fine_gsd_m`` (``{class name: [GSD m, ...]}``: the same for GSDs finer than the scene,
 read upsampled where the scene is 1.5 to 2 times coarser; see :mod:`geoseg.plan`),
 ``mask_threshold`` (``{class name: value}``: the mask value from which a pixel of the class
@@ -95,7 +98,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from geoseg.config import GsdThresholds, ProposalSteps
+from geoseg.config import CoarseReading, GsdThresholds, ProposalSteps
 from geoseg.errors import ModelError, UserInputError
 from geoseg.model.box_masks import Crop, box_mask_crops, label_image_crops
 from geoseg.model.checksum import file_sha256
@@ -311,6 +314,7 @@ class ModelInfo:
     class_gsd_range_m: dict[str, tuple[float, float]] | None = None
     min_score_by_gsd: GsdThresholds | None = None
     class_extra_gsd_m: dict[str, tuple[float, ...]] | None = None
+    class_coarse_reading: CoarseReading | None = None
     class_fine_gsd_m: dict[str, tuple[float, ...]] | None = None
     mask_threshold: dict[str, float] | None = None
     mask_threshold_by_gsd: GsdThresholds | None = None

@@ -16,6 +16,7 @@ from typing import Any
 from geoseg.config import (
     as_box_refinements,
     as_class_ranges,
+    as_coarse_reading,
     as_extra_gsd,
     as_mask_threshold,
     as_mask_threshold_by_gsd,
@@ -60,6 +61,13 @@ READ_SETTINGS: tuple[ReadSetting, ...] = (
         "min_score_by_gsd", "min_score_by_gsd", as_min_score_by_gsd, per_class=True, score=True
     ),
     ReadSetting("class_extra_gsd_m", "class_extra_gsd_m", as_extra_gsd, per_class=True, kept=True),
+    ReadSetting(
+        "class_coarse_reading",
+        "class_coarse_reading",
+        as_coarse_reading,
+        per_class=True,
+        kept=True,
+    ),
     ReadSetting(
         "class_fine_gsd_m",
         "class_fine_gsd_m",
