@@ -81,7 +81,9 @@ def test_a_300_m_scene_stops_at_once_with_a_clear_message(
         (0.5, (0.5,), (0.3, 0.5, 2.0)),
         (0.7, (0.7,), (0.7, 2.0)),
         (1.0, (1.0,), (1.0, 2.0)),  # 0.6 m is a coarser reading only: no upsampled buildings
-        (10.0, (10.0,), (5.0,)),
+        (8.3, (8.3,), (5.0,)),  # ships on coarse scenes at the scene's GSD / 1.667, 5 to 6 m
+        (10.0, (10.0,), (6.0,)),
+        (12.0, (9.991,), (6.0,)),
     ],
 )
 def test_the_default_model_reads_buildings_and_ships_twice_on_very_fine_scenes(
@@ -94,7 +96,8 @@ def test_the_default_model_reads_buildings_and_ships_twice_on_very_fine_scenes(
     model card), and ships on scenes of 1.3 m or finer at 2 m too (large ships whole, not as
     their deck cargo); a 0.5 m scene is too close to 0.6 m for a second building reading. On
     0.45-0.6 m scenes boats are also read at 0.3 m, where the model learned them (synthetic
-    0.5 m scenes 0.825 -> 0.901); a 0.7 m scene would be upsampled more than twice."""
+    0.5 m scenes 0.825 -> 0.901); a 0.7 m scene would be upsampled more than twice. Ships on
+    a 10 m scene are read at 6 m, on an 8.3 m one at 5 m (1.667 times finer, model card)."""
     from geoseg.pipeline import plan_scene
 
     ids = np.zeros((2048, 2048), dtype=np.int32)  # wide enough for 2 m at 0.3 m
