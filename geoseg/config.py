@@ -32,6 +32,7 @@ __all__ = [
     "score_thresholds",
     "threshold_at_gsd",
     "value_at_gsd",
+    "views_at_gsd",
 ]
 
 DEFAULT_MIN_SCORE = 0.5
@@ -201,6 +202,20 @@ def as_tta_views_by_gsd(value: Any, source: str = "model") -> GsdThresholds | No
 
 def _view_count(value: float) -> bool:
     return value in TTA_VIEW_COUNTS
+
+
+def views_at_gsd(
+    names: Iterable[str],
+    class_tta_views: Mapping[str, int] | None,
+    tta_views_by_gsd: GsdThresholds | None,
+    gsd_m: float,
+) -> dict[str, int] | None:
+    """How many views each class of ``names`` read at ``gsd_m`` is seen in, where more than
+    one: its step of ``tta_views_by_gsd`` that reaches ``gsd_m``, else its ``class_tta_views``,
+    else 1; ``None`` where every class is seen once."""
+    steps, base = tta_views_by_gsd or {}, class_tta_views or {}
+    counts = {n: int(value_at_gsd(steps.get(n, ()), gsd_m, base.get(n, 1))) for n in names}
+    return {name: n for name, n in counts.items() if n > 1} or None
 
 
 CoarseReading = dict[str, tuple[float, float]]

@@ -37,7 +37,7 @@ from geoseg.config import (
     coarse_read_gsd,
     mask_cuts_at,
     score_thresholds,
-    value_at_gsd,
+    views_at_gsd,
 )
 from geoseg.errors import UserInputError
 from geoseg.formats import check_formats
@@ -323,16 +323,8 @@ def _tta_views(
     ``gsd_m``, else its ``class_tta_views``."""
     names = [info.classes[k] for k in classes]
     if options.tta is not None:
-        counts = dict.fromkeys(names, options.tta)
-    else:
-        steps = info.tta_views_by_gsd or {}
-        counts = {
-            name: int(
-                value_at_gsd(steps.get(name, ()), gsd_m, (info.class_tta_views or {}).get(name, 1))
-            )
-            for name in names
-        }
-    return {name: n for name, n in counts.items() if n > 1} or None
+        return dict.fromkeys(names, options.tta) if options.tta > 1 else None
+    return views_at_gsd(names, info.class_tta_views, info.tta_views_by_gsd, gsd_m)
 
 
 def _thresholds_at(

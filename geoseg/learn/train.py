@@ -38,6 +38,7 @@ from geoseg.config import (
     as_tta_views,
     as_tta_views_by_gsd,
     value_at_gsd,
+    views_at_gsd,
 )
 from geoseg.errors import UserInputError
 from geoseg.learn.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
@@ -733,15 +734,7 @@ class StartReading:
         """The views each class is seen in when read at ``gsd_m``, where more than one (as
         ``geoseg run`` sets them: a step of ``views_by_gsd``, else ``views``)."""
         names = {*(self.views or {}), *(self.views_by_gsd or {})}
-        counts = {
-            name: int(
-                value_at_gsd(
-                    (self.views_by_gsd or {}).get(name, ()), gsd_m, (self.views or {}).get(name, 1)
-                )
-            )
-            for name in names
-        }
-        return {name: n for name, n in counts.items() if n > 1} or None
+        return views_at_gsd(sorted(names), self.views, self.views_by_gsd, gsd_m)
 
 
 @dataclass(frozen=True, slots=True)
