@@ -213,9 +213,10 @@ def views_at_gsd(
     """How many views each class of ``names`` read at ``gsd_m`` is seen in, where more than
     one: its step of ``tta_views_by_gsd`` that reaches ``gsd_m``, else its ``class_tta_views``,
     else 1; ``None`` where every class is seen once."""
-    steps, base = tta_views_by_gsd or {}, class_tta_views or {}
-    counts = {n: int(value_at_gsd(steps.get(n, ()), gsd_m, base.get(n, 1))) for n in names}
-    return {name: n for name, n in counts.items() if n > 1} or None
+    names = list(names)
+    base = [(class_tta_views or {}).get(name, 1) for name in names]
+    counts = class_values_at(names, base, tta_views_by_gsd, gsd_m)
+    return {name: int(n) for name, n in counts.items() if n > 1} or None
 
 
 CoarseReading = dict[str, tuple[float, float]]
