@@ -1,6 +1,8 @@
-"""The backbone in bfloat16 on CPUs with AMX: close to float32, chosen only where fast."""
+"""The backbone in bfloat16 on CPUs made for it: close to float32, chosen only where fast."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from geoseg.model.bf16_backbone import (
     Bf16Backbone,
     bf16_fast,
     bf16_runner,
+    cpu_vendor,
+    read_cpu_vendor,
 )
 from geoseg.model.folded_backbone import FoldedBackbone
 from geoseg.model.maskrcnn import PRETRAINED_ARCH, build_network, untrained_segmenter
@@ -82,14 +86,54 @@ def test_turned_off_by_the_environment(monkeypatch: pytest.MonkeyPatch, setting:
     assert bf16_runner(network.backbone, torch.device("cpu"), network.rpn.head) is None
 
 
-def test_chosen_on_the_cpu_only_where_the_cpu_has_amx(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(BF16_ENV, raising=False)
-    amx = torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported()
-    assert bf16_fast() == amx
+@pytest.mark.parametrize("setting", ["1", "on", "true", "yes"])
+def test_turned_on_by_the_environment(monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
+    monkeypatch.setenv(BF16_ENV, setting)
+    assert bf16_fast()
     network = build_network(PRETRAINED_ARCH, 3)
     cpu = bf16_runner(network.backbone, torch.device("cpu"), network.rpn.head)
-    assert isinstance(cpu, Bf16Backbone) == amx
+    assert isinstance(cpu, Bf16Backbone)
     assert bf16_runner(network.backbone, torch.device("cuda")) is None
+
+
+def test_chosen_on_the_cpu_only_where_bfloat16_is_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BF16_ENV, raising=False)
+    bf16 = torch.cpu._is_avx512_bf16_supported()
+    fast = bf16 and (torch.cpu._is_amx_tile_supported() or cpu_vendor() == "AuthenticAMD")
+    assert bf16_fast() == fast
+    network = build_network(PRETRAINED_ARCH, 3)
+    cpu = bf16_runner(network.backbone, torch.device("cpu"), network.rpn.head)
+    assert isinstance(cpu, Bf16Backbone) == fast
+    assert bf16_runner(network.backbone, torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize(
+    ("amx", "bf16", "vendor", "fast"),
+    [
+        (True, True, "GenuineIntel", True),  # Xeon since Sapphire Rapids
+        (False, True, "GenuineIntel", False),  # AVX-512 bfloat16 without AMX: slower
+        (False, True, "AuthenticAMD", True),  # Zen 4 and later
+        (False, False, "AuthenticAMD", False),  # Zen 3 and earlier
+        (False, False, "", False),
+    ],
+)
+def test_chosen_by_the_cpu_s_units_and_vendor(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, bf16: bool, vendor: str, fast: bool
+) -> None:
+    monkeypatch.delenv(BF16_ENV, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16)
+    monkeypatch.setattr(bf16_backbone, "cpu_vendor", lambda: vendor)
+    assert bf16_fast() == fast
+
+
+def test_the_cpu_vendor_read_from_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n")
+    assert read_cpu_vendor(cpuinfo) == "AuthenticAMD"
+    cpuinfo.write_text("processor\t: 0\n")
+    assert read_cpu_vendor(cpuinfo) == ""
+    assert read_cpu_vendor(tmp_path / "missing") == ""
 
 
 def test_the_segmenter_reads_fine_tiles_in_bfloat16_and_coarse_ones_in_float32(

@@ -1,23 +1,28 @@
 """The folded backbone, its pyramid and the proposal head in bfloat16, on CPUs made for it.
 
-Intel CPUs with AMX tiles and AVX-512 bfloat16 (Xeon since Sapphire Rapids) multiply bfloat16
-matrices several times faster than float32 ones, and oneDNN runs torch's convolutions on those
-units under ``torch.autocast("cpu", dtype=torch.bfloat16)``. There the folded backbone
+Intel CPUs with AMX tiles and AVX-512 bfloat16 (Xeon since Sapphire Rapids), and AMD CPUs with
+AVX-512 bfloat16 (EPYC and Ryzen since Zen 4), multiply bfloat16 matrices faster than float32
+ones, and oneDNN runs torch's convolutions on those units under
+``torch.autocast("cpu", dtype=torch.bfloat16)``. There the folded backbone
 (:mod:`geoseg.model.folded_backbone`), its pyramid and the region proposal head take about half
 the time they take in float32 through ONNX Runtime (0.08-0.09 s against 0.17 s a 512 px tile,
 one thread); their outputs differ from float32 by about 1-2.5 % of their mean magnitude
 (bfloat16 keeps 8 bits of mantissa), and the detections, through ``geoseg run``, score as
 float32's do (``benchmarks/README.md``). The heads after them (boxes, masks) stay float32.
+Intel CPUs with AVX-512 bfloat16 but no AMX run it slower than float32, so they keep float32.
 
 :func:`bf16_fast` says whether this CPU has those units; ``GEOSEG_CPU_BF16=0`` turns the path
-off (float32 through ONNX Runtime, as on every other CPU).
+off (float32 through ONNX Runtime, as on every other CPU) and ``GEOSEG_CPU_BF16=1`` turns it
+on whatever the CPU.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,10 +35,19 @@ from geoseg.model.proposal_graph import (
     graph_state,
 )
 
-__all__ = ["BF16_ENV", "BF16_UP_TO_M", "Bf16Backbone", "bf16_fast", "bf16_runner"]
+__all__ = [
+    "BF16_ENV",
+    "BF16_UP_TO_M",
+    "Bf16Backbone",
+    "bf16_fast",
+    "bf16_runner",
+    "cpu_vendor",
+    "read_cpu_vendor",
+]
 
 BF16_ENV = "GEOSEG_CPU_BF16"
-"""Set to ``0`` (or ``off``, ``false``, ``no``) to keep the CPU path in float32."""
+"""Set to ``0`` (or ``off``, ``false``, ``no``) to keep the CPU path in float32, to ``1`` (or
+``on``, ``true``, ``yes``) to run it in bfloat16 whatever the CPU."""
 BF16_UP_TO_M = 1.0
 """Tiles read at this GSD or finer (aerial and drone imagery: buildings and boats tens of
 pixels wide) go through the bfloat16 runner; coarser ones (Sentinel-2 ships of 2-5 px, fields)
@@ -41,15 +55,40 @@ stay in float32, where bfloat16 moved a held-out ship under its threshold."""
 
 
 def bf16_fast() -> bool:
-    """Whether the backbone runs in bfloat16 on this CPU: it has AMX tiles and AVX-512
-    bfloat16, and :data:`BF16_ENV` does not turn it off."""
-    if os.environ.get(BF16_ENV, "").strip().lower() in ("0", "off", "false", "no"):
+    """Whether the backbone runs in bfloat16 on this CPU: :data:`BF16_ENV` says so, or else the
+    CPU has AVX-512 bfloat16 and either AMX tiles (Intel) or an AMD core (Zen 4 and later)."""
+    setting = os.environ.get(BF16_ENV, "").strip().lower()
+    if setting in ("0", "off", "false", "no"):
         return False
+    if setting in ("1", "on", "true", "yes"):
+        return True
     cpu = getattr(torch, "cpu", None)
     try:
-        return bool(cpu._is_amx_tile_supported() and cpu._is_avx512_bf16_supported())  # type: ignore[union-attr]
+        if not cpu._is_avx512_bf16_supported():  # type: ignore[union-attr]
+            return False
+        return bool(cpu._is_amx_tile_supported() or cpu_vendor() == "AuthenticAMD")  # type: ignore[union-attr]
     except AttributeError:  # a torch without these probes
         return False
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """This CPU's vendor as Linux names it (``GenuineIntel``, ``AuthenticAMD``), or ``""``
+    where ``/proc/cpuinfo`` cannot be read (other systems)."""
+    return read_cpu_vendor(Path("/proc/cpuinfo"))
+
+
+def read_cpu_vendor(cpuinfo: Path) -> str:
+    """The ``vendor_id`` that a ``/proc/cpuinfo`` file names, or ``""``."""
+    try:
+        with cpuinfo.open(encoding="ascii", errors="replace") as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
 
 
 def bf16_runner(

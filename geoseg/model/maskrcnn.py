@@ -660,7 +660,7 @@ class MaskRCNNSegmenter:
     def _features(self, backbone: Any, pixels: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """The backbone's feature pyramid, float32 (float16 autocast on CUDA), computed by its
         folded copy (:mod:`geoseg.model.folded_backbone`): through ONNX Runtime on the CPU
-        (:mod:`geoseg.model.onnx_backbone`; in bfloat16 in torch on CPUs with AMX,
+        (:mod:`geoseg.model.onnx_backbone`; in bfloat16 in torch on CPUs made for it,
         :mod:`geoseg.model.bf16_backbone`), channels-last in torch on CUDA."""
         cuda = pixels.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
@@ -741,7 +741,8 @@ def _proposal_counts(rpn: RegionProposalNetwork, counts: tuple[int, int] | None)
 
 class _Network(NamedTuple):
     """One set of the segmenter's weights: the network, what runs its backbone, and what runs
-    it in bfloat16 for fine readings (``None`` but on a CPU with AMX)."""
+    it in bfloat16 for fine readings (``None`` but on a CPU where
+    :func:`~geoseg.model.bf16_backbone.bf16_fast`)."""
 
     network: MaskRCNN
     backbone: Any  # OnnxBackbone or Bf16Backbone on the CPU, FoldedBackbone (or torch's) else

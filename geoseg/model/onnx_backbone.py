@@ -59,7 +59,7 @@ def backbone_runner(
     """What computes ``source``'s features at inference: ONNX Runtime on the CPU where it is
     installed (with ``proposal_head``'s maps too, where given), else the folded copy in torch
     (on CUDA always). (:func:`geoseg.model.bf16_backbone.bf16_runner` gives the runner of
-    fine readings on CPUs with AMX.)"""
+    fine readings on CPUs made for bfloat16.)"""
     if device.type == "cpu" and onnxruntime_available():
         return OnnxBackbone(source, proposal_head)
     return FoldedBackbone(source)
