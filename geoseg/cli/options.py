@@ -224,8 +224,8 @@ _OPTIONS = [
         callback=lambda ctx, param, value: None if value is None else int(value),
         help="See each tile in this many views (flipped; 8: also turned) and fuse what the "
         "model finds: fewer false objects and fuller outlines for N times the model's time. "
-        "Default: what the model recommends (the default model: 4 for buildings and ships, 1 "
-        "for fields); 1 turns it off.",
+        "Default: what the model recommends (the default model: 4 for buildings and ships, "
+        "and for fields read at 3 m or finer; 1 for other fields); 1 turns it off.",
     ),
     click.option(
         "--regularize",
