@@ -136,6 +136,22 @@ def test_the_cpu_vendor_read_from_cpuinfo(tmp_path: Path) -> None:
     assert read_cpu_vendor(tmp_path / "missing") == ""
 
 
+def test_the_cpu_vendor_from_the_processor_name_where_there_is_no_cpuinfo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bf16_backbone, "read_cpu_vendor", lambda path: "")
+    processor = "AMD64 Family 26 Model 2 Stepping 0, AuthenticAMD"  # as Windows names it
+    monkeypatch.setattr(bf16_backbone.platform, "processor", lambda: processor)
+    cpu_vendor.cache_clear()
+    try:
+        assert cpu_vendor() == "AuthenticAMD"
+        monkeypatch.setattr(bf16_backbone.platform, "processor", lambda: "arm")
+        cpu_vendor.cache_clear()
+        assert cpu_vendor() == ""
+    finally:
+        cpu_vendor.cache_clear()
+
+
 def test_the_segmenter_reads_fine_tiles_in_bfloat16_and_coarse_ones_in_float32(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import platform
 from collections import OrderedDict
 from pathlib import Path
 
@@ -73,9 +74,14 @@ def bf16_fast() -> bool:
 
 @functools.cache
 def cpu_vendor() -> str:
-    """This CPU's vendor as Linux names it (``GenuineIntel``, ``AuthenticAMD``), or ``""``
-    where ``/proc/cpuinfo`` cannot be read (other systems)."""
-    return read_cpu_vendor(Path("/proc/cpuinfo"))
+    """This CPU's vendor as x86 CPUs name themselves (``GenuineIntel``, ``AuthenticAMD``):
+    from ``/proc/cpuinfo`` on Linux, else from :func:`platform.processor` where it names one
+    (Windows does), else ``""``."""
+    vendor = read_cpu_vendor(Path("/proc/cpuinfo"))
+    if vendor:
+        return vendor
+    processor = platform.processor()
+    return next((name for name in ("GenuineIntel", "AuthenticAMD") if name in processor), "")
 
 
 def read_cpu_vendor(cpuinfo: Path) -> str:
