@@ -593,6 +593,22 @@ def test_rpn_proposals_tool_sets_and_drops_the_table(
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
 
 
+def test_class_gsd_tool_sets_refuses_and_drops_a_coarse_reading(
+    model: MaskRCNNSegmenter, tmp_path: Path
+) -> None:
+    path = _save(model, tmp_path / "m.pt")
+    run = partial(_run_tool, "set_class_gsd.py", path)
+    assert run("--coarse", "ship=1.667:6").returncode == 0
+    assert read_checkpoint(path)["class_coarse_reading"] == {"ship": [1.667, 6.0]}
+    for bad in ("ship=0.5:6", "ship=inf:6", "ship=1.5:0", "boat=1.5:6"):
+        refused = run("--coarse", bad)
+        assert refused.returncode == 2, bad
+        assert "--coarse" in refused.stderr.splitlines()[-1]
+    assert read_checkpoint(path)["class_coarse_reading"] == {"ship": [1.667, 6.0]}  # unchanged
+    assert run("--coarse", "ship=").returncode == 0
+    assert "class_coarse_reading" not in read_checkpoint(path)
+
+
 def test_box_refinements_tool_sets_and_drops_classes(
     model: MaskRCNNSegmenter, tmp_path: Path
 ) -> None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from geoseg.config import as_coarse_reading
+from geoseg.errors import UserInputError
 from geoseg.model.checkpoint import read_checkpoint, update_checkpoint
 
 READINGS = (  # flag, checkpoint key, where geoseg run reads the class at those GSDs
@@ -97,10 +99,14 @@ def main() -> int:
         tables[key] = {name: gsds for name, gsds in table.items() if gsds} or None
     coarse = dict(payload.get("class_coarse_reading") or {})
     for name, rule in args.coarse:
-        if name not in payload["classes"] or (rule and not (rule[0] >= 1 and rule[1] > 0)):
-            parser.error(f"--coarse {name}: not a class of the model, or not UPSAMPLING >= 1")
+        if name not in payload["classes"]:
+            parser.error(f"--coarse {name}: not a class of the model")
         coarse[name] = rule
     tables["class_coarse_reading"] = {n: r for n, r in coarse.items() if r} or None
+    try:  # the check geoseg applies when it loads the model
+        as_coarse_reading(tables["class_coarse_reading"], "--coarse")
+    except UserInputError as exc:
+        parser.error(str(exc))
     update_checkpoint(args.checkpoint, class_gsd_m=ranges, **tables)
     print(
         f"{args.checkpoint}: class GSD ranges {ranges}, also read at "
