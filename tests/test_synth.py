@@ -193,6 +193,43 @@ def test_touching_houses_show_the_wall_between_them():
     assert np.median(ratios) < 0.85 and np.mean(np.array(ratios) < 0.9) > 0.75, sorted(ratios)
 
 
+def _overlap_areas(labels) -> np.ndarray:
+    geoms = labels.geometry.to_numpy()
+    pairs = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    pairs = pairs[:, pairs[0] < pairs[1]]
+    return shapely.area(shapely.intersection(geoms[pairs[0]], geoms[pairs[1]]))
+
+
+def test_roof_details_change_roof_pixels_only(monkeypatch):
+    """Tanks, stair houses, parapets and metal ribs come from their own generator: the same
+    seed without them has the same labels, and the image differs on building pixels only."""
+    from geoseg.learn.synth import scene as synth_scene
+
+    detailed = render_scene((384, 384), gsd_m=0.3, seed=4, dense_town=True)
+    plain_buildings = synth_scene._add_buildings
+
+    def without_details(*args, **kwargs):
+        return plain_buildings(*args, **{**kwargs, "details": None})
+
+    monkeypatch.setattr(synth_scene, "_add_buildings", without_details)
+    plain = render_scene((384, 384), gsd_m=0.3, seed=4, dense_town=True)
+    assert plain.labels.geometry.geom_equals(detailed.labels.geometry).all()
+    np.testing.assert_array_equal(plain.ids_yx, detailed.ids_yx)
+    changed = (plain.image != detailed.image).any(axis=0)
+    classes = np.array(["", *detailed.labels["class"]], dtype=object)[detailed.ids_yx]
+    assert changed.sum() > 200  # details were drawn
+    assert (classes[changed] == "building").all()
+
+
+def test_a_dense_town_packs_more_houses_without_overlaps():
+    default = render_scene((512, 512), gsd_m=0.3, seed=9).labels
+    dense = render_scene((512, 512), gsd_m=0.3, seed=9, dense_town=True).labels
+    n_default = int((default["class"] == "building").sum())
+    n_dense = int((dense["class"] == "building").sum())
+    assert n_dense >= 2 * max(n_default, 10), (n_default, n_dense)
+    assert (_overlap_areas(dense) < 1e-6).all()
+
+
 def test_write_scene_writes_tiled_geotiff_and_gpkg_atomically(tmp_path: Path):
     tif, gpkg = write_scene(tmp_path / "s.tif", size_wh=(96, 80), gsd_m=2.0, seed=4)
     assert gpkg == tmp_path / "s.gpkg"
@@ -226,6 +263,18 @@ def test_cli_writes_a_scene(tmp_path: Path, capsys):
         main(["synth", str(tmp_path / "a.tif"), "--size", "64", "48", "--gsd", "3", "--seed", "2"])
     assert exit_info.value.code == 0
     assert (tmp_path / "a.tif").is_file() and (tmp_path / "a.gpkg").is_file()
+
+
+def test_cli_writes_a_dense_town(tmp_path: Path):
+    counts = []
+    for name, extra in (("plain", []), ("dense", ["--dense-town"])):
+        args = ["synth", str(tmp_path / f"{name}.tif"), "--size", "384", "384", "--gsd", "0.3"]
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--seed", "2", *extra])
+        assert exit_info.value.code == 0
+        labels = pyogrio.read_dataframe(tmp_path / f"{name}.gpkg", layer="labels")
+        counts.append(int((labels["class"] == "building").sum()))
+    assert counts[1] > 2 * counts[0], counts
 
 
 @pytest.mark.parametrize(

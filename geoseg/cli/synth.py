@@ -46,6 +46,12 @@ __all__ = ["synth_command"]
     help="uint16 holds the same scene scaled to 0..4095 (12-bit).",
 )
 @click.option(
+    "--dense-town",
+    is_flag=True,
+    help="Pack the town's blocks with rows of small houses a metre or two apart, many "
+    "with flat roofs (dense informal and mixed housing).",
+)
+@click.option(
     "--labels",
     "labels_path",
     type=FILE,
@@ -60,6 +66,7 @@ def synth_command(
     gsd_m: float,
     seed: int,
     dtype: str,
+    dense_town: bool,
     labels_path: Path | None,
 ) -> None:
     """Write a synthetic aerial scene OUTPUT (RGB GeoTIFF in a UTM zone) and its labels.
@@ -67,17 +74,25 @@ def synth_command(
     Buildings (houses, L/T shapes, terraces), fields and ships, each labelled by a polygon
     in layer "labels" of OUTPUT.gpkg with a 'class' column (building, field or ship);
     labels match the drawn pixels exactly. Object sizes follow the GSD; buildings and ships
-    are enlarged at coarse GSD so they stay at least 6 and 4 px wide.
+    are enlarged at coarse GSD so they stay at least 6 and 4 px wide. At 1 m or finer roofs
+    show their details: corrugated metal, parapets, water tanks and stair houses.
 
     \b
     Example:
       geoseg synth scene.tif --size 1024 1024 --gsd 0.5 --seed 7
+      geoseg synth town.tif --gsd 0.3 --seed 8 --dense-town
       geoseg train --images scene.tif --labels scene.gpkg -o model.pt
     """
     from geoseg.learn.synth import write_scene
 
     image_path, written_labels = write_scene(
-        output, size_wh=size_wh, gsd_m=gsd_m, seed=seed, dtype=dtype, labels_path=labels_path
+        output,
+        size_wh=size_wh,
+        gsd_m=gsd_m,
+        seed=seed,
+        dtype=dtype,
+        dense_town=dense_town,
+        labels_path=labels_path,
     )
     if ctx.find_root().obj is None or ctx.find_root().obj.get("verbosity", 0) >= 0:
         click.echo(f"wrote {image_path} and {written_labels}", err=True)

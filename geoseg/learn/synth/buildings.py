@@ -17,6 +17,7 @@ from geoseg.learn.synth.constants import (
     _NARROWEST_HOUSE_M,
     _SETBACK_M,
     _SLOT_DEPTH_M,
+    CONCRETE_ROOF_COLOURS,
     FLAT_ROOF_COLOURS,
     MAX_BUILDINGS,
     ROOF_COLOURS,
@@ -25,6 +26,9 @@ from geoseg.learn.synth.constants import (
 from geoseg.learn.synth.geometry import _apply, _log_uniform, _Scales
 from geoseg.learn.synth.layout import _Layout
 from geoseg.learn.synth.objects import _jitter, _Objects, _pick
+from geoseg.learn.synth.roofs import add_flat_roof_details, roof_look
+
+_DENSE_DEPTH_M = (6.0, 13.0)  # the depth of a dense row's houses
 
 
 @dataclass(slots=True)
@@ -42,9 +46,17 @@ class _House:
 
 
 def _add_buildings(
-    rng: np.random.Generator, layout: _Layout, sc: _Scales, objects: _Objects
+    rng: np.random.Generator,
+    layout: _Layout,
+    sc: _Scales,
+    objects: _Objects,
+    details: np.random.Generator | None = None,
+    dense: bool = False,
 ) -> None:
-    """Rows of houses, L/T-shapes and terraces along both sides of every street block."""
+    """Rows of houses, L/T-shapes and terraces along both sides of every street block;
+    ``details`` draws their roof details (``roofs``; none without it). A ``dense`` town
+    fills its blocks with rows of small houses a metre or two apart, many with flat roofs
+    (the informal and mixed housing of the OpenAerialMap clusters)."""
     town = layout.town.intersection(layout.scene.buffer(_SLOT_DEPTH_M * sc.urban))
     if town.is_empty:
         return
@@ -60,39 +72,69 @@ def _add_buildings(
         block = box(i * px + half, j * py + half, (i + 1) * px - half, (j + 1) * py - half)
         if not town.intersects(_apply(block, layout.grid)):
             continue
-        for row in _block_rows(block, sc, rng):
-            for house in _row_houses(rng, sc, row[2]):
+        for row in _block_rows(block, sc, rng, dense):
+            for house in _row_houses(rng, sc, row[2], dense):
                 if objects.count(_BUILDING) >= MAX_BUILDINGS:
                     return
-                _place_house(house, layout.grid @ row[0], inner, layout, objects, sc)
+                _place_house(house, layout.grid @ row[0], inner, layout, objects, sc, details)
 
 
 def _block_rows(
-    block: Polygon, sc: _Scales, rng: np.random.Generator
+    block: Polygon, sc: _Scales, rng: np.random.Generator, dense: bool = False
 ) -> list[tuple[Affine, float, float]]:
-    """The two rows of a block: (row frame -> grid frame, row start, row length)."""
+    """The rows of a block: (row frame -> grid frame, row start, row length); two, one along
+    each street, or in a ``dense`` block as many as fit back to back."""
     x0, y0, x1, y1 = block.bounds
     side = sc.urban * rng.uniform(2, 6)
     rows = []
     for y_edge, flip in ((y0, 1), (y1, -1)):
-        setback = sc.urban * rng.uniform(*_SETBACK_M)
-        frame = Affine.translation(x0 + side, y_edge + flip * setback) @ Affine.scale(1, flip)
-        rows.append((frame, 0.0, x1 - x0 - 2 * side))
+        if not dense:
+            setback = sc.urban * rng.uniform(*_SETBACK_M)
+            frame = Affine.translation(x0 + side, y_edge + flip * setback) @ Affine.scale(1, flip)
+            rows.append((frame, 0.0, x1 - x0 - 2 * side))
+            continue
+        offset, half = sc.urban * rng.uniform(0.5, 2.5), (y1 - y0) / 2
+        while offset + _DENSE_DEPTH_M[1] * sc.urban <= half:
+            frame = Affine.translation(x0 + side, y_edge + flip * offset) @ Affine.scale(1, flip)
+            rows.append((frame, 0.0, x1 - x0 - 2 * side))
+            offset += sc.urban * (_DENSE_DEPTH_M[1] + rng.uniform(0.5, 2.5))
     return rows
 
 
-def _row_houses(rng: np.random.Generator, sc: _Scales, length: float) -> Iterator[_House]:
-    """Houses along one row, left to right, with gaps; terrace units touch."""
+def _row_houses(
+    rng: np.random.Generator, sc: _Scales, length: float, dense: bool = False
+) -> Iterator[_House]:
+    """Houses along one row, left to right, with gaps; terrace units touch. In a ``dense``
+    row the houses are shallow (``_DENSE_DEPTH_M``) and the gaps 0.3-2.5 m."""
     x = 0.0
     while True:
-        kind = rng.choice(4, p=[0.4, 0.17, 0.1, 0.33])
-        houses = (_simple_house, _l_house, _t_house, _terrace)[kind](rng, sc)
+        if dense:
+            kind = rng.choice(2, p=[0.75, 0.25])
+            houses = (_dense_house, _terrace)[kind](rng, sc)
+        else:
+            kind = rng.choice(4, p=[0.4, 0.17, 0.1, 0.33])
+            houses = (_simple_house, _l_house, _t_house, _terrace)[kind](rng, sc)
         right = max(h.footprint.bounds[2] for h in houses)
         if x + right > length:
             return
         for house in houses:
             yield _shift(house, x)
-        x += right + sc.urban * rng.uniform(2, 10) + (0 if rng.random() > 0.1 else right)
+        if dense:
+            x += right + sc.urban * rng.uniform(0.3, 2.5)
+        else:
+            x += right + sc.urban * rng.uniform(2, 10) + (0 if rng.random() > 0.1 else right)
+
+
+def _dense_house(rng: np.random.Generator, sc: _Scales) -> list[_House]:
+    """A house of a dense block: 5-22 m along the row, as deep as a dense row allows, its
+    roof flat (concrete, often) in half of cases."""
+    depth = rng.uniform(*_DENSE_DEPTH_M)
+    frontage = _log_uniform(rng, 5, 22)
+    house = _house(rng, sc, [(0, 0, frontage, depth)], rng.uniform(3, 12))
+    if rng.random() < 0.5:
+        colour = _pick(rng, FLAT_ROOF_COLOURS + CONCRETE_ROOF_COLOURS)
+        house = replace(house, flat=True, roof=_jitter(rng, colour))
+    return [house]
 
 
 def _shift(house: _House, dx: float) -> _House:
@@ -151,12 +193,24 @@ def _terrace(rng: np.random.Generator, sc: _Scales) -> list[_House]:
 
 
 def _place_house(
-    house: _House, to_px: Affine, inner: Any, layout: _Layout, objects: _Objects, sc: _Scales
+    house: _House,
+    to_px: Affine,
+    inner: Any,
+    layout: _Layout,
+    objects: _Objects,
+    sc: _Scales,
+    details: np.random.Generator | None = None,
 ) -> None:
     footprint = _apply(house.footprint, to_px)
     if not inner.contains(footprint) or not layout.scene.intersects(footprint):
         return
-    owner = objects.add(footprint, _BUILDING, house.roof)
+    colour, ribs = house.roof, (0.0, 1.0, 0.0)
+    if details is not None:
+        look = roof_look(details, house.flat, _ridge_direction(house, to_px), sc)
+        colour, ribs = look.colour or colour, look.ribs
+    owner = objects.add(footprint, _BUILDING, colour, rows=ribs)
+    if details is not None and house.flat:
+        add_flat_roof_details(details, footprint, owner, colour, objects, sc, layout.shadow_ratio)
     wings = _apply(np.array([box(*w) for w in house.wings], dtype=object), to_px)
     objects.cast_shadow(wings, house.height_m * sc.urban, layout.shadow_ratio)
     if not house.flat:
@@ -171,6 +225,14 @@ def _place_house(
         x0, y0, _, y1 = house.wings[0]
         wall = LineString([(x0 + 0.5, y0), (x0 + 0.5, y1)])  # half a pixel inside this unit
         objects.shade.append((_apply(wall, to_px), owner, 0.45))
+
+
+def _ridge_direction(house: _House, to_px: Affine) -> tuple[float, float]:
+    """The pixel direction of the first wing's ridge (along its long axis, or along the
+    row for terraces)."""
+    x0, y0, x1, y1 = house.wings[0]
+    dx, dy = (1.0, 0.0) if house.row_ridge or (x1 - x0) >= (y1 - y0) else (0.0, 1.0)
+    return (to_px.a * dx + to_px.b * dy, to_px.d * dx + to_px.e * dy)
 
 
 def _roof_parts(

@@ -48,6 +48,11 @@ ROOF_COLOURS: tuple[Rgb, ...] = (
     (0.31, 0.35, 0.43),  # blue-grey
 )
 FLAT_ROOF_COLOURS: tuple[Rgb, ...] = ((0.80, 0.80, 0.78), (0.62, 0.62, 0.62), (0.30, 0.30, 0.31))
+CONCRETE_ROOF_COLOURS: tuple[Rgb, ...] = (
+    (0.70, 0.67, 0.61),
+    (0.58, 0.56, 0.52),
+    (0.76, 0.72, 0.66),
+)
 HULL_COLOURS: tuple[Rgb, ...] = (
     (0.85, 0.85, 0.83),
     (0.50, 0.14, 0.12),

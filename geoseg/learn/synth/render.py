@@ -211,6 +211,7 @@ def _paint_objects(objects: _Objects, ids: np.ndarray, img: np.ndarray, fine: np
     mask = (ids > 0) & (classes[ids] != _FIELD)
     colours = np.array([(0, 0, 0), *objects.colours], dtype=np.float32)
     img[mask] = colours[ids[mask]] * (1 + 0.03 * fine[mask, None])
+    _paint_ribs(objects, ids, img, mask)
     if objects.shade:
         index, hit = _overlay_hits([(g, o) for g, o, _ in objects.shade], ids)
         factors = np.array([1.0, *(f for _, _, f in objects.shade)], dtype=np.float32)
@@ -219,6 +220,18 @@ def _paint_objects(objects: _Objects, ids: np.ndarray, img: np.ndarray, fine: np
         index, hit = _overlay_hits([(g, o) for g, o, _ in objects.paint], ids)
         paints = np.array([(0, 0, 0), *(c for _, _, c in objects.paint)], dtype=np.float32)
         img[hit] = paints[index[hit]] * (1 + 0.03 * fine[hit, None])
+
+
+def _paint_ribs(objects: _Objects, ids: np.ndarray, img: np.ndarray, mask: np.ndarray) -> None:
+    """Corrugated sheeting: a sine across the ribs of the roofs that have them."""
+    rows = np.array([(0.0, 1.0, 0.0), *objects.rows], dtype=np.float32)
+    ribbed = mask & (rows[:, 2] > 0)[ids]
+    yy, xx = np.nonzero(ribbed)
+    if not len(yy):
+        return
+    rib = rows[ids[yy, xx]]
+    phase = (xx * np.cos(rib[:, 0]) + yy * np.sin(rib[:, 0])) / rib[:, 1]
+    img[yy, xx] *= (1 + rib[:, 2] * np.sin(2 * np.pi * phase))[:, None]
 
 
 def _overlay_hits(overlays: list[tuple[Any, int]], ids: np.ndarray) -> tuple[np.ndarray, Any]:

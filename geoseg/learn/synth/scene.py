@@ -62,13 +62,15 @@ def write_scene(
     gsd_m: float = 0.5,
     seed: int = 0,
     dtype: str = "uint8",
+    dense_town: bool = False,
     labels_path: str | Path | None = None,
 ) -> tuple[Path, Path]:
     """Write a scene as a tiled, deflated RGB GeoTIFF and its labels as a GeoPackage.
 
     The labels go to ``labels_path`` (default: ``path`` with suffix ``.gpkg``), layer
-    ``"labels"``. Both files are written under temporary names beside their final ones and
-    renamed into place only when both are complete. Returns ``(image_path, labels_path)``.
+    ``"labels"``; ``dense_town`` as in :func:`render_scene`. Both files are written under
+    temporary names beside their final ones and renamed into place only when both are
+    complete. Returns ``(image_path, labels_path)``.
     """
     path = Path(path)
     labels_path = Path(labels_path) if labels_path is not None else path.with_suffix(".gpkg")
@@ -77,7 +79,7 @@ def write_scene(
             raise UserInputError(f"{target.parent}: no such folder; create it first")
     if path.resolve() == labels_path.resolve():
         raise UserInputError(f"{path}: the image and its labels need different file names")
-    scene = render_scene(size_wh, gsd_m=gsd_m, seed=seed, dtype=dtype)
+    scene = render_scene(size_wh, gsd_m=gsd_m, seed=seed, dtype=dtype, dense_town=dense_town)
     staged = [(_partial(path), path), (_partial(labels_path), labels_path)]
     try:
         _write_geotiff(staged[0][0], scene, gsd_m=gsd_m, seed=seed)
@@ -98,16 +100,18 @@ def render_scene(
     gsd_m: float = 0.5,
     seed: int = 0,
     dtype: str = "uint8",
+    dense_town: bool = False,
 ) -> SyntheticScene:
-    """Lay out, label and paint one scene (see the module docstring)."""
+    """Lay out, label and paint one scene (see the module docstring); a ``dense_town``
+    packs its blocks with rows of small houses (``buildings``)."""
     width, height = _check_args(size_wh, gsd_m, seed, dtype)
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(9)]
     scales = _Scales.from_gsd(gsd_m)
     transform, crs = _georef(rngs[0], width, height, gsd_m)
     layout = _layout(rngs[1], width, height, scales)
     objects = _Objects(sun_xy=layout.sun_xy)
     _add_fields(rngs[2], layout, scales, objects)
-    _add_buildings(rngs[3], layout, scales, objects)
+    _add_buildings(rngs[3], layout, scales, objects, details=rngs[8], dense=dense_town)
     _add_ships(rngs[4], layout, scales, objects)
     labels, ids, renumber = _labels_and_ids(objects, layout.scene, transform, crs)
     image = _paint(rngs[5], layout, objects, ids, scales)
