@@ -221,6 +221,19 @@ def test_roof_details_change_roof_pixels_only(monkeypatch):
     assert (classes[changed] == "building").all()
 
 
+def test_roof_details_only_in_a_dense_town(monkeypatch):
+    """The default scenes (the evaluation seeds among them) stay as they were drawn."""
+    from geoseg.learn.synth import buildings
+
+    def no_details(*args, **kwargs):
+        raise AssertionError("roof details drawn outside a dense town")
+
+    monkeypatch.setattr(buildings, "roof_look", no_details)
+    assert (render_scene((384, 384), gsd_m=0.3, seed=4).labels["class"] == "building").any()
+    with pytest.raises(AssertionError, match="roof details"):
+        render_scene((384, 384), gsd_m=0.3, seed=4, dense_town=True)
+
+
 def test_a_dense_town_packs_more_houses_without_overlaps():
     default = render_scene((512, 512), gsd_m=0.3, seed=9).labels
     dense = render_scene((512, 512), gsd_m=0.3, seed=9, dense_town=True).labels

@@ -49,7 +49,8 @@ __all__ = ["synth_command"]
     "--dense-town",
     is_flag=True,
     help="Pack the town's blocks with rows of small houses a metre or two apart, many "
-    "with flat roofs (dense informal and mixed housing).",
+    "with flat roofs, and at 1 m or finer draw roof details: corrugated metal, parapets, "
+    "water tanks, stair houses (dense informal and mixed housing).",
 )
 @click.option(
     "--labels",
@@ -74,8 +75,7 @@ def synth_command(
     Buildings (houses, L/T shapes, terraces), fields and ships, each labelled by a polygon
     in layer "labels" of OUTPUT.gpkg with a 'class' column (building, field or ship);
     labels match the drawn pixels exactly. Object sizes follow the GSD; buildings and ships
-    are enlarged at coarse GSD so they stay at least 6 and 4 px wide. At 1 m or finer roofs
-    show their details: corrugated metal, parapets, water tanks and stair houses.
+    are enlarged at coarse GSD so they stay at least 6 and 4 px wide.
 
     \b
     Example:

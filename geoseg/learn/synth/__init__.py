@@ -12,9 +12,9 @@ as the land around it.
 
 Sizes follow the ground sampling distance (GSD): buildings 8-30 m, ships 20-250 m, fields
 100-800 m across, roads 4-10 m wide; at 1 m GSD or finer half the piers are marina berths,
-lined with small boats of 5-15 m moored bow-in (each boat a ship instance), and roofs show
-corrugated metal, parapets, water tanks and stair houses. A ``dense_town`` packs its blocks
-with rows of small houses a metre or two apart. Where a real
+lined with small boats of 5-15 m moored bow-in (each boat a ship instance). A
+``dense_town`` packs its blocks with rows of small houses a metre or two apart, and at 1 m or
+finer its roofs show corrugated metal, parapets, water tanks and stair houses. Where a real
 size would be too small to learn from, it is enlarged, and only then:
 
 - buildings: the urban fabric (footprints, heights, setbacks, streets, blocks) is scaled by
@@ -32,8 +32,8 @@ The CRS is a real UTM zone (EPSG:326xx) and origin, both drawn from the seed; ev
 deterministic by seed. ``uint16`` output is the same scene scaled to 0..4095 (12-bit).
 
 Modules, in the order a scene is made (:func:`render_scene` in ``scene``): ``layout`` (zones,
-roads, piers, sun), ``fields``, ``buildings`` (with ``roofs``, the details of roofs at 1 m
-or finer, drawn by a generator of their own) and ``ships`` (objects added to the collection
+roads, piers, sun), ``fields``, ``buildings`` (with ``roofs``, the details of a dense town's
+roofs, drawn by a generator of their own) and ``ships`` (objects added to the collection
 of ``objects``), ``labels`` (clip, map, rasterize), ``render`` (paint, atmosphere, noise);
 ``constants`` and ``geometry`` are shared. Each random step has its own generator
 (spawned from the seed in a fixed order), so a scene depends on the seed alone.

@@ -103,7 +103,8 @@ def render_scene(
     dense_town: bool = False,
 ) -> SyntheticScene:
     """Lay out, label and paint one scene (see the module docstring); a ``dense_town``
-    packs its blocks with rows of small houses (``buildings``)."""
+    packs its blocks with rows of small houses (``buildings``) whose roofs, at 1 m or finer,
+    show their details (``roofs``)."""
     width, height = _check_args(size_wh, gsd_m, seed, dtype)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(9)]
     scales = _Scales.from_gsd(gsd_m)
@@ -111,7 +112,8 @@ def render_scene(
     layout = _layout(rngs[1], width, height, scales)
     objects = _Objects(sun_xy=layout.sun_xy)
     _add_fields(rngs[2], layout, scales, objects)
-    _add_buildings(rngs[3], layout, scales, objects, details=rngs[8], dense=dense_town)
+    details = rngs[8] if dense_town else None
+    _add_buildings(rngs[3], layout, scales, objects, details=details, dense=dense_town)
     _add_ships(rngs[4], layout, scales, objects)
     labels, ids, renumber = _labels_and_ids(objects, layout.scene, transform, crs)
     image = _paint(rngs[5], layout, objects, ids, scales)
