@@ -16,12 +16,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-import rasterio
-import shapely
-from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
+from scene_crops import centred_window, crop_labels, write_crop
 
-from geoseg.learn.synth import LABEL_LAYER, render_scene
+from geoseg.learn.synth import render_scene
 
 SCENE_PX = 1024
 CROP_PX = 512
@@ -47,35 +44,13 @@ def main() -> None:
         buildings = scene.labels[scene.labels["class"] == "building"]
         if len(buildings) < MIN_BUILDINGS:
             continue
-        inverse = ~scene.transform
-        points = buildings.geometry.representative_point()
-        cols, rows = zip(*(inverse * (p.x, p.y) for p in points), strict=True)
-        top = int(np.clip(np.median(rows) - CROP_PX / 2, 0, SCENE_PX - CROP_PX))
-        left = int(np.clip(np.median(cols) - CROP_PX / 2, 0, SCENE_PX - CROP_PX))
-        window = Window(left, top, CROP_PX, CROP_PX)
-        crop_transform = window_transform(window, scene.transform)
-        x0, y0 = crop_transform * (0, 0)
-        x1, y1 = crop_transform * (CROP_PX, CROP_PX)
-        area = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-        labels = scene.labels.clip(area)
-        labels = labels[labels.geom_type.isin(["Polygon", "MultiPolygon"])]
+        window = centred_window(scene, buildings.geometry.representative_point(), CROP_PX)
+        labels = crop_labels(scene, window)
         inside = int((labels["class"] == "building").sum())
         if inside < MIN_BUILDINGS:
             continue
         name = args.out / f"dense_{seed}"
-        profile = {
-            "driver": "GTiff",
-            "width": CROP_PX,
-            "height": CROP_PX,
-            "count": 3,
-            "dtype": "uint8",
-            "crs": scene.crs,
-            "transform": crop_transform,
-            "compress": "deflate",
-        }
-        with rasterio.open(name.with_suffix(".tif"), "w", **profile) as dst:
-            dst.write(scene.image[:, top : top + CROP_PX, left : left + CROP_PX])
-        labels.to_file(name.with_suffix(".gpkg"), layer=LABEL_LAYER, driver="GPKG")
+        write_crop(scene, window, name, labels)
         written += 1
         print(f"{name}: {gsd:.2f} m, {inside} buildings")
 

@@ -17,12 +17,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import shapely
-from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
+from scene_crops import centred_window, write_crop
 
-from geoseg.learn.synth import LABEL_LAYER, render_scene
+from geoseg.learn.synth import render_scene
 
 CROP_PX = 384
 
@@ -50,31 +48,9 @@ def main() -> None:
         boats = ships[lengths < 16]
         if len(boats) < 10:
             continue
-        inverse = ~scene.transform
-        cols, rows = zip(*(inverse * (p.x, p.y) for p in boats.geometry.centroid), strict=True)
-        top = int(np.clip(np.median(rows) - CROP_PX / 2, 0, 1024 - CROP_PX))
-        left = int(np.clip(np.median(cols) - CROP_PX / 2, 0, 1024 - CROP_PX))
-        window = Window(left, top, CROP_PX, CROP_PX)
-        crop_transform = window_transform(window, scene.transform)
+        window = centred_window(scene, boats.geometry.centroid, CROP_PX)
         name = args.out / f"marina_{seed}"
-        profile = {
-            "driver": "GTiff",
-            "width": CROP_PX,
-            "height": CROP_PX,
-            "count": 3,
-            "dtype": "uint8",
-            "crs": scene.crs,
-            "transform": crop_transform,
-            "compress": "deflate",
-        }
-        with rasterio.open(name.with_suffix(".tif"), "w", **profile) as dst:
-            dst.write(scene.image[:, top : top + CROP_PX, left : left + CROP_PX])
-        x0, y0 = crop_transform * (0, 0)
-        x1, y1 = crop_transform * (CROP_PX, CROP_PX)
-        area = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-        labels = scene.labels.clip(area)
-        labels = labels[labels.geom_type.isin(["Polygon", "MultiPolygon"])]
-        labels.to_file(name.with_suffix(".gpkg"), layer=LABEL_LAYER, driver="GPKG")
+        write_crop(scene, window, name)
         written += 1
         print(f"{name}: {gsd:.2f} m, {len(boats)} boats")
 
