@@ -11,12 +11,7 @@ GeoPackage of every label in it (clipped).
 
 from __future__ import annotations
 
-import argparse
-import math
-from pathlib import Path
-
-import numpy as np
-from scene_crops import centred_window, crop_labels, write_crop
+from scene_crops import centred_window, crop_arguments, crop_labels, seeds_and_gsds, write_crop
 
 from geoseg.learn.synth import render_scene
 
@@ -26,20 +21,11 @@ MIN_BUILDINGS = 40
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--seeds", type=int, nargs=2, default=(9700, 9800))
-    parser.add_argument("--count", type=int, default=60)
-    parser.add_argument("--gsd-range", type=float, nargs=2, default=(0.25, 0.6))
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = crop_arguments(__doc__, (9700, 9800), 60, (0.25, 0.6))
     written = 0
-    for seed in range(*args.seeds):
+    for seed, gsd in seeds_and_gsds(args):
         if written >= args.count:
             break
-        rng = np.random.default_rng(seed)
-        low, high = args.gsd_range
-        gsd = float(math.exp(rng.uniform(math.log(low), math.log(high))))
         scene = render_scene((SCENE_PX, SCENE_PX), gsd_m=gsd, seed=seed, dense_town=True)
         buildings = scene.labels[scene.labels["class"] == "building"]
         if len(buildings) < MIN_BUILDINGS:

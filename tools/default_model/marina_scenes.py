@@ -12,13 +12,9 @@ them: a GeoTIFF and a GeoPackage of every label in it (clipped; boats, ships and
 
 from __future__ import annotations
 
-import argparse
-import math
-from pathlib import Path
-
 import numpy as np
 import shapely
-from scene_crops import centred_window, write_crop
+from scene_crops import centred_window, crop_arguments, seeds_and_gsds, write_crop
 
 from geoseg.learn.synth import render_scene
 
@@ -26,20 +22,11 @@ CROP_PX = 384
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--seeds", type=int, nargs=2, default=(8000, 8200))
-    parser.add_argument("--count", type=int, default=40)
-    parser.add_argument("--gsd-range", type=float, nargs=2, default=(0.3, 1.0))
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = crop_arguments(__doc__, (8000, 8200), 40, (0.3, 1.0))
     written = 0
-    for seed in range(*args.seeds):
+    for seed, gsd in seeds_and_gsds(args):
         if written >= args.count:
             break
-        rng = np.random.default_rng(seed)
-        low, high = args.gsd_range
-        gsd = float(math.exp(rng.uniform(math.log(low), math.log(high))))
         scene = render_scene((1024, 1024), gsd_m=gsd, seed=seed)
         ships = scene.labels[scene.labels["class"] == "ship"]
         rects = shapely.oriented_envelope(ships.geometry.to_numpy())

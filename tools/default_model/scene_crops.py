@@ -3,7 +3,9 @@ every label in it (clipped). Shared by ``marina_scenes.py`` and ``dense_town_sce
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,6 +16,30 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from geoseg.learn.synth import LABEL_LAYER, SyntheticScene
+
+
+def crop_arguments(
+    doc: str, seeds: tuple[int, int], count: int, gsd_range: tuple[float, float]
+) -> argparse.Namespace:
+    """The command line of a crop script: ``out``, ``--seeds``, ``--count``, ``--gsd-range``
+    (``out`` created)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seeds", type=int, nargs=2, default=seeds)
+    parser.add_argument("--count", type=int, default=count)
+    parser.add_argument("--gsd-range", type=float, nargs=2, default=gsd_range)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def seeds_and_gsds(args: argparse.Namespace) -> Iterator[tuple[int, float]]:
+    """Each seed of ``--seeds`` with its GSD, drawn log-uniformly from ``--gsd-range`` by a
+    generator seeded with it."""
+    low, high = args.gsd_range
+    for seed in range(*args.seeds):
+        rng = np.random.default_rng(seed)
+        yield seed, float(math.exp(rng.uniform(math.log(low), math.log(high))))
 
 
 def centred_window(scene: SyntheticScene, objects: gpd.GeoDataFrame, size_px: int) -> Window:
