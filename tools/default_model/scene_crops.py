@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import geopandas as gpd
@@ -42,11 +42,10 @@ def seeds_and_gsds(args: argparse.Namespace) -> Iterator[tuple[int, float]]:
         yield seed, float(math.exp(rng.uniform(math.log(low), math.log(high))))
 
 
-def centred_window(scene: SyntheticScene, objects: gpd.GeoDataFrame, size_px: int) -> Window:
-    """The ``size_px`` square window centred on the median pixel of ``objects``' points,
-    kept inside the scene."""
+def centred_window(scene: SyntheticScene, points: gpd.GeoSeries, size_px: int) -> Window:
+    """The ``size_px`` square window centred on the median pixel of ``points``, kept inside
+    the scene."""
     inverse = ~scene.transform
-    points = objects.geometry.representative_point()
     cols, rows = zip(*(inverse * (p.x, p.y) for p in points), strict=True)
     _, height, width = scene.image.shape
     top = int(np.clip(np.median(rows) - size_px / 2, 0, height - size_px))
@@ -62,9 +61,10 @@ def crop_labels(scene: SyntheticScene, window: Window) -> gpd.GeoDataFrame:
 
 
 def write_crop(
-    scene: SyntheticScene, window: Window, name: Path, labels: Sequence | None = None
+    scene: SyntheticScene, window: Window, name: Path, labels: gpd.GeoDataFrame | None = None
 ) -> None:
-    """``name``.tif (the window's pixels, deflated) and ``name``.gpkg (its labels)."""
+    """``name``.tif (the window's pixels, deflated) and ``name``.gpkg (``labels``, by default
+    the scene's clipped to the window)."""
     top, left = int(window.row_off), int(window.col_off)
     height, width = int(window.height), int(window.width)
     profile = {

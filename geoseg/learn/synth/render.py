@@ -147,9 +147,7 @@ def _paint_fields(
     if not len(yy):
         return
     fid = ids[yy, xx]
-    rows = np.array([(0.0, 1.0, 0.0), *objects.rows], dtype=np.float32)[fid]
-    phase = (xx * np.cos(rows[:, 0]) + yy * np.sin(rows[:, 0])) / rows[:, 1]
-    stripe = 1 + rows[:, 2] * np.sin(2 * np.pi * phase)
+    stripe = _stripes(objects, fid, yy, xx)
     vigour = _noise(rng, ids.shape, sc.px(60, 4))[yy, xx]  # moisture, growth
     colours = np.array([(0, 0, 0), *objects.colours], dtype=np.float32)[fid]
     img[yy, xx] = colours * (stripe * (1 + 0.05 * vigour))[:, None]
@@ -224,14 +222,18 @@ def _paint_objects(objects: _Objects, ids: np.ndarray, img: np.ndarray, fine: np
 
 def _paint_ribs(objects: _Objects, ids: np.ndarray, img: np.ndarray, mask: np.ndarray) -> None:
     """Corrugated sheeting: a sine across the ribs of the roofs that have them."""
-    rows = np.array([(0.0, 1.0, 0.0), *objects.rows], dtype=np.float32)
-    ribbed = mask & (rows[:, 2] > 0)[ids]
-    yy, xx = np.nonzero(ribbed)
-    if not len(yy):
-        return
-    rib = rows[ids[yy, xx]]
-    phase = (xx * np.cos(rib[:, 0]) + yy * np.sin(rib[:, 0])) / rib[:, 1]
-    img[yy, xx] *= (1 + rib[:, 2] * np.sin(2 * np.pi * phase))[:, None]
+    amplitude = np.array([0.0, *(r[2] for r in objects.rows)], dtype=np.float32)
+    yy, xx = np.nonzero(mask & (amplitude > 0)[ids])
+    if len(yy):
+        img[yy, xx] *= _stripes(objects, ids[yy, xx], yy, xx)[:, None]
+
+
+def _stripes(objects: _Objects, oid: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """``1 + amplitude * sin`` across each pixel's object's rows ``(angle, period, amplitude)``:
+    crop rows of fields, ribs of metal roofs (``oid``: object numbers, 0 for none)."""
+    rows = np.array([(0.0, 1.0, 0.0), *objects.rows], dtype=np.float32)[oid]
+    phase = (xx * np.cos(rows[:, 0]) + yy * np.sin(rows[:, 0])) / rows[:, 1]
+    return 1 + rows[:, 2] * np.sin(2 * np.pi * phase)
 
 
 def _overlay_hits(overlays: list[tuple[Any, int]], ids: np.ndarray) -> tuple[np.ndarray, Any]:
