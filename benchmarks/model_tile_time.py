@@ -15,7 +15,9 @@ backbone as torchvision's module, as geoseg ran it before session 26 folded the 
 (``geoseg.model.folded_backbone``), and torchvision's RoIAlign, as before session 31
 (``geoseg.model.roi_sampling``): the first default as it ran when issue 9 was filed is
 ``--plain 0``. On a CPU with AMX, tiles read at 1 m or finer run the backbone in bfloat16
-(``geoseg.model.bf16_backbone``); ``--float32`` names models that run them in float32.
+(``geoseg.model.bf16_backbone``); ``--float32`` names models that run them in float32, and
+``--unfused`` those whose bfloat16 convolutions run layer by layer under autocast, as before
+session 41 fused each with its activation (``geoseg.model.bf16_convs``).
 ``--torch`` names models whose folded backbone runs in torch, as before session 31 ran it
 through ONNX Runtime (``geoseg.model.onnx_backbone``); ``--torch-roialign`` those that pool
 with torchvision's RoIAlign. ``--proposals PRE:POST``
@@ -29,12 +31,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
 import torch
 from torchvision.ops import MultiScaleRoIAlign
 
 from geoseg.config import RunOptions
+from geoseg.model.bf16_backbone import Bf16Backbone
 from geoseg.model.folded_backbone import FoldedBackbone
 from geoseg.model.maskrcnn import MaskRCNNSegmenter, rpn_test_counts, set_rpn_test_counts
 from geoseg.model.protocol import load_segmenter, predict_accepts
@@ -70,6 +74,13 @@ def main() -> None:
         "in bfloat16 (geoseg.model.bf16_backbone; --plain and --torch imply it)",
     )
     parser.add_argument(
+        "--unfused",
+        type=int,
+        nargs="*",
+        default=[],
+        help="models whose bfloat16 convolutions and activations run one by one under autocast",
+    )
+    parser.add_argument(
         "--torch-roialign",
         type=int,
         nargs="*",
@@ -102,6 +113,7 @@ def main() -> None:
     # sets the backbone its position asks for (the folded copy, or torchvision's own module)
     folded = {id(model): model._backbone for model in models}
     bf16 = {id(model): (model._bf16, list(model._by_gsd)) for model in models}
+    unfused = {id(model): _unfused(*bf16[id(model)]) for model in models}
     float32 = {*args.plain, *args.torch, *args.float32}
     backbones = [
         model.network.backbone
@@ -128,7 +140,7 @@ def main() -> None:
         """Model ``m`` with the backbone, RoIAlign and proposal counts of its position."""
         model = models[m]
         model._backbone = backbones[m]
-        main, by_gsd = bf16[id(model)]
+        main, by_gsd = unfused[id(model)] if m in args.unfused else bf16[id(model)]
         if m in float32:  # fine tiles too through the float32 runner
             main, by_gsd = None, [(gsd, net._replace(bf16=None)) for gsd, net in by_gsd]
         model._bf16, model._by_gsd = main, by_gsd
@@ -156,6 +168,7 @@ def main() -> None:
     for index, (spec, n, row) in enumerate(zip(args.models, views, seconds, strict=True)):
         name = f"{spec} ({n} views)" if n > 1 else spec
         name += " (unfolded)" if index in args.plain else ""
+        name += " (bf16 unfused)" if index in args.unfused else ""
         name += " (torch backbone)" if index in args.torch and index not in args.plain else ""
         name += (
             " (torch RoIAlign)" if index in args.torch_roialign and index not in args.plain else ""
@@ -171,6 +184,18 @@ def tiles_as_run_reads_them(scene: str, model: str, count: int) -> tuple[ScenePl
     plan = plan_scene(scene, RunOptions(model=model, gsd_m=None))
     tiles = [tile for _, batch in plan.batches for tile in batch][:count]
     return plan, read_stage(plan.scene, tiles, plan.options.tile_px).pixels
+
+
+def _unfused(main: Bf16Backbone | None, by_gsd: list[tuple[float, Any]]) -> tuple[Any, list[Any]]:
+    """A segmenter's bfloat16 runners (its own, and those of its weights by GSD) again, with
+    their convolutions left unfused."""
+
+    def again(runner: Bf16Backbone | None) -> Bf16Backbone | None:
+        if runner is None:
+            return None
+        return Bf16Backbone(runner.source, runner.proposal_head, fuse=False)
+
+    return again(main), [(gsd, net._replace(bf16=again(net.bf16))) for gsd, net in by_gsd]
 
 
 def _pooler(pooler: MultiScaleRoIAlign, plain: bool) -> MultiScaleRoIAlign:

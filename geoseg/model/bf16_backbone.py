@@ -8,7 +8,9 @@ ones, and oneDNN runs torch's convolutions on those units under
 the time they take in float32 through ONNX Runtime (0.08-0.09 s against 0.17 s a 512 px tile,
 one thread); their outputs differ from float32 by about 1-2.5 % of their mean magnitude
 (bfloat16 keeps 8 bits of mantissa), and the detections, through ``geoseg run``, score as
-float32's do (``benchmarks/README.md``). The heads after them (boxes, masks) stay float32.
+float32's do (``benchmarks/README.md``). Each convolution runs with its ReLU6 or ReLU fused
+into one oneDNN primitive (:mod:`geoseg.model.bf16_convs`; the same outputs as autocast's
+layer by layer, a third less time). The heads after them (boxes, masks) stay float32.
 Intel CPUs with AVX-512 bfloat16 but no AMX run it slower than float32, so they keep float32.
 
 :func:`bf16_fast` says whether this CPU has those units; ``GEOSEG_CPU_BF16=0`` turns the path
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from geoseg.model.bf16_convs import fuse_bf16_convs, fused_convs_available
 from geoseg.model.proposal_graph import (
     ProposalGraph,
     ProposalMaps,
@@ -108,15 +111,20 @@ def bf16_runner(
 
 
 class Bf16Backbone:
-    """Runs a backbone's folded copy, and the proposal head where given, channels-last under
-    bfloat16 autocast; hands over float32 features stored channels-last (as
+    """Runs a backbone's folded copy, and the proposal head where given, channels-last in
+    bfloat16 (its convolutions fused with their activations where this torch can,
+    :func:`~geoseg.model.bf16_convs.fuse_bf16_convs`, the rest under autocast); hands over
+    float32 features stored channels-last (as
     :class:`~geoseg.model.onnx_backbone.OnnxBackbone` does, and
     :mod:`geoseg.model.roi_sampling` reads them). Folded again after any change to the
     weights, so a network being trained is seen as it is."""
 
-    def __init__(self, source: nn.Module, proposal_head: nn.Module | None = None) -> None:
+    def __init__(
+        self, source: nn.Module, proposal_head: nn.Module | None = None, *, fuse: bool = True
+    ) -> None:
         self.source = source
         self.proposal_head = proposal_head
+        self.fuse = fuse  # False: every layer on its own under autocast (for comparisons)
         self._graph: ProposalGraph | None = None
         self._names: list[str] = []
         self._made_from: tuple[object, ...] = ()
@@ -147,6 +155,8 @@ class Bf16Backbone:
         if self._graph is None or state != self._made_from:
             head = copy.deepcopy(self.proposal_head)  # the network's own stays as it is
             self._names, graph = folded_graph(self.source, head, torch.zeros((1, 3, 64, 64)))
+            if self.fuse and fused_convs_available():
+                graph = fuse_bf16_convs(graph)
             self._graph = graph.eval().to(memory_format=torch.channels_last)
             self._made_from = state
         return self._graph
