@@ -18,11 +18,13 @@ from geoseg.cli import main
 from geoseg.config import DEFAULT_MIN_SCORE
 from geoseg.errors import LabelError, UserInputError
 from geoseg.learn.chips import (
+    PASTE_MAX_SHARE,
     ZOOM_RANGE,
     Chip,
     augment,
     chip_windows,
     cut_chips,
+    paste_objects,
     read_labels,
     targets_from_ids,
 )
@@ -38,6 +40,8 @@ from geoseg.learn.train import (
     train,
     tune_min_scores,
 )
+from geoseg.learn.train import _batch as training_batch
+from geoseg.learn.train import _Donors as Donors
 from geoseg.learn.train import _predict_in_views as predict_in_views
 from geoseg.model import load_segmenter
 from geoseg.model.maskrcnn import MaskRCNNArch, MaskRCNNSegmenter
@@ -366,6 +370,70 @@ def test_augmented_chips_keep_pixels_and_labels_together() -> None:
     low, high = (round(2400 * f**2) for f in ZOOM_RANGE)
     assert all(low * 0.9 <= a <= high * 1.1 for a in areas)
     assert min(areas) < 2400 * 0.95 and max(areas) > 2400 * 1.05  # some chips were zoomed
+
+
+def _coded_chip(boxes: dict[int, tuple[slice, slice]], value: int, gsd_m: float = 1.0) -> Chip:
+    """A 64 px chip whose object ``k`` covers ``boxes[k]`` with pixels ``value + k``."""
+    ids = np.zeros((64, 64), dtype=np.int32)
+    pixels = np.full((3, 64, 64), value, dtype=np.uint8)
+    for k, box in boxes.items():
+        ids[box] = k
+        pixels[(slice(None), *box)] = value + k
+    classes = np.arange(len(boxes), dtype=np.int64) % 3
+    return Chip(pixels, np.ones_like(ids, bool), ids, classes, "x", None, gsd_m, "train")
+
+
+def test_pasted_objects_bring_their_pixels_and_cover_what_lies_under_them() -> None:
+    chip = _coded_chip({1: (slice(0, 20), slice(0, 20)), 2: (slice(40, 50), slice(40, 50))}, 10)
+    # donor: a small object over the chip's first, one too big to move (a field's share)
+    big = (slice(20, 64), slice(0, 64))
+    donor = _coded_chip({1: (slice(10, 30), slice(10, 30)), 2: big}, 100)
+    assert (donor.ids == 2).mean() > PASTE_MAX_SHARE
+    pixels, ids = chip.pixels.astype(np.float32), chip.ids
+    donor_arrays = (donor.pixels.astype(np.float32), donor.ids, donor.classes)
+    for seed in range(5):
+        out, out_ids, classes = paste_objects(
+            pixels, ids, chip.classes, donor_arrays, np.random.default_rng(seed)
+        )
+        pasted = donor.ids == 1
+        assert (out_ids[pasted] == 3).all() and (out[:, pasted] == 101).all()
+        assert list(classes) == [*chip.classes, *donor.classes] and classes[2] == donor.classes[0]
+        assert not (out_ids == 4).any()  # the big one stays where it was
+        np.testing.assert_array_equal(out_ids[~pasted], ids[~pasted])
+        np.testing.assert_array_equal(out[:, ~pasted], pixels[:, ~pasted])
+        masks, _, labels = targets_from_ids(out_ids, classes)
+        assert masks[0].sum() == 400 - 100 and list(labels) == [classes[0], classes[1], classes[2]]
+    assert (ids == 1).sum() == 400  # the inputs are left as they were
+    empty = _coded_chip({1: big}, 100)
+    same = paste_objects(
+        pixels,
+        ids,
+        chip.classes,
+        (empty.pixels, empty.ids, empty.classes),
+        np.random.default_rng(0),
+    )
+    assert same[0] is pixels and same[1] is ids and same[2] is chip.classes
+
+
+def test_copy_paste_takes_objects_from_chips_of_a_similar_gsd() -> None:
+    chips = [
+        _coded_chip({1: (slice(20, 28), slice(20, 28))}, 10, gsd_m=g) for g in (1.0, 1.4, 1.6, 3.0)
+    ]
+    donors = Donors(chips)
+    rng = np.random.default_rng(0)
+    picked = {id(donors.pick(chips[0], rng)) for _ in range(50)}
+    assert picked == {id(chips[0]), id(chips[1])}
+    assert {id(donors.pick(chips[3], rng)) for _ in range(10)} == {id(chips[3])}
+    chips[1].ids[:] = 0
+    chips[1].ids[36:44, 36:44] = 1
+    batch = [chips[0]] * 16  # its donors: itself (given nothing) or chip 1
+    _, plain = training_batch(batch, np.random.default_rng(1), torch.device("cpu"))
+    _, pasted = training_batch(
+        batch, np.random.default_rng(1), torch.device("cpu"), donors, copy_paste=1.0
+    )
+    assert all(len(t["boxes"]) <= 1 for t in plain)
+    assert sum(len(t["boxes"]) == 2 for t in pasted) >= 4  # chip 1's object, where it lay
+    assert all(len(t["boxes"]) <= 2 for t in pasted)
 
 
 def test_validation_sees_each_chip_in_the_views_of_its_gsd() -> None:

@@ -153,6 +153,14 @@ def _comma_lists(kind: type) -> Any:
     "background. Without it such images are skipped as unlabelled (e.g. chips of "
     "'geoseg select' that were not corrected). Polygons outside every image are ignored.",
 )
+@click.option(
+    "--copy-paste",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Share of training chips given objects of another chip read at a similar GSD, "
+    "pasted where they lay in it (copy-paste augmentation; buildings and ships, not fields).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option(

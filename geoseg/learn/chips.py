@@ -45,6 +45,7 @@ __all__ = [
     "chip_windows",
     "cut_chips",
     "normalize",
+    "paste_objects",
     "rasterize_instances",
     "read_labels",
     "targets_from_ids",
@@ -353,6 +354,41 @@ def augment(chip: Chip, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
     pixels[:, ~valid] = 0.0
     return np.ascontiguousarray(pixels), np.ascontiguousarray(ids)
+
+
+PASTE_GSD_RATIO = 1.5
+"""Copy-paste takes its objects from chips read at a GSD within this factor of the chip's."""
+PASTE_MAX_SHARE = 0.25
+"""Copy-paste moves objects of at most this share of a chip (buildings and ships; not the
+fields that fill a chip, which would cover what is under them)."""
+
+
+def paste_objects(
+    pixels: np.ndarray,
+    ids: np.ndarray,
+    classes: np.ndarray,
+    donor: tuple[np.ndarray, np.ndarray, np.ndarray],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Some objects of another chip pasted where they lie in it (Ghiasi et al.'s simple
+    copy-paste, 2021): ``donor`` is ``(pixels, ids, classes)`` of an augmented chip of the same
+    size. Each of its objects of :data:`MIN_INSTANCE_PX` to :data:`PASTE_MAX_SHARE` of the
+    chip is taken with probability one half (at least one where any); their pixels replace the
+    chip's, and the chip's objects keep what stays visible. Returns the new pixels, ids and
+    classes (the pasted ids follow the chip's own)."""
+    donor_pixels, donor_ids, donor_classes = donor
+    present, counts = np.unique(donor_ids[donor_ids > 0], return_counts=True)
+    small = present[(counts >= MIN_INSTANCE_PX) & (counts <= PASTE_MAX_SHARE * donor_ids.size)]
+    if not len(small):
+        return pixels, ids, classes
+    taken = small[rng.random(len(small)) < 0.5]
+    if not len(taken):
+        taken = small[[int(rng.integers(len(small)))]]
+    region = np.isin(donor_ids, taken)
+    pixels, ids = pixels.copy(), ids.copy()
+    pixels[:, region] = donor_pixels[:, region]
+    ids[region] = donor_ids[region] + len(classes)
+    return pixels, ids, np.concatenate([classes, donor_classes])
 
 
 def _zoom(

@@ -41,7 +41,15 @@ from geoseg.config import (
     views_at_gsd,
 )
 from geoseg.errors import UserInputError
-from geoseg.learn.chips import Chip, augment, cut_chips, read_labels, targets_from_ids
+from geoseg.learn.chips import (
+    PASTE_GSD_RATIO,
+    Chip,
+    augment,
+    cut_chips,
+    paste_objects,
+    read_labels,
+    targets_from_ids,
+)
 from geoseg.learn.kept_weights import KeptWeights
 from geoseg.model.checkpoint import read_checkpoint, save_checkpoint
 from geoseg.model.maskrcnn import (
@@ -114,6 +122,8 @@ class TrainOptions:
     was labelled completely, so one with no polygon over it is trained on as background
     (``False``: such an image is skipped as unlabelled, e.g. a chip of ``geoseg select``
     that was not corrected; polygons outside every image are ignored either way).
+    ``copy_paste``: the share of training chips given objects of another training chip read
+    at a similar GSD, pasted where they lay in it (:func:`~geoseg.learn.chips.paste_objects`).
     """
 
     classes: tuple[str, ...] = DEFAULT_CLASSES
@@ -137,6 +147,7 @@ class TrainOptions:
     tune_on: str = "all"
     all_labelled: bool = False
     arch: MaskRCNNArch = field(default_factory=MaskRCNNArch)
+    copy_paste: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`~geoseg.errors.UserInputError` for options that cannot work."""
@@ -157,6 +168,7 @@ class TrainOptions:
             (self.synthetic >= 0, "--synthetic must be 0 or more"),
             (self.synthetic_seed >= 100, "--synthetic-seed: seeds 0-99 are kept for evaluation"),
             (self.tune_on in ("all", "real"), "--tune-on must be all or real"),
+            (0.0 <= self.copy_paste <= 1.0, "--copy-paste must be in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -648,6 +660,7 @@ def _train_epoch(
             for _ in range(math.ceil(steps * options.batch_size / len(chips)))
         ]
     )
+    donors = _Donors(chips)
     cuda = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     network.train()
@@ -662,7 +675,7 @@ def _train_epoch(
         batch = [
             chips[i] for i in order[step * options.batch_size : (step + 1) * options.batch_size]
         ]
-        images, targets = _batch(batch, rng, device)
+        images, targets = _batch(batch, rng, device, donors, options.copy_paste)
         with torch.autocast("cuda", enabled=cuda):
             losses = network(images, targets)
         loss = sum(losses.values())
@@ -689,13 +702,43 @@ def _train_epoch(
     return summary
 
 
+class _Donors:
+    """The training chips that copy-paste may take objects from for a chip: those read at a
+    GSD within :data:`~geoseg.learn.chips.PASTE_GSD_RATIO` of its own."""
+
+    def __init__(self, chips: Sequence[Chip]) -> None:
+        self.chips = chips
+        self._log_gsd = np.log([chip.gsd_m for chip in chips])
+        self._near: dict[float, np.ndarray] = {}
+
+    def pick(self, chip: Chip, rng: np.random.Generator) -> Chip:
+        near = self._near.get(chip.gsd_m)
+        if near is None:
+            gap = np.abs(self._log_gsd - math.log(chip.gsd_m))
+            near = self._near[chip.gsd_m] = np.flatnonzero(gap <= math.log(PASTE_GSD_RATIO))
+        return self.chips[int(near[rng.integers(len(near))])]
+
+
 def _batch(
-    chips: Sequence[Chip], rng: np.random.Generator, device: torch.device
+    chips: Sequence[Chip],
+    rng: np.random.Generator,
+    device: torch.device,
+    donors: _Donors | None = None,
+    copy_paste: float = 0.0,
 ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Each chip augmented, and with probability ``copy_paste`` given objects of another
+    (:func:`~geoseg.learn.chips.paste_objects`), as torchvision's training targets."""
     images, targets = [], []
     for chip in chips:
         pixels, ids = augment(chip, rng)
-        masks, boxes, classes = targets_from_ids(ids, chip.classes)
+        chip_classes = chip.classes
+        if donors is not None and copy_paste > 0 and rng.random() < copy_paste:
+            donor = donors.pick(chip, rng)
+            if donor is not chip and donor.ids.shape == chip.ids.shape:
+                pixels, ids, chip_classes = paste_objects(
+                    pixels, ids, chip_classes, (*augment(donor, rng), donor.classes), rng
+                )
+        masks, boxes, classes = targets_from_ids(ids, chip_classes)
         images.append(torch.from_numpy(pixels).to(device))
         targets.append(
             {
