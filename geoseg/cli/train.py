@@ -159,7 +159,8 @@ def _comma_lists(kind: type) -> Any:
     default=0.0,
     show_default=True,
     help="Share of training chips given objects of another chip read at a similar GSD, "
-    "pasted where they lay in it (copy-paste augmentation; buildings and ships, not fields).",
+    "pasted where they lay in it (copy-paste augmentation; objects of up to a quarter of "
+    "a chip).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")

@@ -359,8 +359,8 @@ def augment(chip: Chip, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
 PASTE_GSD_RATIO = 1.5
 """Copy-paste takes its objects from chips read at a GSD within this factor of the chip's."""
 PASTE_MAX_SHARE = 0.25
-"""Copy-paste moves objects of at most this share of a chip (buildings and ships; not the
-fields that fill a chip, which would cover what is under them)."""
+"""Copy-paste moves objects of at most this share of a chip (buildings, ships, small fields;
+not the fields that fill a chip, which would cover everything under them)."""
 
 
 def paste_objects(
