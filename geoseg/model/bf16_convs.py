@@ -9,7 +9,7 @@ convolution's output as it writes it (a "post-op"): torch exposes that primitive
 pattern. :func:`fuse_bf16_convs` puts it in place of every ``Conv2d`` of a module, with the
 ReLU or ReLU6 that follows it in a ``Sequential`` folded in and the weights cast to bfloat16
 once, not at every call. The outputs are bit for bit those of autocast's convolution and the
-activation after it (``tests/test_bf16_backbone.py``).
+activation after it (``tests/test_bf16_convs.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ class Bf16Conv(nn.Module):
     """A ``Conv2d`` (zero padding) and the activation after it (``"relu"``, ``"hardtanh"`` with
     its bounds, or ``"none"``) as one oneDNN primitive in bfloat16, channels-last."""
 
-    def __init__(self, conv: nn.Conv2d, attr: str = "none", scalars: list[float] | None = None):
+    def __init__(
+        self, conv: nn.Conv2d, attr: str = "none", scalars: list[float] | None = None
+    ) -> None:
         super().__init__()
         if not fusable(conv):
             raise ValueError(f"{conv}: only numeric zero padding is fused")
