@@ -12,11 +12,13 @@ from geoseg.model.maskrcnn import PRETRAINED_ARCH, build_network
 from geoseg.model.proposal_graph import folded_graph
 from tests.test_folded_backbone import _randomised
 
-pytestmark = pytest.mark.skipif(
-    not fused_convs_available(), reason="this torch has no oneDNN fused convolution"
+needs_fused = pytest.mark.skipif(
+    not fused_convs_available(),
+    reason="no oneDNN fused convolution, or oneDNN runs no bfloat16 convolution on this CPU",
 )
 
 
+@needs_fused
 def test_each_convolution_fused_with_the_activation_after_it() -> None:
     network = build_network(PRETRAINED_ARCH, 3).eval()
     _, graph = folded_graph(network.backbone, network.rpn.head, torch.zeros((1, 3, 64, 64)))
@@ -32,6 +34,7 @@ def test_each_convolution_fused_with_the_activation_after_it() -> None:
     assert all(m.weight.dtype == torch.bfloat16 for m in fused)
 
 
+@needs_fused
 def test_a_fused_convolution_equals_autocast_s_and_its_activation() -> None:
     gen = torch.Generator().manual_seed(3)
     conv = nn.Conv2d(16, 24, 3, stride=2, padding=1)
@@ -48,6 +51,7 @@ def test_a_fused_convolution_equals_autocast_s_and_its_activation() -> None:
     assert torch.equal(got_dw, want_dw)
 
 
+@needs_fused
 def test_the_backbone_runner_gives_what_autocast_gives() -> None:
     """Bf16Backbone with the fused convolutions (as shipped) against the same graph run
     layer by layer under autocast: the same features and proposal maps, bit for bit."""
@@ -77,3 +81,15 @@ def test_convolutions_it_cannot_run_are_left_to_autocast() -> None:
     assert isinstance(graph[4], nn.Identity)
     with pytest.raises(ValueError, match="zero padding"):
         Bf16Conv(reflect)
+
+
+def test_cpus_where_onednn_runs_no_bfloat16_keep_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU without AVX-512 (oneDNN would refuse a bfloat16 convolution) the runner leaves
+    every layer to autocast, which falls back to torch's own convolution there."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not fused_convs_available()
+    network = build_network(PRETRAINED_ARCH, 3).eval()
+    runner = Bf16Backbone(network.backbone, network.rpn.head)
+    with torch.inference_mode():
+        runner.run(torch.rand((1, 3, 64, 64)))
+    assert not any(isinstance(m, Bf16Conv) for m in runner._graph.modules())  # type: ignore[union-attr]

@@ -23,11 +23,17 @@ __all__ = ["Bf16Conv", "fusable", "fuse_bf16_convs", "fused_convs_available"]
 
 
 def fused_convs_available() -> bool:
-    """Whether this torch has oneDNN's fused convolution (a build with mkldnn; x86 CPUs)."""
+    """Whether this torch has oneDNN's fused convolution (a build with mkldnn) and oneDNN runs
+    bfloat16 convolutions on this CPU (AVX-512 or AVX-NE-CONVERT; on others torch's autocast
+    falls back to its own slower convolution, and the fused one would refuse)."""
     available = getattr(torch.backends, "mkldnn", None)
     if available is None or not available.is_available():
         return False
-    return hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    ops = torch.ops.mkldnn
+    if not hasattr(ops, "_convolution_pointwise"):
+        return False
+    supported = getattr(ops, "_is_mkldnn_bf16_supported", None)
+    return supported is not None and bool(supported())
 
 
 class Bf16Conv(nn.Module):
