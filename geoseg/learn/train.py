@@ -660,7 +660,7 @@ def _train_epoch(
             for _ in range(math.ceil(steps * options.batch_size / len(chips)))
         ]
     )
-    donors = _Donors(chips)
+    donors = _Donors(chips) if options.copy_paste > 0 else None
     cuda = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     network.train()
@@ -704,7 +704,8 @@ def _train_epoch(
 
 class _Donors:
     """The training chips that copy-paste may take objects from for a chip: those read at a
-    GSD within :data:`~geoseg.learn.chips.PASTE_GSD_RATIO` of its own."""
+    GSD within :data:`~geoseg.learn.chips.PASTE_GSD_RATIO` of its own (all of one size, the
+    run's ``chip_px``)."""
 
     def __init__(self, chips: Sequence[Chip]) -> None:
         self.chips = chips
@@ -726,15 +727,16 @@ def _batch(
     donors: _Donors | None = None,
     copy_paste: float = 0.0,
 ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Each chip augmented, and with probability ``copy_paste`` given objects of another
-    (:func:`~geoseg.learn.chips.paste_objects`), as torchvision's training targets."""
+    """Each chip augmented, and, where ``donors`` are given, with probability ``copy_paste``
+    given objects of another (:func:`~geoseg.learn.chips.paste_objects`), as torchvision's
+    training targets."""
     images, targets = [], []
     for chip in chips:
         pixels, ids = augment(chip, rng)
         chip_classes = chip.classes
-        if donors is not None and copy_paste > 0 and rng.random() < copy_paste:
+        if donors is not None and rng.random() < copy_paste:
             donor = donors.pick(chip, rng)
-            if donor is not chip and donor.ids.shape == chip.ids.shape:
+            if donor is not chip:
                 pixels, ids, chip_classes = paste_objects(
                     pixels, ids, chip_classes, (*augment(donor, rng), donor.classes), rng
                 )
