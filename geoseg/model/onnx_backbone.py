@@ -35,6 +35,8 @@ __all__ = [
     "OnnxBackbone",
     "ProposalMaps",
     "backbone_runner",
+    "cpu_session",
+    "exported_graph",
     "onnxruntime_available",
     "proposals_from_maps",
 ]
@@ -223,36 +225,52 @@ class OnnxBackbone:
         return self._session
 
     def _exported(self, threads: int) -> object:
-        import onnxruntime as ort
+        self._names, graph = exported_graph(self.source, self.proposal_head)
+        return cpu_session(graph, threads)
 
-        example = torch.zeros((2, 3, 64, 96))
-        self._names, proposal_graph = folded_graph(self.source, self.proposal_head, example)
-        n = len(self._names)
-        outputs = [f"level{i}" for i in range(n)]
-        if self.proposal_head is not None:
-            outputs += [f"objectness{i}" for i in range(n)] + [f"deltas{i}" for i in range(n)]
-        with torch.inference_mode(False), torch.no_grad():
-            graph = io.BytesIO()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    proposal_graph,
-                    (example,),
-                    graph,
-                    dynamo=False,
-                    input_names=["pixels"],
-                    output_names=outputs,
-                    dynamic_axes={"pixels": {0: "n", 2: "height", 3: "width"}},
-                    opset_version=17,
-                )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # idle threads wait rather than spin: the reading and vectorizing threads need the cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        # no arena: each run's buffers go back to the system, so a segmenter with two weight
-        # sets (two sessions) holds neither's working memory between runs (peak -250 MB a
-        # process, the same time per tile; benchmarks/README.md, session 34)
-        options.enable_cpu_mem_arena = False
-        return ort.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
+
+def exported_graph(
+    source: nn.Module, proposal_head: nn.Module | None = None
+) -> tuple[list[str], bytes]:
+    """The names of ``source``'s pyramid levels and the ONNX graph (serialized) of its folded
+    copy with ``proposal_head``: input ``pixels`` ``(N, 3, H, W)``; outputs ``level{i}``
+    (channels-last), then, with a head, ``objectness{i}`` and ``deltas{i}``."""
+    example = torch.zeros((2, 3, 64, 96))
+    names, proposal_graph = folded_graph(source, proposal_head, example)
+    n = len(names)
+    outputs = [f"level{i}" for i in range(n)]
+    if proposal_head is not None:
+        outputs += [f"objectness{i}" for i in range(n)] + [f"deltas{i}" for i in range(n)]
+    with torch.inference_mode(False), torch.no_grad():
+        graph = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                proposal_graph,
+                (example,),
+                graph,
+                dynamo=False,
+                input_names=["pixels"],
+                output_names=outputs,
+                dynamic_axes={"pixels": {0: "n", 2: "height", 3: "width"}},
+                opset_version=17,
+            )
+    return names, graph.getvalue()
+
+
+def cpu_session(graph: bytes | str, threads: int) -> object:
+    """An ONNX Runtime session on the CPU for ``graph`` (serialized, or a file's path), run
+    on ``threads`` threads as the backbone runners run it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # idle threads wait rather than spin: the reading and vectorizing threads need the cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    # no arena: each run's buffers go back to the system, so a segmenter with two weight
+    # sets (two sessions) holds neither's working memory between runs (peak -250 MB a
+    # process, the same time per tile; benchmarks/README.md, session 34)
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
