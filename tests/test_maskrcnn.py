@@ -517,10 +517,32 @@ def test_bad_device_is_a_user_error() -> None:
         maskrcnn.resolve_device("tpu:7")
 
 
-def test_a_pass_that_runs_out_of_gpu_memory_is_halved(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a GPU every tile of a call goes through at once; when the GPU runs out of memory,
-    the pass is halved until it fits, with the same answers (no GPU here: the network's
-    forward pass is wrapped to fail as a GPU would above 2 tiles)."""
+def test_a_gpu_device_index_beyond_the_machine_s_is_a_user_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert maskrcnn.resolve_device("cuda:0") == torch.device("cuda:0")
+    assert maskrcnn.resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(UserInputError, match="1 GPU"):
+        maskrcnn.resolve_device("cuda:3")
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory"),
+        RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate`"),
+    ],
+)
+def test_a_pass_that_runs_out_of_gpu_memory_is_halved(
+    monkeypatch: pytest.MonkeyPatch, failure: RuntimeError
+) -> None:
+    """On a GPU every tile of a call goes through at once; when the GPU runs out of memory
+    (torch's error, or cuDNN's or cuBLAS's failed allocation), the pass is halved until it
+    fits, with the same answers (no GPU here: the network's forward pass is wrapped to fail
+    as a GPU would above 2 tiles)."""
     segmenter = untrained_segmenter(CLASSES, device="cpu", seed=3)
     many = np.random.default_rng(1).random((5, 3, 64, 64), dtype=np.float32)
     expected = segmenter.predict(many, min_score=0.0)
@@ -529,7 +551,7 @@ def test_a_pass_that_runs_out_of_gpu_memory_is_halved(monkeypatch: pytest.Monkey
     def small_gpu(net: Any, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         sizes.append(len(batch))
         if len(batch) > 2:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            raise failure
         return detect(net, batch)
 
     monkeypatch.setattr(segmenter, "_detect", small_gpu)
@@ -538,6 +560,21 @@ def test_a_pass_that_runs_out_of_gpu_memory_is_halved(monkeypatch: pytest.Monkey
     assert sizes == [5, 2, 2, 1] and segmenter.batch_size == 2
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_allclose(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
+
+
+def test_other_errors_are_not_taken_for_a_full_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    segmenter = untrained_segmenter(CLASSES, device="cpu", seed=3)
+    calls = []
+
+    def broken(net: Any, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        calls.append(len(batch))
+        raise RuntimeError("Input type (c10::Half) and bias type (float) should be the same")
+
+    monkeypatch.setattr(segmenter, "_detect", broken)
+    segmenter.batch_size = None
+    with pytest.raises(RuntimeError, match="bias type"):
+        segmenter.predict(np.zeros((4, 3, 64, 64), dtype=np.float32))
+    assert calls == [4] and segmenter.batch_size is None
 
 
 def test_batches_are_sized_to_the_gpu_s_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,7 @@ from geoseg.learn.train import (
     MaskCuts,
     StartReading,
     TrainOptions,
+    backbone_autocast,
     f1_scores,
     match_instances,
     sidecar_dir,
@@ -469,3 +470,42 @@ def test_validation_sees_each_chip_in_the_views_of_its_gsd() -> None:
         (1, {"ship": 4}),
         (2, {"field": 4, "ship": 4}),
     ]
+
+
+def test_training_runs_only_the_backbone_in_low_precision() -> None:
+    """On CUDA training autocasts the backbone alone (here bfloat16 on the CPU stands in for
+    float16): its convolutions run in low precision, but the proposals and the heads get
+    float32, so box coordinates and regression targets keep their precision, as at
+    inference; under a plain autocast the proposals would be low-precision too."""
+    from geoseg.model.maskrcnn import untrained_segmenter
+
+    network = untrained_segmenter(("building", "ship"), arch=TINY, device="cpu", seed=1).network
+    chips = [_coded_chip({1: (slice(8, 30), slice(10, 40)), 2: (slice(40, 60), slice(5, 25))}, 9)]
+    images, targets = training_batch(chips, np.random.default_rng(0), torch.device("cpu"))
+    seen: dict[str, torch.dtype] = {}
+    first_conv = next(m for m in network.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    hooks = [
+        first_conv.register_forward_hook(lambda _m, _i, out: seen.update(conv=out.dtype)),
+        network.roi_heads.register_forward_pre_hook(
+            lambda _m, args: seen.update(
+                features=next(iter(args[0].values())).dtype, proposals=args[1][0].dtype
+            )
+        ),
+    ]
+    network.train()
+    with backbone_autocast(network, "cpu", torch.bfloat16):
+        losses = network(images, targets)
+    assert seen == {"conv": torch.bfloat16, "features": torch.float32, "proposals": torch.float32}
+    loss = sum(losses.values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert first_conv.weight.grad is not None or not first_conv.weight.requires_grad
+    assert "forward" not in vars(network.backbone)  # the backbone's own forward again
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        network(images, targets)
+    assert seen["proposals"] == torch.bfloat16
+    with backbone_autocast(network, "cpu", torch.bfloat16, enabled=False):
+        network(images, targets)
+    assert seen == {"conv": torch.float32, "features": torch.float32, "proposals": torch.float32}
+    for hook in hooks:
+        hook.remove()

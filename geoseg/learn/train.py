@@ -18,10 +18,12 @@ with more ``epochs`` it trains on (the learning-rate schedule stretches to the n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -267,8 +269,12 @@ def train(
     optimizer = _optimizer(network, options)
     history: list[dict[str, Any]] = []
     start_epoch = 0
+    # one loss scaler for the run (its scale carries over epochs and resumes); CUDA only
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     if resume is not None:
         optimizer.load_state_dict(resume["resume"]["optimizer"])
+        if resume["resume"].get("scaler"):
+            scaler.load_state_dict(resume["resume"]["scaler"])
         history = list(resume["resume"].get("history", []))
         start_epoch = int(resume["resume"]["epoch"])
         log.info("resuming %s after epoch %d", side / "last.pt", start_epoch)
@@ -285,6 +291,7 @@ def train(
         "init": init_note,
         "reading": {k: start[k] for k in KEPT_SETTINGS if k in start},
         "kept": kept,
+        "scaler": scaler,
     }
     if meta["reading"]:
         log.info("keeping how %s is read: %s", init_note, meta["reading"])
@@ -292,7 +299,16 @@ def train(
     validation = Validation({}, None)
     for epoch in range(start_epoch + 1, options.epochs + 1):
         summary = _train_epoch(
-            network, optimizer, train_chips, options, device, epoch, steps, total_steps, emit
+            network,
+            optimizer,
+            scaler,
+            train_chips,
+            options,
+            device,
+            epoch,
+            steps,
+            total_steps,
+            emit,
         )
         if options.val_every and epoch % options.val_every == 0 and epoch < options.epochs:
             validation = _validate(
@@ -641,9 +657,45 @@ def _lr_factor(step: int, total: int) -> float:
 # --- training ---------------------------------------------------------------------------------
 
 
+def backbone_autocast(
+    network: torch.nn.Module,
+    device_type: str,
+    dtype: torch.dtype = torch.float16,
+    *,
+    enabled: bool = True,
+) -> contextlib.AbstractContextManager[None]:
+    """Within it ``network.backbone`` runs under ``torch.autocast(device_type, dtype)`` and
+    hands its features on as float32, so that the proposals, the heads and the box
+    regression targets stay float32 (as at inference, see
+    :meth:`geoseg.model.maskrcnn.MaskRCNNSegmenter._detect`); in float16 a 2,048 px chip's
+    box coordinates would hold only whole pixels. Does nothing unless ``enabled``."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return _BackboneAutocast(network.backbone, device_type, dtype)
+
+
+class _BackboneAutocast(contextlib.AbstractContextManager[None]):
+    def __init__(self, backbone: torch.nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        self.backbone, self.device_type, self.dtype = backbone, device_type, dtype
+
+    def __enter__(self) -> None:
+        plain = self.backbone.forward
+
+        def forward(*args: Any, **kwargs: Any) -> OrderedDict[str, torch.Tensor]:
+            with torch.autocast(self.device_type, dtype=self.dtype):
+                features = plain(*args, **kwargs)
+            return OrderedDict((name, level.float()) for name, level in features.items())
+
+        self.backbone.forward = forward  # the instance's, over its class's
+
+    def __exit__(self, *_: object) -> None:
+        del self.backbone.forward
+
+
 def _train_epoch(
     network: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     chips: Sequence[Chip],
     options: TrainOptions,
     device: torch.device,
@@ -662,7 +714,6 @@ def _train_epoch(
     )
     donors = _Donors(chips) if options.copy_paste > 0 else None
     cuda = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     network.train()
     sums = dict.fromkeys((*LOSS_NAMES, "loss"), 0.0)
     started = time.monotonic()
@@ -676,7 +727,7 @@ def _train_epoch(
             chips[i] for i in order[step * options.batch_size : (step + 1) * options.batch_size]
         ]
         images, targets = _batch(batch, rng, device, donors, options.copy_paste)
-        with torch.autocast("cuda", enabled=cuda):
+        with backbone_autocast(network, "cuda", enabled=cuda):
             losses = network(images, targets)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
@@ -1012,6 +1063,7 @@ def _save(
         "epoch": epoch,
         "setup": meta["setup"],
         "optimizer": optimizer.state_dict(),
+        "scaler": meta["scaler"].state_dict(),  # empty unless on CUDA
         "history": history,
         "kept_weights": None if kept is None else kept.to_payload(),
     }

@@ -73,6 +73,7 @@ __all__ = [
     "MaskRCNNArch",
     "MaskRCNNSegmenter",
     "build_network",
+    "gpu_out_of_memory",
     "load_backbone_weights",
     "load_checkpoint",
     "load_default",
@@ -330,7 +331,25 @@ def resolve_device(device: str = "auto") -> torch.device:
         ) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserInputError(f"--device {device!r}: CUDA is not available here; use cpu or auto")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise UserInputError(
+            f"--device {device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+            f"numbered from 0"
+        )
     return resolved
+
+
+_ALLOCATION_FAILURES = ("out of memory", "ALLOC_FAILED")
+"""What a CUDA library's error says when it could not allocate: cuDNN and cuBLAS report
+``CUDNN_STATUS_ALLOC_FAILED`` / ``CUBLAS_STATUS_ALLOC_FAILED`` as plain ``RuntimeError``s."""
+
+
+def gpu_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is the GPU running out of memory (torch's own error, or a CUDA
+    library's failed allocation)."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(t in str(error) for t in _ALLOCATION_FAILURES)
 
 
 class MaskRCNNSegmenter:
@@ -493,15 +512,17 @@ class MaskRCNNSegmenter:
             size = self.batch_size or len(tiles)
             try:
                 result = forward(self._to_device(tiles[start : start + size]))
-            except torch.cuda.OutOfMemoryError:
-                if size == 1:
+            except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
+                if size == 1 or not gpu_out_of_memory(error):
                     raise
                 self.batch_size = size // 2
-                torch.cuda.empty_cache()
                 log.warning("GPU out of memory at %d tiles a pass: %d from now", size, size // 2)
+            else:
+                yield result
+                start += size
                 continue
-            yield result
-            start += size
+            if torch.cuda.is_available():  # out of the handler: the failed pass's tensors are freed
+                torch.cuda.empty_cache()
 
     def _to_device(self, tiles: np.ndarray) -> torch.Tensor:
         """A batch on the network's device: through pinned memory, asynchronously, on CUDA."""
