@@ -192,3 +192,39 @@ def test_embed_runs_a_graph_of_the_pyramid_alone() -> None:
         want = torch.cat([f.mean(dim=(2, 3)) for f in levels], dim=1).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert model._backbone._session is None  # predict's graph (with the head) never made
+
+
+def test_sessions_share_one_arena_and_keep_their_own_results() -> None:
+    from geoseg.model.onnx_backbone import shared_cpu_arena
+
+    assert shared_cpu_arena() is True and shared_cpu_arena() is True  # registered once
+    first = _randomised(build_network(PRETRAINED_ARCH, 3).backbone.eval())
+    second = _randomised(build_network(PRETRAINED_ARCH, 3).backbone.eval())
+    run_first, run_second = OnnxBackbone(first), OnnxBackbone(second)
+    pixels = torch.rand((2, 3, 96, 128), generator=torch.Generator().manual_seed(5)) * 2 - 1
+    with torch.inference_mode():
+        before = run_first(pixels)
+        other = run_second(torch.flip(pixels, dims=[3]))  # other buffers, from the same arena
+        after = run_first(pixels)
+        want = first(pixels)
+    assert run_first._fallback is None and run_second._fallback is None
+    for name, level in want.items():
+        assert torch.equal(before[name], after[name])
+        assert not torch.equal(before[name], other[name])
+        torch.testing.assert_close(after[name], level, rtol=1e-4, atol=1e-4 * level.abs().max())
+
+
+def test_geoseg_ort_arena_0_keeps_no_arena(monkeypatch: pytest.MonkeyPatch) -> None:
+    import geoseg.model.onnx_backbone as onnx_backbone
+
+    monkeypatch.setattr(onnx_backbone, "_arena_shared", None)
+    monkeypatch.setenv("GEOSEG_ORT_ARENA", "0")
+    assert onnx_backbone.shared_cpu_arena() is False
+    session = onnx_backbone.cpu_session(_tiny_graph(), threads=1)
+    assert not session.get_session_options().enable_cpu_mem_arena
+
+
+def _tiny_graph() -> bytes:
+    from geoseg.model.onnx_backbone import exported_graph
+
+    return exported_graph(build_network(PRETRAINED_ARCH, 3).backbone.eval())[1]

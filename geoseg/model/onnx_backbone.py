@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,6 +41,7 @@ __all__ = [
     "exported_graph",
     "onnxruntime_available",
     "proposals_from_maps",
+    "shared_cpu_arena",
 ]
 
 log = logging.getLogger(__name__)
@@ -269,8 +272,40 @@ def cpu_session(graph: bytes | str, threads: int) -> object:
     # idle threads wait rather than spin: the reading and vectorizing threads need the cores
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    # no arena: each run's buffers go back to the system, so a segmenter with two weight
-    # sets (two sessions) holds neither's working memory between runs (peak -250 MB a
-    # process, the same time per tile; benchmarks/README.md, session 34)
-    options.enable_cpu_mem_arena = False
+    # Buffers come from one arena that every session of the process shares: each weight
+    # set's own arena would hold its working memory between runs (about 250 MB a set,
+    # benchmarks/README.md, session 34), and no arena at all maps fresh pages for every run,
+    # 15-20 % of the graph's time (session 42). Where it cannot be shared, no arena.
+    shared = shared_cpu_arena()
+    options.enable_cpu_mem_arena = shared
+    if shared:
+        options.add_session_config_entry("session.use_env_allocators", "1")
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+_ARENA_LOCK = threading.Lock()
+_arena_shared: bool | None = None
+
+
+def shared_cpu_arena() -> bool:
+    """Whether ONNX Runtime's sessions of this process take their CPU buffers from one shared
+    arena, registered on the first call (``False`` where the runtime cannot register it, or
+    where the environment sets ``GEOSEG_ORT_ARENA=0``: each run's buffers then go back to
+    the system, less memory held for more time)."""
+    global _arena_shared
+    with _ARENA_LOCK:
+        if _arena_shared is None and os.environ.get("GEOSEG_ORT_ARENA", "1") == "0":
+            _arena_shared = False
+        if _arena_shared is None:
+            import onnxruntime as ort
+
+            try:
+                where = ort.OrtMemoryInfo(
+                    "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+                )
+                ort.create_and_register_allocator(where, None)
+                _arena_shared = True
+            except Exception as error:  # a runtime without shared allocators, or one taken
+                log.info("ONNX Runtime sessions keep no arena: %s", error)
+                _arena_shared = False
+        return _arena_shared
