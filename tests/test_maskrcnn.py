@@ -6,6 +6,7 @@ import importlib.util
 import subprocess
 import sys
 import warnings
+from collections import OrderedDict
 from dataclasses import fields
 from functools import partial
 from pathlib import Path
@@ -679,3 +680,14 @@ def test_box_refinements_tool_sets_and_drops_classes(
         assert "none.pt" in missing.stderr
     refused = _run_tool("set_tta_views.py", path, "ship=3")
     assert refused.returncode == 2 and "one of 1, 2, 4, 8" in refused.stderr
+
+
+def test_the_heads_get_float32_features_whatever_the_backbone_hands_on() -> None:
+    model = untrained_segmenter(("a",), device="cpu", seed=1)
+
+    def half_backbone(pixels: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return OrderedDict([("0", pixels.half()), ("1", pixels[..., ::2, ::2])])
+
+    features = model._features(half_backbone, torch.rand(1, 3, 16, 16))
+    assert [level.dtype for level in features.values()] == [torch.float32, torch.float32]
+    assert list(features) == ["0", "1"]

@@ -685,7 +685,9 @@ class MaskRCNNSegmenter:
         :mod:`geoseg.model.bf16_backbone`), channels-last in torch on CUDA."""
         cuda = pixels.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-            return backbone(pixels)
+            features = backbone(pixels)
+        # the heads take float32 (a module other than the folded copy hands on float16)
+        return OrderedDict((name, level.float()) for name, level in features.items())
 
     def _features_and_proposals(
         self, net: _Network, images: ImageList
