@@ -33,7 +33,7 @@ from geoseg.errors import UserInputError
 from geoseg.plan import BatchResult
 from geoseg.scheduler import check_reachable
 
-__all__ = ["MAX_WAITING", "Progress", "compute_tasks", "iter_results"]
+__all__ = ["MAX_WAITING", "Progress", "compute_tasks", "iter_results", "model_copies"]
 
 Progress = Callable[[int], None]
 
@@ -139,6 +139,15 @@ EXTRA_THREADS = 2
 """Threads beyond one per core on ``threads``: reads wait on the disk and GDAL without holding
 the GIL, so two more keep the cores busy (the sparse 20,000 px benchmark: 60 s of tiles with
 4 threads on 2 cores against 73 s with 2)."""
+
+
+def model_copies(scheduler: Any) -> int:
+    """How many copies of the model ``scheduler`` runs at once on this machine: one per worker
+    process of ``processes`` (Dask's ``num_workers``, else the CPU count), one otherwise (the
+    threads of ``threads`` share one model; a ``distributed`` worker holds its own)."""
+    if isinstance(scheduler, str) and scheduler == "processes":
+        return int(dask.config.get("num_workers", None) or CPU_COUNT)
+    return 1
 
 
 def _local_options(scheduler: str) -> dict[str, int]:

@@ -26,10 +26,12 @@ GPU_SHARE = 0.5
 allocator, other processes, fragmentation)."""
 
 
-def auto_batch_size(device: str, tile_px: int) -> int:
+def auto_batch_size(device: str, tile_px: int, model_copies: int = 1) -> int:
     """Tiles per batch for ``device``: :data:`CPU_BATCH` unless it resolves to a CUDA GPU, then
-    :data:`GPU_SHARE` of its free memory over :data:`GPU_BYTES_PER_MEGAPIXEL` per tile, between
-    :data:`CPU_BATCH` and :data:`MAX_GPU_BATCH`."""
+    :data:`GPU_SHARE` of its free memory, split between the ``model_copies`` models that will
+    run on it at once (one per worker process of Dask's ``processes`` scheduler), over
+    :data:`GPU_BYTES_PER_MEGAPIXEL` per tile, between :data:`CPU_BATCH` and
+    :data:`MAX_GPU_BATCH`."""
     if device == "cpu" or importlib.util.find_spec("torch") is None:
         return CPU_BATCH
     import torch
@@ -42,4 +44,5 @@ def auto_batch_size(device: str, tile_px: int) -> int:
     except (RuntimeError, ValueError):  # a bad device name is reported where it is used
         return CPU_BATCH
     per_tile = GPU_BYTES_PER_MEGAPIXEL * tile_px * tile_px / 1e6
-    return int(min(MAX_GPU_BATCH, max(CPU_BATCH, GPU_SHARE * free // per_tile)))
+    share = GPU_SHARE * free / max(1, model_copies)
+    return int(min(MAX_GPU_BATCH, max(CPU_BATCH, share // per_tile)))

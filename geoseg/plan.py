@@ -225,9 +225,13 @@ class BatchResult:
     batch_index: int = 0
 
 
-def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan:
+def plan_scene(
+    path: str | Path, options: RunOptions | None = None, *, model_copies: int = 1
+) -> ScenePlan:
     """Open and validate the scene, describe the model (read once per process, on the CPU or
-    not built at all: see :func:`~geoseg.model.protocol.describe_spec`), cut the tile grid."""
+    not built at all: see :func:`~geoseg.model.protocol.describe_spec`), cut the tile grid.
+    ``model_copies``: how many models will share a GPU at once, for the batch size
+    (:func:`~geoseg.gpu.auto_batch_size`; see :func:`geoseg.compute.model_copies`)."""
     options = options or RunOptions()
     options = replace(options, formats=check_formats(tuple(options.formats)))
     check_numbers(options)
@@ -249,7 +253,8 @@ def plan_scene(path: str | Path, options: RunOptions | None = None) -> ScenePlan
         if unknown:
             raise UserInputError(f"min_score names {unknown}, which the model does not know")
     if options.batch_size is None:
-        options = replace(options, batch_size=auto_batch_size(options.device, options.tile_px))
+        size = auto_batch_size(options.device, options.tile_px, model_copies)
+        options = replace(options, batch_size=size)
     if options.batch_size < 1:
         raise UserInputError(f"--batch-size {options.batch_size} must be at least 1")
     if not 0 < options.merge_iou <= 1:

@@ -211,3 +211,25 @@ def test_an_object_its_owner_tile_doubts_is_kept_where_a_neighbour_is_sure(
     ships = gpd.read_file(tmp_path / "out" / "s.gpkg", layer="ship")
     assert ships.score.tolist() == [pytest.approx(0.9)]
     assert_same_shape(ships.geometry[0], truth_polygon(ids, 1, UTM_TRANSFORM))
+
+
+def test_batches_are_sized_for_the_models_that_share_a_gpu(
+    street: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dask
+    import torch
+
+    from geoseg import gpu
+    from geoseg.compute import model_copies
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _i: (24 * 2**30, 0))
+    options = RunOptions(model=ORACLE, tile_px=512, device="cuda")
+    alone = plan_scene(street, options).options.batch_size
+    shared = plan_scene(street, options, model_copies=4).options.batch_size
+    per_tile = gpu.GPU_BYTES_PER_MEGAPIXEL * 512 * 512 / 1e6  # 201 MiB
+    assert alone == gpu.MAX_GPU_BATCH  # 12 GiB for one model: 61 tiles, capped
+    assert shared == int(gpu.GPU_SHARE * 24 * 2**30 / 4 // per_tile) == 15
+    assert model_copies("threads") == 1 and model_copies("tcp://host:8786") == 1
+    with dask.config.set(num_workers=3):
+        assert model_copies("processes") == 3

@@ -176,8 +176,10 @@ def run_batch(
         emit("start", len(scenes))
 
         plans: list[tuple[ScenePlan, str, str]] = []
+        # the local cluster of connect() starts `workers or 2` processes, each with a model
+        copies = (workers or 2) if scheduler == "processes" else 1
         for scene in scenes:
-            outcome, todo = _plan_or_skip(scene, options, journal, params, verify)
+            outcome, todo = _plan_or_skip(scene, options, journal, params, verify, copies)
             if outcome is not None:
                 outcomes[scene] = outcome
                 emit("scene", outcome)
@@ -224,13 +226,18 @@ def _check_model(options: RunOptions, scheduler: Any) -> None:
 
 
 def _plan_or_skip(
-    scene: Path, options: RunOptions, journal: Journal, params: str, verify: str = "quick"
+    scene: Path,
+    options: RunOptions,
+    journal: Journal,
+    params: str,
+    verify: str = "quick",
+    model_copies: int = 1,
 ) -> tuple[SceneOutcome | None, tuple[ScenePlan, str] | None]:
-    """Plan a scene: ``(outcome, None)`` if it failed or is done, else ``(None, (plan,
-    fingerprint))``."""
+    """Plan a scene (batches sized for ``model_copies`` models on a GPU): ``(outcome, None)``
+    if it failed or is done, else ``(None, (plan, fingerprint))``."""
     fprint = fingerprint(scene, verify)
     try:
-        plan = plan_scene(scene, options)
+        plan = plan_scene(scene, options, model_copies=model_copies)
     except ModelError:
         raise  # the same for every scene: stop the batch with one message
     except Exception as exc:  # isolate the scene: record it, go on with the others

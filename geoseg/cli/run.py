@@ -48,6 +48,7 @@ def run_command(
     import time
 
     from geoseg.commit import check_writable, scene_lock
+    from geoseg.compute import model_copies
     from geoseg.pipeline import assemble_scene, iter_results, plan_scene, scene_tasks
     from geoseg.remote import is_remote
 
@@ -55,7 +56,8 @@ def run_command(
     options = options_from_cli(**kwargs)
     start = time.perf_counter()
     check_writable(outdir)
-    plan = plan_scene(scene if is_remote(scene) else Path(scene), options)
+    where = scene if is_remote(scene) else Path(scene)
+    plan = plan_scene(where, options, model_copies=model_copies(scheduler))
     _announce(plan, verbosity)
     with scene_lock(outdir, plan.scene.stem), _progress_bar(plan.n_tiles, verbosity) as bar:
         results = iter_results(scene_tasks(plan), scheduler, bar.update if bar else None)
