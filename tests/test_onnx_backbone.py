@@ -220,11 +220,11 @@ def test_geoseg_ort_arena_0_keeps_no_arena(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(onnx_backbone, "_arena_shared", None)
     monkeypatch.setenv("GEOSEG_ORT_ARENA", "0")
     assert onnx_backbone.shared_cpu_arena() is False
-    session = onnx_backbone.cpu_session(_tiny_graph(), threads=1)
+    session = onnx_backbone.cpu_session(_backbone_graph(), threads=1)
     assert not session.get_session_options().enable_cpu_mem_arena
 
 
-def _tiny_graph() -> bytes:
+def _backbone_graph() -> bytes:
     from geoseg.model.onnx_backbone import exported_graph
 
     return exported_graph(build_network(PRETRAINED_ARCH, 3).backbone.eval())[1]

@@ -96,6 +96,12 @@ class _Pending:
 ProgressEvent = Callable[[str, Any], None]
 
 
+def _local_workers(scheduler: str, workers: int | None) -> int:
+    """How many workers :func:`connect` starts for a local ``scheduler``: ``workers``, else
+    one on ``threads`` and two on ``processes``."""
+    return workers or (1 if scheduler == "threads" else 2)
+
+
 def connect(
     scheduler: Any, *, workers: int | None = None, threads_per_worker: int | None = None
 ) -> tuple[Any, Any]:
@@ -117,7 +123,7 @@ def connect(
         scheduler, workers, threads_per_worker = "threads", 1, 1
     if scheduler in ("threads", "processes"):
         cluster = LocalCluster(
-            n_workers=workers or (1 if scheduler == "threads" else 2),
+            n_workers=_local_workers(scheduler, workers),
             threads_per_worker=threads_per_worker,
             processes=scheduler == "processes",
             dashboard_address=":0",
@@ -176,8 +182,8 @@ def run_batch(
         emit("start", len(scenes))
 
         plans: list[tuple[ScenePlan, str, str]] = []
-        # the local cluster of connect() starts `workers or 2` processes, each with a model
-        copies = (workers or 2) if scheduler == "processes" else 1
+        # a local cluster of processes holds a model in each worker
+        copies = _local_workers(scheduler, workers) if scheduler == "processes" else 1
         for scene in scenes:
             outcome, todo = _plan_or_skip(scene, options, journal, params, verify, copies)
             if outcome is not None:
