@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,11 +30,22 @@ from dask.callbacks import Callback
 from dask.delayed import Delayed
 from dask.system import CPU_COUNT
 
+from geoseg.config import RunOptions
 from geoseg.errors import UserInputError
+from geoseg.gpu import CPU_BATCH, GpuMemory, batch_for_memory, gpu_memory
 from geoseg.plan import BatchResult
-from geoseg.scheduler import check_reachable
+from geoseg.scheduler import LOCAL_SCHEDULERS, check_reachable
 
-__all__ = ["MAX_WAITING", "Progress", "compute_tasks", "iter_results", "model_copies"]
+__all__ = [
+    "MAX_WAITING",
+    "Progress",
+    "batch_for_workers",
+    "compute_tasks",
+    "iter_results",
+    "model_copies",
+    "sized_for_cluster",
+    "workers_batch_size",
+]
 
 Progress = Callable[[int], None]
 
@@ -82,7 +94,7 @@ def iter_results(
     ``scheduler`` is ``threads``, ``processes``, ``sync``, an address or a ``Client``;
     ``progress`` is called with the number of tiles of each result.
     """
-    if isinstance(scheduler, str) and scheduler in ("threads", "processes", "sync"):
+    if _is_local(scheduler):
         results = _iter_local(tasks, scheduler)
     else:
         results = _iter_distributed(tasks, scheduler)
@@ -95,7 +107,7 @@ def iter_results(
 def compute_tasks(tasks: Sequence[Delayed], scheduler: Any = "threads") -> list[Any]:
     """Every task's result, in task order, all at once (for small jobs such as
     ``geoseg select``'s; a scene goes through :func:`iter_results`)."""
-    if isinstance(scheduler, str) and scheduler in ("threads", "processes", "sync"):
+    if _is_local(scheduler):
         return list(dask.compute(*tasks, scheduler=scheduler, **_local_options(scheduler)))
     with _client(scheduler) as client:
         return list(client.gather(client.compute(list(tasks))))
@@ -150,6 +162,46 @@ def model_copies(scheduler: Any) -> int:
     return 1
 
 
+def sized_for_cluster(options: RunOptions, scheduler: Any) -> RunOptions:
+    """``options`` with a batch size for the GPUs of a ``distributed`` scheduler's workers
+    (:func:`workers_batch_size`), which the planning process cannot see from where it runs.
+    Unchanged where the batch size is set, the device is the CPU, or the scheduler is local
+    (the planner sizes batches by this machine's GPU, see :func:`model_copies`)."""
+    if options.batch_size is not None or options.device == "cpu" or _is_local(scheduler):
+        return options
+    with _client(scheduler) as client:
+        size = workers_batch_size(client, options.device, options.tile_px)
+    return replace(options, batch_size=size)
+
+
+def workers_batch_size(client: Any, device: str, tile_px: int) -> int:
+    """Tiles per batch for a ``distributed`` cluster: each worker measures the GPU that
+    ``device`` resolves to there (:func:`~geoseg.gpu.gpu_memory`, through ``client.run``), and
+    :func:`batch_for_workers` sizes batches for the tightest of them."""
+    return batch_for_workers(client.run(gpu_memory, device), tile_px)
+
+
+def batch_for_workers(seen: Mapping[str, GpuMemory | None], tile_px: int) -> int:
+    """The smallest batch that the workers' GPUs (``seen``: a worker's address to its GPU,
+    ``None`` without one) hold, where the workers that see one GPU (same host and UUID) split
+    its memory; :data:`~geoseg.gpu.CPU_BATCH` where no worker has a GPU."""
+    from distributed.comm import get_address_host
+
+    gpus = [
+        ((get_address_host(address), memory.uuid), memory.free_bytes)
+        for address, memory in seen.items()
+        if memory is not None
+    ]
+    if not gpus:
+        return CPU_BATCH
+    sharing = Counter(gpu for gpu, _ in gpus)
+    return min(batch_for_memory(free, tile_px, sharing[gpu]) for gpu, free in gpus)
+
+
+def _is_local(scheduler: Any) -> bool:
+    return isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS
+
+
 def _local_options(scheduler: str) -> dict[str, int]:
     """Options for Dask's local schedulers, each left to the user's Dask config if set there:
 
@@ -192,11 +244,17 @@ def _iter_distributed(tasks: Sequence[Delayed], scheduler: Any) -> Iterator[Batc
 
 @contextlib.contextmanager
 def _client(scheduler: Any) -> Iterator[Any]:
-    """A ``distributed.Client`` for an address (closed after) or the ``Client`` given."""
+    """A ``distributed.Client`` for an address or a ``Cluster`` (closed after), or the
+    ``Client`` given."""
     from distributed import Client
+    from distributed.deploy import Cluster
 
     if isinstance(scheduler, Client):
         yield scheduler
+        return
+    if isinstance(scheduler, Cluster):  # the caller's: only this client is closed after
+        with Client(scheduler) as client:
+            yield client
         return
     check_reachable(str(scheduler))
     try:

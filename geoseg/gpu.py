@@ -7,8 +7,17 @@ is installed, so a CPU run with a torch-free model never loads it.
 from __future__ import annotations
 
 import importlib.util
+from typing import Any, NamedTuple
 
-__all__ = ["CPU_BATCH", "GPU_BYTES_PER_MEGAPIXEL", "MAX_GPU_BATCH", "auto_batch_size"]
+__all__ = [
+    "CPU_BATCH",
+    "GPU_BYTES_PER_MEGAPIXEL",
+    "MAX_GPU_BATCH",
+    "GpuMemory",
+    "auto_batch_size",
+    "batch_for_memory",
+    "gpu_memory",
+]
 
 CPU_BATCH = 4
 """Tiles per model call on the CPU: enough to amortize a call, small enough for 2 cores."""
@@ -28,21 +37,54 @@ allocator, other processes, fragmentation)."""
 
 def auto_batch_size(device: str, tile_px: int, model_copies: int = 1) -> int:
     """Tiles per batch for ``device``: :data:`CPU_BATCH` unless it resolves to a CUDA GPU, then
-    :data:`GPU_SHARE` of its free memory, split between the ``model_copies`` models that will
-    run on it at once (one per worker process of Dask's ``processes`` scheduler), over
-    :data:`GPU_BYTES_PER_MEGAPIXEL` per tile, between :data:`CPU_BATCH` and
-    :data:`MAX_GPU_BATCH`."""
-    if device == "cpu" or importlib.util.find_spec("torch") is None:
+    :func:`batch_for_memory` of its free memory (see :func:`gpu_memory`)."""
+    memory = gpu_memory(device)
+    if memory is None:
         return CPU_BATCH
+    return batch_for_memory(memory.free_bytes, tile_px, model_copies)
+
+
+def batch_for_memory(free_bytes: int, tile_px: int, model_copies: int = 1) -> int:
+    """Tiles per batch on a GPU with ``free_bytes`` free: :data:`GPU_SHARE` of them, split
+    between the ``model_copies`` models that will run on it at once (one per worker process
+    of Dask's ``processes`` scheduler, or per ``distributed`` worker that shares the GPU),
+    over :data:`GPU_BYTES_PER_MEGAPIXEL` per tile, between :data:`CPU_BATCH` and
+    :data:`MAX_GPU_BATCH`."""
+    per_tile = GPU_BYTES_PER_MEGAPIXEL * tile_px * tile_px / 1e6
+    share = GPU_SHARE * free_bytes / max(1, model_copies)
+    return int(min(MAX_GPU_BATCH, max(CPU_BATCH, share // per_tile)))
+
+
+class GpuMemory(NamedTuple):
+    """The CUDA GPU a device name resolves to in this process: which one (``uuid``, the same
+    for every process that sees it) and its free memory now."""
+
+    uuid: str
+    free_bytes: int
+
+
+def gpu_memory(device: str) -> GpuMemory | None:
+    """The GPU that ``device`` (``auto``, ``cuda``, ``cuda:N``) resolves to in this process;
+    ``None`` where it resolves to the CPU (``cpu``, no torch, no CUDA, or a bad name, which is
+    reported where the model is loaded)."""
+    if device == "cpu" or importlib.util.find_spec("torch") is None:
+        return None
     import torch
 
     if not torch.cuda.is_available():
-        return CPU_BATCH
+        return None
     try:
         index = torch.device("cuda" if device == "auto" else device).index
-        free, _ = torch.cuda.mem_get_info(index if index is not None else 0)
-    except (RuntimeError, ValueError):  # a bad device name is reported where it is used
-        return CPU_BATCH
-    per_tile = GPU_BYTES_PER_MEGAPIXEL * tile_px * tile_px / 1e6
-    share = GPU_SHARE * free / max(1, model_copies)
-    return int(min(MAX_GPU_BATCH, max(CPU_BATCH, share // per_tile)))
+        index = index if index is not None else 0
+        free, _ = torch.cuda.mem_get_info(index)
+    except (RuntimeError, ValueError):
+        return None
+    return GpuMemory(_uuid(torch, index), int(free))
+
+
+def _uuid(torch: Any, index: int) -> str:
+    """The GPU's UUID (its index where this torch or driver gives none)."""
+    try:
+        return str(torch.cuda.get_device_properties(index).uuid)
+    except Exception:  # an old driver, a mocked device: the index still tells GPUs apart here
+        return f"cuda:{index}"

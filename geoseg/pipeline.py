@@ -36,7 +36,13 @@ from geoseg.assemble import (
     stitch_passes,
 )
 from geoseg.commit import check_writable, scene_lock
-from geoseg.compute import Progress, compute_tasks, iter_results, model_copies
+from geoseg.compute import (
+    Progress,
+    compute_tasks,
+    iter_results,
+    model_copies,
+    sized_for_cluster,
+)
 from geoseg.config import RunOptions, mask_cut_array, score_thresholds
 from geoseg.fragments import MaskCrop, instances_to_crops
 from geoseg.grid import Tile
@@ -247,7 +253,8 @@ def run_scene(
     """
     start = time.perf_counter()
     check_writable(outdir)
-    plan = plan_scene(scene, options or RunOptions(), model_copies=model_copies(scheduler))
+    options = sized_for_cluster(options or RunOptions(), scheduler)
+    plan = plan_scene(scene, options, model_copies=model_copies(scheduler))
     with scene_lock(outdir, plan.scene.stem):
         results = iter_results(scene_tasks(plan), scheduler, progress)
         return assemble_scene(plan, results, outdir, started=start)

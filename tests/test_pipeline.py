@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,6 @@ def test_graph_has_read_predict_vectorize_per_batch_and_no_model(street: Path) -
 
 
 def test_a_batch_is_a_column_of_a_band_of_tile_rows(street: Path) -> None:
-    from dataclasses import replace
 
     from geoseg.plan import _band_rows
 
@@ -233,3 +233,49 @@ def test_batches_are_sized_for_the_models_that_share_a_gpu(
     assert model_copies("threads") == 1 and model_copies("tcp://host:8786") == 1
     with dask.config.set(num_workers=3):
         assert model_copies("processes") == 3
+
+
+def test_a_cluster_s_batches_are_sized_by_its_workers_gpus(
+    street: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from distributed import Client, LocalCluster
+
+    from geoseg import gpu
+    from geoseg.compute import sized_for_cluster
+
+    # the two in-process workers see this process's GPU (faked): they share its 12 GiB
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _i: (12 * 2**30, 0))
+    options = RunOptions(model=ORACLE, tile_px=512, device="cuda")
+    alone = plan_scene(street, options).options.batch_size
+    with (
+        LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        for scheduler in (client, cluster.scheduler_address, cluster):
+            sized = sized_for_cluster(options, scheduler)
+            assert sized.batch_size == 15, scheduler
+        assert sized_for_cluster(replace(options, batch_size=6), client).batch_size == 6
+        assert sized_for_cluster(replace(options, device="cpu"), client).batch_size is None
+    per_tile = gpu.GPU_BYTES_PER_MEGAPIXEL * 512 * 512 / 1e6
+    assert alone == int(gpu.GPU_SHARE * 12 * 2**30 // per_tile) == 30  # the client alone
+    assert sized_for_cluster(options, "threads") is options
+
+
+def test_workers_split_only_the_gpu_they_share() -> None:
+    from geoseg import gpu
+    from geoseg.compute import batch_for_workers
+
+    free = gpu.GpuMemory("GPU-a", 12 * 2**30)
+    seen = {
+        "tcp://10.0.0.1:4001": free,
+        "tcp://10.0.0.1:4002": free._replace(uuid="GPU-b"),  # its own GPU on that host
+        "tcp://10.0.0.2:4001": free,  # the same model of GPU on another host
+        "tcp://10.0.0.3:4001": None,  # a CPU worker
+    }
+    assert batch_for_workers(seen, 512) == 30
+    seen["tcp://10.0.0.2:4002"] = free  # now two workers share 10.0.0.2's GPU
+    assert batch_for_workers(seen, 512) == 15
+    assert batch_for_workers({"tcp://10.0.0.3:4001": None}, 512) == gpu.CPU_BATCH
+    assert batch_for_workers({}, 512) == gpu.CPU_BATCH

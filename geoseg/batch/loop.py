@@ -30,6 +30,7 @@ from geoseg.batch.journal import (
     params_digest,
 )
 from geoseg.commit import remove_orphans, scene_lock
+from geoseg.compute import sized_for_cluster
 from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, ModelError, UserInputError
 from geoseg.model.protocol import describe_spec, load_segmenter
@@ -182,10 +183,12 @@ def run_batch(
         emit("start", len(scenes))
 
         plans: list[tuple[ScenePlan, str, str]] = []
-        # a local cluster of processes holds a model in each worker
+        # a local cluster of processes holds a model in each worker; the workers of another
+        # cluster measure their own GPUs
         copies = _local_workers(scheduler, workers) if scheduler == "processes" else 1
+        sized = sized_for_cluster(options, scheduler)
         for scene in scenes:
-            outcome, todo = _plan_or_skip(scene, options, journal, params, verify, copies)
+            outcome, todo = _plan_or_skip(scene, sized, journal, params, verify, copies)
             if outcome is not None:
                 outcomes[scene] = outcome
                 emit("scene", outcome)
