@@ -213,20 +213,28 @@ def test_an_object_its_owner_tile_doubts_is_kept_where_a_neighbour_is_sure(
     assert_same_shape(ships.geometry[0], truth_polygon(ids, 1, UTM_TRANSFORM))
 
 
+GPU_OPTIONS = RunOptions(model=ORACLE, tile_px=512, device="cuda")
+
+
+def _fake_gpu(monkeypatch: pytest.MonkeyPatch, free_bytes: int) -> None:
+    """This process sees one CUDA GPU with ``free_bytes`` free (torch is asked, never a GPU)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _i: (free_bytes, 0))
+
+
 def test_batches_are_sized_for_the_models_that_share_a_gpu(
     street: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dask
-    import torch
 
     from geoseg import gpu
     from geoseg.compute import model_copies
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _i: (24 * 2**30, 0))
-    options = RunOptions(model=ORACLE, tile_px=512, device="cuda")
-    alone = plan_scene(street, options).options.batch_size
-    shared = plan_scene(street, options, model_copies=4).options.batch_size
+    _fake_gpu(monkeypatch, 24 * 2**30)
+    alone = plan_scene(street, GPU_OPTIONS).options.batch_size
+    shared = plan_scene(street, GPU_OPTIONS, model_copies=4).options.batch_size
     per_tile = gpu.GPU_BYTES_PER_MEGAPIXEL * 512 * 512 / 1e6  # 201 MiB
     assert alone == gpu.MAX_GPU_BATCH  # 12 GiB for one model: 61 tiles, capped
     assert shared == int(gpu.GPU_SHARE * 24 * 2**30 / 4 // per_tile) == 15
@@ -238,16 +246,14 @@ def test_batches_are_sized_for_the_models_that_share_a_gpu(
 def test_a_cluster_s_batches_are_sized_by_its_workers_gpus(
     street: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import torch
     from distributed import Client, LocalCluster
 
     from geoseg import gpu
     from geoseg.compute import sized_for_cluster
 
     # the two in-process workers see this process's GPU (faked): they share its 12 GiB
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _i: (12 * 2**30, 0))
-    options = RunOptions(model=ORACLE, tile_px=512, device="cuda")
+    _fake_gpu(monkeypatch, 12 * 2**30)
+    options = GPU_OPTIONS
     alone = plan_scene(street, options).options.batch_size
     with (
         LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster,
