@@ -116,6 +116,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_a_finished_batch_reports_its_scenes_without_its_cluster(tmp_path: Path) -> None:
+    scenes = make_scenes(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    run_batch(scenes, out, options=OPTIONS, scheduler="threads")
+    gone = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    report = run_batch(scenes, out, options=OPTIONS, scheduler=gone)
+    assert [o.status for o in report.outcomes] == ["skipped", "skipped"]
+
+
 def test_batch_joins_an_existing_dask_scheduler(tmp_path: Path) -> None:
     scenes = make_scenes(tmp_path / "in", 2)
     port = free_port()

@@ -186,7 +186,7 @@ def run_batch(
         # a local cluster of processes holds a model in each worker; the workers of another
         # cluster measure their own GPUs
         copies = _local_workers(scheduler, workers) if scheduler == "processes" else 1
-        sized = sized_for_cluster(options, scheduler)
+        sized = _sized_for_cluster(options, scheduler)
         for scene in scenes:
             outcome, todo = _plan_or_skip(scene, sized, journal, params, verify, copies)
             if outcome is not None:
@@ -221,6 +221,17 @@ def run_batch(
             merged = merge_outputs(done, outdir, merge_iou=options.merge_iou)
     ordered = [outcomes[s] for s in scenes if s in outcomes]
     return BatchReport(ordered, time.perf_counter() - start, merged, dashboard)
+
+
+def _sized_for_cluster(options: RunOptions, scheduler: Any) -> RunOptions:
+    """:func:`~geoseg.compute.sized_for_cluster`, or ``options`` as they are where the cluster
+    cannot be reached now: a batch whose scenes are all done still reports them, and one with
+    work left stops where it connects, with that message."""
+    try:
+        return sized_for_cluster(options, scheduler)
+    except UserInputError as exc:
+        log.info("batches not sized for the cluster's GPUs: %s", exc)
+        return options
 
 
 def _check_model(options: RunOptions, scheduler: Any) -> None:
