@@ -34,7 +34,7 @@ from geoseg.config import RunOptions
 from geoseg.errors import UserInputError
 from geoseg.gpu import CPU_BATCH, GpuMemory, batch_for_memory, gpu_memory
 from geoseg.plan import BatchResult
-from geoseg.scheduler import LOCAL_SCHEDULERS, check_reachable
+from geoseg.scheduler import check_reachable, is_local
 
 __all__ = [
     "MAX_WAITING",
@@ -44,7 +44,6 @@ __all__ = [
     "iter_results",
     "model_copies",
     "sized_for_cluster",
-    "workers_batch_size",
 ]
 
 Progress = Callable[[int], None]
@@ -94,7 +93,7 @@ def iter_results(
     ``scheduler`` is ``threads``, ``processes``, ``sync``, an address or a ``Client``;
     ``progress`` is called with the number of tiles of each result.
     """
-    if _is_local(scheduler):
+    if is_local(scheduler):
         results = _iter_local(tasks, scheduler)
     else:
         results = _iter_distributed(tasks, scheduler)
@@ -107,7 +106,7 @@ def iter_results(
 def compute_tasks(tasks: Sequence[Delayed], scheduler: Any = "threads") -> list[Any]:
     """Every task's result, in task order, all at once (for small jobs such as
     ``geoseg select``'s; a scene goes through :func:`iter_results`)."""
-    if _is_local(scheduler):
+    if is_local(scheduler):
         return list(dask.compute(*tasks, scheduler=scheduler, **_local_options(scheduler)))
     with _client(scheduler) as client:
         return list(client.gather(client.compute(list(tasks))))
@@ -164,21 +163,15 @@ def model_copies(scheduler: Any) -> int:
 
 def sized_for_cluster(options: RunOptions, scheduler: Any) -> RunOptions:
     """``options`` with a batch size for the GPUs of a ``distributed`` scheduler's workers
-    (:func:`workers_batch_size`), which the planning process cannot see from where it runs.
+    (:func:`batch_for_workers` of what each measures, :func:`~geoseg.gpu.gpu_memory`), which
+    the planning process cannot see from where it runs.
     Unchanged where the batch size is set, the device is the CPU, or the scheduler is local
     (the planner sizes batches by this machine's GPU, see :func:`model_copies`)."""
-    if options.batch_size is not None or options.device == "cpu" or _is_local(scheduler):
+    if options.batch_size is not None or options.device == "cpu" or is_local(scheduler):
         return options
-    with _client(scheduler) as client:
-        size = workers_batch_size(client, options.device, options.tile_px)
-    return replace(options, batch_size=size)
-
-
-def workers_batch_size(client: Any, device: str, tile_px: int) -> int:
-    """Tiles per batch for a ``distributed`` cluster: each worker measures the GPU that
-    ``device`` resolves to there (:func:`~geoseg.gpu.gpu_memory`, through ``client.run``), and
-    :func:`batch_for_workers` sizes batches for the tightest of them."""
-    return batch_for_workers(client.run(gpu_memory, device), tile_px)
+    with _client(scheduler) as client:  # each worker measures the GPU it resolves to
+        seen = client.run(gpu_memory, options.device)
+    return replace(options, batch_size=batch_for_workers(seen, options.tile_px))
 
 
 def batch_for_workers(seen: Mapping[str, GpuMemory | None], tile_px: int) -> int:
@@ -196,10 +189,6 @@ def batch_for_workers(seen: Mapping[str, GpuMemory | None], tile_px: int) -> int
         return CPU_BATCH
     sharing = Counter(gpu for gpu, _ in gpus)
     return min(batch_for_memory(free, tile_px, sharing[gpu]) for gpu, free in gpus)
-
-
-def _is_local(scheduler: Any) -> bool:
-    return isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS
 
 
 def _local_options(scheduler: str) -> dict[str, int]:

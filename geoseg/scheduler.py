@@ -12,12 +12,18 @@ import socket
 
 from geoseg.errors import UserInputError
 
-__all__ = ["ACCEPTED", "LOCAL_SCHEDULERS", "check_reachable", "check_scheduler"]
+__all__ = ["ACCEPTED", "LOCAL_SCHEDULERS", "check_reachable", "check_scheduler", "is_local"]
 
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 _ADDRESS = re.compile(r"^(?:(tcp|tls|ws|wss|ucx|inproc)://)?(\[[^\]]+\]|[^:/\s]+)(?::(\d+))?$")
 ACCEPTED = "threads, processes, or a Dask scheduler address such as tcp://host:8786"
 CONNECT_TIMEOUT_S = 5.0
+
+
+def is_local(scheduler: object) -> bool:
+    """Whether ``scheduler`` names one of Dask's local schedulers (not an address, a
+    ``Client`` or a ``Cluster``)."""
+    return isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS
 
 
 def check_scheduler(value: str) -> str:

@@ -35,7 +35,7 @@ from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, ModelError, UserInputError
 from geoseg.model.protocol import describe_spec, load_segmenter
 from geoseg.pipeline import BatchResult, SceneAssembler, ScenePlan, plan_scene, scene_tasks
-from geoseg.scheduler import check_reachable
+from geoseg.scheduler import check_reachable, is_local
 
 __all__ = ["MAX_PENDING_BATCHES", "BatchReport", "SceneOutcome", "connect", "run_batch"]
 
@@ -239,7 +239,7 @@ def _check_model(options: RunOptions, scheduler: Any) -> None:
     model is loaded here as they will load it (with threads, the very copy they use);
     a cluster's workers may have a device this machine lacks (a GPU node, driven from a login
     node), so only what the model says of itself is read here, never on their device."""
-    if isinstance(scheduler, str) and scheduler in ("threads", "processes", "sync"):
+    if is_local(scheduler):
         load_segmenter(options.model, device=options.device)
     else:
         describe_spec(options.model, device=options.device)
