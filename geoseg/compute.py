@@ -40,6 +40,7 @@ __all__ = [
     "MAX_WAITING",
     "Progress",
     "batch_for_workers",
+    "client_for",
     "compute_tasks",
     "iter_results",
     "model_copies",
@@ -108,7 +109,7 @@ def compute_tasks(tasks: Sequence[Delayed], scheduler: Any = "threads") -> list[
     ``geoseg select``'s; a scene goes through :func:`iter_results`)."""
     if is_local(scheduler):
         return list(dask.compute(*tasks, scheduler=scheduler, **_local_options(scheduler)))
-    with _client(scheduler) as client:
+    with client_for(scheduler) as client:
         return list(client.gather(client.compute(list(tasks))))
 
 
@@ -169,7 +170,7 @@ def sized_for_cluster(options: RunOptions, scheduler: Any) -> RunOptions:
     (the planner sizes batches by this machine's GPU, see :func:`model_copies`)."""
     if options.batch_size is not None or options.device == "cpu" or is_local(scheduler):
         return options
-    with _client(scheduler) as client:  # each worker measures the GPU it resolves to
+    with client_for(scheduler) as client:  # each worker measures the GPU it resolves to
         seen = client.run(gpu_memory, options.device)
     return replace(options, batch_size=batch_for_workers(seen, options.tile_px))
 
@@ -223,7 +224,7 @@ def _put(sink: queue.Queue, item: object, stop: threading.Event) -> bool:
 def _iter_distributed(tasks: Sequence[Delayed], scheduler: Any) -> Iterator[BatchResult]:
     from distributed import as_completed
 
-    with _client(scheduler) as client:
+    with client_for(scheduler) as client:
         done = as_completed(client.compute(list(tasks)))
         for future in done:  # as_completed lets go of each future once it is yielded
             result = future.result()
@@ -232,9 +233,10 @@ def _iter_distributed(tasks: Sequence[Delayed], scheduler: Any) -> Iterator[Batc
 
 
 @contextlib.contextmanager
-def _client(scheduler: Any) -> Iterator[Any]:
-    """A ``distributed.Client`` for an address or a ``Cluster`` (closed after), or the
-    ``Client`` given."""
+def client_for(scheduler: Any) -> Iterator[Any]:
+    """A ``distributed.Client`` for an address or a ``Cluster`` (closed after; a ``Cluster``
+    itself is the caller's), or the ``Client`` given (left open). An address where no
+    scheduler answers is a one-line :class:`~geoseg.errors.UserInputError`."""
     from distributed import Client
     from distributed.deploy import Cluster
 

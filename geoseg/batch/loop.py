@@ -10,11 +10,12 @@ input, model and parameters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,12 @@ from geoseg.batch.journal import (
     params_digest,
 )
 from geoseg.commit import remove_orphans, scene_lock
-from geoseg.compute import sized_for_cluster
+from geoseg.compute import client_for, sized_for_cluster
 from geoseg.config import RunOptions
 from geoseg.errors import GeoSegError, ModelError, UserInputError
 from geoseg.model.protocol import describe_spec, load_segmenter
 from geoseg.pipeline import BatchResult, SceneAssembler, ScenePlan, plan_scene, scene_tasks
-from geoseg.scheduler import check_reachable, is_local
+from geoseg.scheduler import is_local
 
 __all__ = ["MAX_PENDING_BATCHES", "BatchReport", "SceneOutcome", "connect", "run_batch"]
 
@@ -103,45 +104,39 @@ def _local_workers(scheduler: str, workers: int | None) -> int:
     return workers or (1 if scheduler == "threads" else 2)
 
 
+@contextlib.contextmanager
 def connect(
     scheduler: Any, *, workers: int | None = None, threads_per_worker: int | None = None
-) -> tuple[Any, Any]:
-    """A ``distributed.Client`` for ``scheduler``; returns ``(client, cluster_or_None)``.
+) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``scheduler``, closed after with whatever was started
+    for it.
 
     ``threads`` starts a local cluster whose worker runs in this process (one copy of the
     model; ``sync``: one thread); ``processes`` a local cluster of worker processes (a model
-    in each); an address joins an existing scheduler; a ``Client`` is used as it is (and the
-    caller closes it: the second item is then ``None`` and the client is not ours either).
+    in each); an address, a ``Cluster`` or a ``Client`` go through
+    :func:`~geoseg.compute.client_for` (a ``Client`` given is used as it is and left open).
     """
+    if not is_local(scheduler):
+        with client_for(scheduler) as client:
+            yield client
+        return
     from distributed import Client, LocalCluster
-    from distributed.deploy import Cluster
 
-    if isinstance(scheduler, Client):
-        return scheduler, None
-    if isinstance(scheduler, Cluster):  # e.g. from a spec's cluster section: the caller's
-        return Client(scheduler), None
     if scheduler == "sync":
         scheduler, workers, threads_per_worker = "threads", 1, 1
-    if scheduler in ("threads", "processes"):
-        cluster = LocalCluster(
-            n_workers=_local_workers(scheduler, workers),
-            threads_per_worker=threads_per_worker,
-            processes=scheduler == "processes",
-            dashboard_address=":0",
-            # worker processes log no more than this process was told to (the batch
-            # reports failed tasks itself)
-            silence_logs=max(
-                logging.WARNING, logging.getLogger("distributed.worker").getEffectiveLevel()
-            ),
-        )
-        return Client(cluster), cluster
-    check_reachable(str(scheduler))
-    try:
-        return Client(scheduler, timeout="20s"), None
-    except OSError as exc:
-        raise UserInputError(
-            f"--scheduler {scheduler}: cannot reach a Dask scheduler ({exc})"
-        ) from exc
+    cluster = LocalCluster(
+        n_workers=_local_workers(scheduler, workers),
+        threads_per_worker=threads_per_worker,
+        processes=scheduler == "processes",
+        dashboard_address=":0",
+        # worker processes log no more than this process was told to (the batch
+        # reports failed tasks itself)
+        silence_logs=max(
+            logging.WARNING, logging.getLogger("distributed.worker").getEffectiveLevel()
+        ),
+    )
+    with cluster, Client(cluster) as client:
+        yield client
 
 
 def run_batch(
@@ -198,8 +193,7 @@ def run_batch(
 
         dashboard = None
         if plans:
-            client, cluster = connect(scheduler, workers=workers)
-            try:
+            with connect(scheduler, workers=workers) as client:
                 dashboard = getattr(client, "dashboard_link", None)
                 emit("dashboard", dashboard)
                 with keep_workers(getattr(client, "cluster", None)):
@@ -207,11 +201,6 @@ def run_batch(
                         client, plans, outdir, journal, params, predict_resources, emit
                     ):
                         outcomes[outcome.scene] = outcome
-            finally:
-                if client is not scheduler:  # close only what we opened
-                    client.close()
-                if cluster is not None:
-                    cluster.close()
 
         merged = None
         if merge:
