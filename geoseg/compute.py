@@ -42,6 +42,7 @@ __all__ = [
     "batch_for_workers",
     "client_for",
     "compute_tasks",
+    "connected",
     "iter_results",
     "model_copies",
     "sized_for_cluster",
@@ -230,6 +231,18 @@ def _iter_distributed(tasks: Sequence[Delayed], scheduler: Any) -> Iterator[Batc
             result = future.result()
             future.release()
             yield result
+
+
+@contextlib.contextmanager
+def connected(scheduler: Any) -> Iterator[Any]:
+    """``scheduler`` as it is where it is local; otherwise one ``Client`` for it
+    (:func:`client_for`), open for the whole block, so that sizing batches and running a
+    scene share one connection."""
+    if is_local(scheduler):
+        yield scheduler
+        return
+    with client_for(scheduler) as client:
+        yield client
 
 
 @contextlib.contextmanager

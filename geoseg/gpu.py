@@ -7,6 +7,7 @@ is installed, so a CPU run with a torch-free model never loads it.
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "auto_batch_size",
     "batch_for_memory",
     "gpu_memory",
+    "physical_gpu",
 ]
 
 CPU_BATCH = 4
@@ -83,8 +85,19 @@ def gpu_memory(device: str) -> GpuMemory | None:
 
 
 def _uuid(torch: Any, index: int) -> str:
-    """The GPU's UUID (its index where this torch or driver gives none)."""
+    """The GPU's UUID; where this torch or driver gives none, the name of the physical GPU
+    that ``CUDA_VISIBLE_DEVICES`` maps ``index`` to (``cuda:1``, ``cuda:GPU-8f...``), so two
+    workers of one host that each see their own GPU as ``cuda:0`` (dask-cuda's way) are not
+    taken for two users of one GPU."""
     try:
         return str(torch.cuda.get_device_properties(index).uuid)
-    except Exception:  # an old driver, a mocked device: the index still tells GPUs apart here
-        return f"cuda:{index}"
+    except Exception:  # an old driver, a mocked device
+        return f"cuda:{physical_gpu(index, os.environ.get('CUDA_VISIBLE_DEVICES'))}"
+
+
+def physical_gpu(index: int, visible: str | None) -> str:
+    """The entry of ``visible`` (a ``CUDA_VISIBLE_DEVICES`` value: indices or UUIDs, comma
+    separated) that CUDA device ``index`` of this process is; ``index`` itself where the
+    variable is unset or has no such entry."""
+    entries = [e.strip() for e in (visible or "").split(",") if e.strip()]
+    return entries[index] if 0 <= index < len(entries) else str(index)

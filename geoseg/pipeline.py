@@ -39,6 +39,7 @@ from geoseg.commit import check_writable, scene_lock
 from geoseg.compute import (
     Progress,
     compute_tasks,
+    connected,
     iter_results,
     model_copies,
     sized_for_cluster,
@@ -253,8 +254,9 @@ def run_scene(
     """
     start = time.perf_counter()
     check_writable(outdir)
-    options = sized_for_cluster(options or RunOptions(), scheduler)
-    plan = plan_scene(scene, options, model_copies=model_copies(scheduler))
-    with scene_lock(outdir, plan.scene.stem):
-        results = iter_results(scene_tasks(plan), scheduler, progress)
-        return assemble_scene(plan, results, outdir, started=start)
+    with connected(scheduler) as scheduler:
+        options = sized_for_cluster(options or RunOptions(), scheduler)
+        plan = plan_scene(scene, options, model_copies=model_copies(scheduler))
+        with scene_lock(outdir, plan.scene.stem):
+            results = iter_results(scene_tasks(plan), scheduler, progress)
+            return assemble_scene(plan, results, outdir, started=start)

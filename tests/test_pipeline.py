@@ -83,8 +83,12 @@ def test_runs_on_a_distributed_cluster(tmp_path: Path, street: Path) -> None:
             scheduler=cluster.scheduler_address,
             progress=done.append,
         )
+        events = cluster.scheduler.get_events("all")
     assert result.counts == local.counts
     assert sum(done) == result.n_tiles + result.n_skipped
+    # the workers sized the batches (device "auto") and ran the scene over one connection
+    connections = [e for _, e in events if e.get("action") == "add-client"]
+    assert len(connections) == 1, connections
 
 
 def test_a_failing_model_leaves_no_output(tmp_path: Path, street: Path) -> None:
@@ -285,3 +289,22 @@ def test_workers_split_only_the_gpu_they_share() -> None:
     assert batch_for_workers(seen, 512) == 15
     assert batch_for_workers({"tcp://10.0.0.3:4001": None}, 512) == gpu.CPU_BATCH
     assert batch_for_workers({}, 512) == gpu.CPU_BATCH
+
+
+def test_a_gpu_without_a_uuid_is_named_by_its_physical_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workers of one host that each see their own GPU as cuda:0 (CUDA_VISIBLE_DEVICES
+    set per worker) are told apart where the driver gives no UUID."""
+    from geoseg import gpu
+
+    _fake_gpu(monkeypatch, 8 * 2**30)  # this machine has no GPU: torch gives no UUID
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    first = gpu.gpu_memory("cuda:0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2c, 3")
+    second = gpu.gpu_memory("cuda")
+    assert (first.uuid, second.uuid) == ("cuda:2", "cuda:GPU-8f2c")
+    assert gpu.gpu_memory("cuda:1").uuid == "cuda:3"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu.gpu_memory("auto").uuid == "cuda:0"
+    assert gpu.physical_gpu(4, "0,1") == "4"

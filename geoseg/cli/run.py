@@ -48,7 +48,7 @@ def run_command(
     import time
 
     from geoseg.commit import check_writable, scene_lock
-    from geoseg.compute import model_copies, sized_for_cluster
+    from geoseg.compute import connected, model_copies, sized_for_cluster
     from geoseg.pipeline import assemble_scene, iter_results, plan_scene, scene_tasks
     from geoseg.remote import is_remote
 
@@ -57,12 +57,13 @@ def run_command(
     start = time.perf_counter()
     check_writable(outdir)
     where = scene if is_remote(scene) else Path(scene)
-    options = sized_for_cluster(options, scheduler)  # a cluster's workers measure their GPUs
-    plan = plan_scene(where, options, model_copies=model_copies(scheduler))
-    _announce(plan, verbosity)
-    with scene_lock(outdir, plan.scene.stem), _progress_bar(plan.n_tiles, verbosity) as bar:
-        results = iter_results(scene_tasks(plan), scheduler, bar.update if bar else None)
-        result = assemble_scene(plan, results, outdir, started=start)
+    with connected(scheduler) as scheduler:  # one connection to a cluster, for both steps
+        options = sized_for_cluster(options, scheduler)  # its workers measure their GPUs
+        plan = plan_scene(where, options, model_copies=model_copies(scheduler))
+        _announce(plan, verbosity)
+        with scene_lock(outdir, plan.scene.stem), _progress_bar(plan.n_tiles, verbosity) as bar:
+            results = iter_results(scene_tasks(plan), scheduler, bar.update if bar else None)
+            result = assemble_scene(plan, results, outdir, started=start)
     if verbosity >= 0:
         _summary(result)
 
