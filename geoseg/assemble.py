@@ -223,6 +223,10 @@ def run_metadata(plan: ScenePlan) -> dict[str, str]:
     views = plan.class_tta_views()
     if views:
         merged["geoseg_class_tta_views"] = json.dumps(views)
+    fuse = plan.model.class_fuse_iou or {}
+    fused = {name: iou for name, iou in fuse.items() if views and views.get(name, 1) > 1}
+    if fused:
+        merged["geoseg_class_fuse_iou"] = json.dumps(fused)
     moves = plan.model.class_box_refinements or {}
     refined = {name: n for name, n in moves.items() if name in class_gsd}
     if refined:

@@ -21,6 +21,7 @@ __all__ = [
     "as_class_ranges",
     "as_coarse_reading",
     "as_extra_gsd",
+    "as_fuse_iou",
     "as_mask_threshold",
     "as_mask_threshold_by_gsd",
     "as_min_score",
@@ -188,6 +189,24 @@ def as_tta_views(value: Any, source: str = "model") -> dict[str, int] | None:
     except (TypeError, ValueError):
         raise UserInputError(
             f"{source}: class_tta_views {value!r} is not {{class: 1, 2, 4 or 8 views}}"
+        ) from None
+    return table
+
+
+def as_fuse_iou(value: Any, source: str = "model") -> dict[str, float] | None:
+    """A model's ``class_fuse_iou`` (``{class: IoU}``: the box IoU from which the boxes that
+    a class's views find are one object, :data:`~geoseg.model.flip_views.FUSE_IOU` where
+    unset) as plain values; ``None`` when it has none. Values outside (0, 1) are a
+    :class:`~geoseg.errors.UserInputError` naming ``source``."""
+    if not value:
+        return None
+    try:
+        table = {str(c): float(v) for c, v in dict(value).items()}
+        if not all(0 < v < 1 for v in table.values()):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserInputError(
+            f"{source}: class_fuse_iou {value!r} is not {{class: IoU between 0 and 1}}"
         ) from None
     return table
 

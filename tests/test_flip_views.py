@@ -88,3 +88,14 @@ def test_boxes_that_overlap_less_stay_apart() -> None:
     assert sorted(scores.tolist()) == pytest.approx([0.3, 0.4])
     empty = fuse_views([_found(), _found()], [1, 2])
     assert all(len(t) == 0 for t in empty)
+
+
+def test_each_label_may_fuse_from_its_own_iou() -> None:
+    """The boxes of IoU 0.5 are one object for a label fused from 0.45, two for one at 0.55."""
+    pair = [(0.0, 0.0, 10.0, 10.0, 0.8), (0.0, 0.0, 10.0, 5.0, 0.6)]
+    found = [_found((*pair[0], 1), (*pair[0], 2)), _found((*pair[1], 1), (*pair[1], 2))]
+    _, scores, labels = fuse_views(found, [1, 2, 2], iou=[0.55, 0.45, 0.55])
+    assert sorted(scores[labels == 1].tolist()) == pytest.approx([0.7])  # (0.8 + 0.6) / 2
+    assert sorted(scores[labels == 2].tolist()) == pytest.approx([0.3, 0.4])
+    _, same, _ = fuse_views(found, [1, 2, 2], iou=0.55)
+    assert sorted(same.tolist()) == pytest.approx([0.3, 0.3, 0.4, 0.4])

@@ -198,6 +198,46 @@ def test_only_tiles_with_a_sure_object_get_more_views(
         np.testing.assert_allclose(fused[sure][key], alone[key], atol=1e-5)
 
 
+def test_a_class_fuses_its_views_from_its_own_iou(
+    model: MaskRCNNSegmenter, tiles: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``class_fuse_iou`` reaches the fusion per label (0.55 for the others): ships grouped
+    from a lower IoU come out as fewer objects, the other classes as before."""
+    from geoseg.model import maskrcnn
+
+    given: list[object] = []
+    fuse = maskrcnn.fuse_views
+    monkeypatch.setattr(
+        maskrcnn, "fuse_views", lambda *a, **k: given.append(k["iou"]) or fuse(*a, **k)
+    )
+    views = dict.fromkeys(CLASSES, 4)
+    plain = model.predict(tiles[:1], tta_views=views, min_score=0.05)[0]
+    monkeypatch.setattr(model, "class_fuse_iou", {"ship": 0.2})
+    grouped = model.predict(tiles[:1], tta_views=views, min_score=0.05)[0]
+    assert given == [[0.55, 0.55, 0.55, 0.55], [0.55, 0.55, 0.55, 0.2]]
+    ships = [(found["labels"] == 2).sum() for found in (plain, grouped)]
+    assert ships[1] < ships[0]
+    for found in (plain, grouped):
+        found.update(_by_score({k: v[found["labels"] != 2] for k, v in found.items()}))
+    for key in plain:
+        np.testing.assert_allclose(grouped[key], plain[key], atol=1e-5)
+
+
+def test_fuse_iou_tool_sets_and_drops_classes(model: MaskRCNNSegmenter, tmp_path: Path) -> None:
+    path = _save(model, tmp_path / "m.pt")
+    run = partial(_run_tool, "set_fuse_iou.py")
+    assert run(str(path), "building=0.35", "ship=0.4").returncode == 0
+    assert load_checkpoint(path, device="cpu").class_fuse_iou == {"building": 0.35, "ship": 0.4}
+    for bad, says in (("ship=1", "CLASS=IOU"), ("ship@3=0.4", "CLASS=IOU"), ("boat=0.4", "boat")):
+        refused = run(str(path), bad)
+        assert refused.returncode == 2 and says in refused.stderr, bad
+    assert run(str(path), "ship=-").returncode == 0
+    assert read_checkpoint(path)["class_fuse_iou"] == {"building": 0.35}
+    assert run(str(path), "building=-").returncode == 0
+    assert "class_fuse_iou" not in read_checkpoint(path)
+    assert run(str(tmp_path / "none.pt"), "ship=0.4").returncode == 2
+
+
 def _regressed(model: MaskRCNNSegmenter, tile: np.ndarray, boxes: np.ndarray, label: int):
     """The box head's regression for class ``label`` from ``boxes`` of one tile."""
     net = model.network
@@ -347,6 +387,7 @@ SETTINGS = {  # attribute: (as given, as read)
     "mask_threshold_by_gsd": ({"building": [(1, 0.35)]}, {"building": ((1.0, 0.35),)}),
     "class_tta_views": ({"ship": 4.0}, {"ship": 4}),
     "tta_views_by_gsd": ({"field": [(3, 4.0)]}, {"field": ((3.0, 4.0),)}),
+    "class_fuse_iou": ({"building": 0.35}, {"building": 0.35}),
     "rpn_proposals_by_gsd": (
         [(2, 1500, 700.0), (1, 1000, 500)],
         ((1.0, 1000, 500), (2.0, 1500, 700)),
@@ -426,6 +467,8 @@ def test_every_read_setting_survives_the_checkpoint(
         ("class_box_refinements", {"ship": 1.5}),
         ("class_box_refinements", {"ship": -1}),
         ("class_box_refinements", [2]),
+        ("class_fuse_iou", {"building": 1.0}),
+        ("class_fuse_iou", {"building": "near"}),
     ],
 )
 def test_bad_read_settings_are_refused(

@@ -288,6 +288,7 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
         class_tta_views={"ship": 4, "field": 8},
         tta_views_by_gsd={"building": [(2.0, 2)], "field": [(3.0, 4)], "ship": [(0.5, 8)]},
         class_box_refinements={"building": 2, "field": 1},
+        class_fuse_iou={"building": 0.25, "field": 0.4},
         rpn_proposals_by_gsd=[(1.0, 1000, 500)],  # one table for all classes
     )
     asked = []
@@ -295,7 +296,11 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
 
     def recording(self: MaskRCNNSegmenter, tiles: np.ndarray, **keywords: Any) -> list:
         asked.append(
-            (keywords.get("tta_views"), (self.class_box_refinements or {}).get("building"))
+            (
+                keywords.get("tta_views"),
+                (self.class_box_refinements or {}).get("building"),
+                self.class_fuse_iou,
+            )
         )
         return predict(self, tiles, **keywords)
 
@@ -323,9 +328,11 @@ def test_fine_tuning_keeps_the_gsds_and_readings_of_its_start(
     assert tuned.class_tta_views == {"ship": 4}
     assert tuned.tta_views_by_gsd == {"building": ((2.0, 2.0),), "ship": ((0.5, 8.0),)}
     assert tuned.class_box_refinements == {"building": 2}
+    assert tuned.class_fuse_iou == {"building": 0.25}
     assert tuned.rpn_proposals_by_gsd == ((1.0, 1000, 500),)
     # validated as it will be read: the chips are at 1 m, so buildings in 2 views, ships in 4
-    assert asked and all(v == ({"building": 2, "ship": 4}, 2) for v in asked)
+    fused = {"building": 0.25}  # field: not a class it trains
+    assert asked and all(v == ({"building": 2, "ship": 4}, 2, fused) for v in asked)
     assert not tuned.min_score_by_gsd
     fresh = train(
         [image],

@@ -37,6 +37,7 @@ from geoseg.config import (
     GsdThresholds,
     MaskCuts,
     as_box_refinements,
+    as_fuse_iou,
     as_tta_views,
     as_tta_views_by_gsd,
     value_at_gsd,
@@ -815,6 +816,7 @@ class StartReading:
     views: dict[str, int] | None
     refinements: dict[str, int] | None
     views_by_gsd: GsdThresholds | None = None
+    fuse_iou: dict[str, float] | None = None
 
     @classmethod
     def of(cls, settings: Mapping[str, Any], classes: Sequence[str]) -> StartReading:
@@ -824,6 +826,7 @@ class StartReading:
             as_tta_views(settings.get("class_tta_views"), "the start"),
             as_box_refinements(settings.get("class_box_refinements"), "the start"),
             as_tta_views_by_gsd(settings.get("tta_views_by_gsd"), "the start"),
+            as_fuse_iou(settings.get("class_fuse_iou"), "the start"),
         )
 
     def views_at(self, gsd_m: float) -> dict[str, int] | None:
@@ -863,6 +866,7 @@ def _validate(
         arch=options.arch,
         device=str(device),
         class_box_refinements=reading.refinements,
+        class_fuse_iou=reading.fuse_iou,
     )
     n_classes = len(options.classes)
     scores: list[list[np.ndarray]] = [[] for _ in range(n_classes)]

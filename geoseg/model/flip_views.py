@@ -102,13 +102,14 @@ def fuse_views(
     found: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     view_counts: Sequence[int],
     *,
-    iou: float = FUSE_IOU,
+    iou: float | Sequence[float] = FUSE_IOU,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fuse what each view found in one image: ``found[v]`` is ``(boxes (K, 4) in the
     image's orientation, scores (K,), labels (K,))`` of view ``v``; ``view_counts[label]``
     how many views the label's objects are fused from (the first ones; a label's detections
-    in later views are ignored). Returns the fused ``(boxes, scores, labels)`` on the device
-    of ``found``."""
+    in later views are ignored); ``iou`` the box IoU from which boxes are one object, for
+    every label or one per label (``iou[label]``). Returns the fused ``(boxes, scores,
+    labels)`` on the device of ``found``."""
     device = found[0][0].device  # fused on the CPU: a loop over small tensors
     boxes = torch.cat([b for b, _, _ in found]).float().cpu()
     scores = torch.cat([s for _, s, _ in found]).float().cpu()
@@ -119,7 +120,8 @@ def fuse_views(
         count = int(view_counts[label])
         pick = torch.nonzero((labels == label) & (view_of < count))[:, 0]
         pick = pick[torch.argsort(scores[pick], descending=True, stable=True)]
-        overlap = box_iou(boxes[pick], boxes[pick]) >= iou
+        least = iou if isinstance(iou, float | int) else iou[label]
+        overlap = box_iou(boxes[pick], boxes[pick]) >= least
         taken = torch.zeros(len(pick), dtype=torch.bool)
         for first in range(len(pick)):
             if taken[first]:

@@ -58,7 +58,7 @@ from geoseg.gpu import CPU_BATCH
 from geoseg.model.bf16_backbone import BF16_UP_TO_M, Bf16Backbone, bf16_runner
 from geoseg.model.checkpoint import read_checkpoint
 from geoseg.model.checksum import file_sha256
-from geoseg.model.flip_views import View, fuse_views, views
+from geoseg.model.flip_views import FUSE_IOU, View, fuse_views, views
 from geoseg.model.onnx_backbone import OnnxBackbone, backbone_runner, proposals_from_maps
 from geoseg.model.read_settings import parse_settings, settings_from_payload
 from geoseg.model.roi_sampling import ChannelsLastBoxHead, SampledRoIAlign
@@ -437,6 +437,9 @@ class MaskRCNNSegmenter:
         step's proposals (per pyramid level before its NMS, per tile after) instead of the
         network's own counts.
 
+        A class in :attr:`class_fuse_iou` takes its views' boxes for one object from that box
+        IoU (:data:`~geoseg.model.flip_views.FUSE_IOU` for the others).
+
         Each kept object of a class in :attr:`class_box_refinements` has its box moved by the
         box head that many more times (see :meth:`_refine_boxes`) before its mask is drawn.
 
@@ -498,6 +501,11 @@ class MaskRCNNSegmenter:
         if any(count not in TTA_VIEW_COUNTS for count in counts):
             raise ModelError(f"tta_views {tta_views}: each class sees 1, 2, 4 or 8 views")
         return counts
+
+    def _fuse_ious(self) -> list[float]:
+        """The box IoU from which views' boxes are one object, per torchvision label."""
+        table = self.class_fuse_iou or {}
+        return [FUSE_IOU] + [float(table.get(name, FUSE_IOU)) for name in self.classes]
 
     def _refinement_counts(self) -> list[int]:
         """Box refinements per torchvision label (0 is the background)."""
@@ -589,8 +597,9 @@ class MaskRCNNSegmenter:
             for i, b, s, lab in zip(tiles, boxes, scores, labels, strict=True):
                 found[i].append((view.unview_boxes(b, height, width), s, lab))
         detections = []
+        fuse_ious = self._fuse_ious()
         for per_view in found:
-            boxes, scores, labels = fuse_views(per_view, counts)
+            boxes, scores, labels = fuse_views(per_view, counts, iou=fuse_ious)
             keep = scores >= floor
             detections.append(
                 {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}

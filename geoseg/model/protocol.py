@@ -65,7 +65,9 @@ is in, 0.5 where unset, for probabilities; it replaces any ``mask_thresholds`` o
 read at a GSD up to a step's), ``class_tta_views`` (``{class name: views}``: how many views of
 each tile ``geoseg run`` asks ``predict`` to fuse per class, see ``tta_views`` above),
 ``tta_views_by_gsd`` (``{class name: [(up to m, views), ...]}``: the same for a class read at
-a GSD up to a step's),
+a GSD up to a step's), ``class_fuse_iou`` (``{class name: IoU}``, recorded with the outputs;
+the built-in Mask R-CNN takes the boxes that a class's views find for one object from that
+box IoU, 0.55 where unset),
 ``rpn_proposals_by_gsd`` (recorded with the outputs; the model applies it itself, see
 ``gsd_m`` above), ``class_box_refinements`` (``{class name: n}``, recorded with the outputs;
 the built-in Mask R-CNN moves each kept object's box by its box head n more times) and
@@ -320,6 +322,7 @@ class ModelInfo:
     mask_threshold_by_gsd: GsdThresholds | None = None
     class_tta_views: dict[str, int] | None = None
     tta_views_by_gsd: GsdThresholds | None = None
+    class_fuse_iou: dict[str, float] | None = None
     rpn_proposals_by_gsd: ProposalSteps | None = None
     class_box_refinements: dict[str, int] | None = None
 

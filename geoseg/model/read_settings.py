@@ -18,6 +18,7 @@ from geoseg.config import (
     as_class_ranges,
     as_coarse_reading,
     as_extra_gsd,
+    as_fuse_iou,
     as_mask_threshold,
     as_mask_threshold_by_gsd,
     as_min_score,
@@ -87,6 +88,7 @@ READ_SETTINGS: tuple[ReadSetting, ...] = (
     ReadSetting(
         "tta_views_by_gsd", "tta_views_by_gsd", as_tta_views_by_gsd, per_class=True, kept=True
     ),
+    ReadSetting("class_fuse_iou", "class_fuse_iou", as_fuse_iou, per_class=True, kept=True),
     ReadSetting("rpn_proposals_by_gsd", "rpn_proposals_by_gsd", as_proposals_by_gsd, kept=True),
     ReadSetting(
         "class_box_refinements",
