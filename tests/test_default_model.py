@@ -56,9 +56,11 @@ def test_the_default_model_finds_houses_in_a_held_out_synthetic_scene(
     scores = evaluate_files(tmp_path / "out" / "s.gpkg", labels)["classes"]
     assert scores["building"]["n_ref"] >= 10
     assert scores["building"]["f1"] >= 0.7, scores["building"]
-    # the buildings' boxes were refined twice (model card, session 29), and the run says so
+    # the buildings' boxes were refined twice (model card, session 29), their views' boxes
+    # grouped from IoU 0.25 (session 46), and the run says so
     metadata = pyogrio.read_info(tmp_path / "out" / "s.gpkg", layer="building")["layer_metadata"]
     assert json.loads(metadata["geoseg_class_box_refinements"]) == {"building": 2}
+    assert json.loads(metadata["geoseg_class_fuse_iou"]) == {"building": 0.25}
 
 
 def test_a_300_m_scene_stops_at_once_with_a_clear_message(
@@ -126,5 +128,5 @@ def test_the_shipped_model_fine_tunes_and_keeps_how_it_is_read(tmp_path: Path) -
     assert "weights_by_gsd" not in tuned  # one set, from the default's for 1 m or finer
     assert tuned["train"]["init"] == "default.pt (its weights for readings up to 1 m)"
     assert tuned["rpn_proposals_by_gsd"] == shipped["rpn_proposals_by_gsd"]
-    for key in ("class_tta_views", "class_box_refinements", "class_extra_gsd_m"):
+    for key in ("class_tta_views", "class_box_refinements", "class_fuse_iou", "class_extra_gsd_m"):
         assert tuned[key] == {c: v for c, v in shipped[key].items() if c != "field"}, key
