@@ -1,6 +1,7 @@
-"""What ``set_box_refinements.py`` uses (and a tool like it may): a whole number per class,
-written ``CLASS=N``, merged into a checkpoint's table of them (a class at its neutral count
-leaves the table), and the command line that does it (:func:`count_tool`)."""
+"""What ``set_box_refinements.py`` and ``set_fuse_iou.py`` use (and a tool like them may): a
+value per class (a whole number written ``CLASS=N``, or another parsed value), merged into a
+checkpoint's table of them (a class at its neutral value leaves the table), and the command
+line that does it for counts (:func:`count_tool`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 from geoseg.errors import UserInputError
 from geoseg.model.checkpoint import read_checkpoint, update_checkpoint
 
-Parse = Callable[[Any], Mapping[str, int] | None]
+Parse = Callable[[Any], Mapping[str, float] | None]
 
 
 def count_parser(allowed: Collection[int], wanted: str) -> Callable[[str], tuple[str, int]]:
@@ -30,11 +31,12 @@ def count_parser(allowed: Collection[int], wanted: str) -> Callable[[str], tuple
 
 
 def set_counts(
-    checkpoint: Path, key: str, parse: Parse, counts: Sequence[tuple[str, int]], neutral: int
+    checkpoint: Path, key: str, parse: Parse, counts: Sequence[tuple[str, float]], neutral: float
 ) -> int:
-    """Merge ``counts`` into the checkpoint's ``key`` table (read with ``parse``), leave out
-    the classes at ``neutral``, and rewrite the file atomically; print the table. A user's
-    mistake (a missing file, a class the checkpoint lacks) is one line on stderr and 2."""
+    """Merge ``counts`` (class, value) into the checkpoint's ``key`` table (read with
+    ``parse``), leave out the classes at ``neutral``, and rewrite the file atomically; print
+    the table. A user's mistake (a missing file, a class the checkpoint lacks) is one line on
+    stderr and 2."""
     try:
         payload = read_checkpoint(checkpoint)
         unknown = sorted({name for name, _ in counts} - set(payload["classes"]))

@@ -6,9 +6,9 @@ grouped into objects: a box joins the best-scored box of its group where their I
 least this value (0.55 where unset: ``geoseg.model.flip_views.FUSE_IOU``). A lower value
 groups the views' slightly different boxes of one object more often, so that fewer objects
 are found in one view only (and scored a fraction of their views); too low a value groups
-neighbours. ``CLASS=-`` drops the class's value::
+neighbours. ``CLASS=-`` (or ``CLASS=0.55``) drops the class's value::
 
-    python tools/set_fuse_iou.py default.pt building=0.35
+    python tools/set_fuse_iou.py default.pt building=0.25
     python tools/set_fuse_iou.py default.pt building=-
 
 The file is rewritten atomically; weights and the other settings are kept.
@@ -17,22 +17,22 @@ The file is rewritten atomically; weights and the other settings are kept.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from class_counts import set_counts
+
 from geoseg.config import as_fuse_iou
-from geoseg.errors import UserInputError
-from geoseg.model.checkpoint import read_checkpoint, update_checkpoint
+from geoseg.model.flip_views import FUSE_IOU
 
 
-def parse_setting(text: str) -> tuple[str, float | None]:
-    """``CLASS=IOU`` (0 < IOU < 1) or ``CLASS=-``."""
+def parse_setting(text: str) -> tuple[str, float]:
+    """``CLASS=IOU`` (0 < IOU < 1), or ``CLASS=-`` for :data:`FUSE_IOU`."""
     name, _, value = text.partition("=")
     try:
-        iou = None if value == "-" else float(value)
+        iou = FUSE_IOU if value == "-" else float(value)
     except ValueError:
         iou = -1.0
-    if not name or "@" in name or (iou is not None and not 0 < iou < 1):
+    if not name or "@" in name or not 0 < iou < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: write CLASS=IOU (0 < IOU < 1) or CLASS=-")
     return name, iou
 
@@ -42,23 +42,7 @@ def main() -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("settings", nargs="+", type=parse_setting, metavar="CLASS=IOU")
     args = parser.parse_args()
-    try:
-        payload = read_checkpoint(args.checkpoint)
-        unknown = sorted({name for name, _ in args.settings} - set(payload["classes"]))
-        if unknown:
-            raise UserInputError(f"{args.checkpoint}: {', '.join(unknown)}: not a class of it")
-        table = as_fuse_iou(payload.get("class_fuse_iou")) or {}
-        for name, iou in args.settings:
-            if iou is None:
-                table.pop(name, None)
-            else:
-                table[name] = iou
-        update_checkpoint(args.checkpoint, class_fuse_iou=table or None)
-    except UserInputError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.checkpoint}: class_fuse_iou {table or 'none (0.55 each)'}")
-    return 0
+    return set_counts(args.checkpoint, "class_fuse_iou", as_fuse_iou, args.settings, FUSE_IOU)
 
 
 if __name__ == "__main__":
