@@ -224,7 +224,7 @@ def run_metadata(plan: ScenePlan) -> dict[str, str]:
     if views:
         merged["geoseg_class_tta_views"] = json.dumps(views)
     fuse = plan.model.class_fuse_iou or {}
-    fused = {name: iou for name, iou in fuse.items() if views and views.get(name, 1) > 1}
+    fused = {name: iou for name, iou in fuse.items() if name in views}  # seen in several views
     if fused:
         merged["geoseg_class_fuse_iou"] = json.dumps(fused)
     moves = plan.model.class_box_refinements or {}
