@@ -198,17 +198,7 @@ def as_fuse_iou(value: Any, source: str = "model") -> dict[str, float] | None:
     a class's views find are one object, :data:`~geoseg.model.flip_views.FUSE_IOU` where
     unset) as plain values; ``None`` when it has none. Values outside (0, 1) are a
     :class:`~geoseg.errors.UserInputError` naming ``source``."""
-    if not value:
-        return None
-    try:
-        table = {str(c): float(v) for c, v in dict(value).items()}
-        if not all(0 < v < 1 for v in table.values()):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise UserInputError(
-            f"{source}: class_fuse_iou {value!r} is not {{class: IoU between 0 and 1}}"
-        ) from None
-    return table
+    return _class_fractions(value, source, "class_fuse_iou", "IoU")
 
 
 def as_tta_views_by_gsd(value: Any, source: str = "model") -> GsdThresholds | None:
@@ -286,6 +276,13 @@ def as_mask_threshold(value: Any, source: str = "model") -> dict[str, float] | N
     pixel of the class is in, 0.5 where unset) as plain values; ``None`` when it has none.
     Anything but values in (0, 1) is a :class:`~geoseg.errors.UserInputError` naming
     ``source``."""
+    return _class_fractions(value, source, "mask_threshold", "value")
+
+
+def _class_fractions(value: Any, source: str, key: str, what: str) -> dict[str, float] | None:
+    """``{class: number in (0, 1)}`` as plain values, ``None`` when empty; anything else is a
+    :class:`~geoseg.errors.UserInputError` naming ``source`` and ``key`` (``what`` names
+    the number)."""
     if not value:
         return None
     try:
@@ -294,7 +291,7 @@ def as_mask_threshold(value: Any, source: str = "model") -> dict[str, float] | N
             raise ValueError
     except (TypeError, ValueError):
         raise UserInputError(
-            f"{source}: mask_threshold {value!r} is not {{class: value between 0 and 1}}"
+            f"{source}: {key} {value!r} is not {{class: {what} between 0 and 1}}"
         ) from None
     return table
 

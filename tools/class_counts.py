@@ -1,7 +1,7 @@
 """What ``set_box_refinements.py`` and ``set_fuse_iou.py`` use (and a tool like them may): a
 value per class (a whole number written ``CLASS=N``, or another parsed value), merged into a
 checkpoint's table of them (a class at its neutral value leaves the table), and the command
-line that does it for counts (:func:`count_tool`)."""
+line that does it (:func:`table_tool`; :func:`count_tool` for counts)."""
 
 from __future__ import annotations
 
@@ -63,8 +63,23 @@ def count_tool(
     """The whole tool: ``CHECKPOINT CLASS=N ...`` from the command line, ``N`` one of
     ``allowed`` (described as ``wanted``), merged into the checkpoint's ``key`` table by
     :func:`set_counts`; its exit status."""
+    setting = count_parser(allowed, wanted)
+    return table_tool(description, key, parse, setting, "CLASS=N", neutral)
+
+
+def table_tool(
+    description: str,
+    key: str,
+    parse: Parse,
+    setting: Callable[[str], tuple[str, float]],
+    metavar: str,
+    neutral: float,
+) -> int:
+    """The whole tool for any per-class value: ``CHECKPOINT SETTING ...`` from the command
+    line, each read by ``setting`` (an argparse type giving ``(class, value)``), merged into
+    the checkpoint's ``key`` table by :func:`set_counts`; its exit status."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("counts", nargs="+", type=count_parser(allowed, wanted), metavar="CLASS=N")
+    parser.add_argument("settings", nargs="+", type=setting, metavar=metavar)
     args = parser.parse_args()
-    return set_counts(args.checkpoint, key, parse, args.counts, neutral)
+    return set_counts(args.checkpoint, key, parse, args.settings, neutral)

@@ -17,9 +17,8 @@ The file is rewritten atomically; weights and the other settings are kept.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from class_counts import set_counts
+from class_counts import table_tool
 
 from geoseg.config import as_fuse_iou
 from geoseg.model.flip_views import FUSE_IOU
@@ -38,11 +37,10 @@ def parse_setting(text: str) -> tuple[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("settings", nargs="+", type=parse_setting, metavar="CLASS=IOU")
-    args = parser.parse_args()
-    return set_counts(args.checkpoint, "class_fuse_iou", as_fuse_iou, args.settings, FUSE_IOU)
+    description = __doc__.splitlines()[0]
+    return table_tool(
+        description, "class_fuse_iou", as_fuse_iou, parse_setting, "CLASS=IOU", FUSE_IOU
+    )
 
 
 if __name__ == "__main__":
