@@ -164,3 +164,20 @@ def test_the_segmenter_reads_fine_tiles_in_bfloat16_and_coarse_ones_in_float32(
     tiles = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
     model.predict(tiles, min_score=0.05, gsd_m=0.3)
     assert fine.backbone._graph is not None  # the bfloat16 runner read the 0.3 m tile
+
+
+def test_the_box_head_multiplies_in_bfloat16_for_fine_tiles_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bf16_backbone, "bf16_fast", lambda: True)
+    model = untrained_segmenter(arch=PRETRAINED_ARCH, device="cpu")
+    head = model.network.roi_heads.box_head
+    seen: list[bool] = []
+    head.register_forward_hook(lambda module, args, out: seen.append(module.bfloat16))
+    tiles = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    model.predict(tiles, min_score=0.05, gsd_m=0.3)
+    assert seen and all(seen)  # the tile the bfloat16 backbone read
+    assert not head.bfloat16  # float32 again after the call
+    seen.clear()
+    model.predict(tiles, min_score=0.05, gsd_m=BF16_UP_TO_M * 1.01)
+    assert seen and not any(seen)

@@ -98,3 +98,20 @@ def test_the_box_head_reads_channels_last_boxes_as_torchvision_does() -> None:
         plain.fc6.weight.mul_(-1.5)
         torch.testing.assert_close(head(boxes), plain(boxes))
         torch.testing.assert_close(head(boxes.contiguous()), plain(boxes))
+
+
+def test_the_box_head_in_bfloat16_is_close_to_float32_and_hands_over_float32() -> None:
+    head = ChannelsLastBoxHead(6 * 7 * 7, 16)
+    boxes = torch.randn(9, 7, 7, 6).permute(0, 3, 1, 2)  # stored channels-last
+    with torch.no_grad():
+        exact = head(boxes)
+        head.bfloat16 = True
+        rounded = head(boxes)
+        assert rounded.dtype == torch.float32
+        assert not torch.equal(rounded, exact)  # the multiplications were in bfloat16
+        torch.testing.assert_close(rounded, exact, rtol=0.05, atol=0.05)
+        head.fc6.weight.mul_(-1.5)  # a change to the weights is seen in bfloat16 too
+        head.bfloat16 = False
+        changed = head(boxes)
+        head.bfloat16 = True
+        torch.testing.assert_close(head(boxes), changed, rtol=0.05, atol=0.05)

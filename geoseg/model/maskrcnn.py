@@ -464,7 +464,12 @@ class MaskRCNNSegmenter:
         )
         out: list[dict[str, np.ndarray]] = []
         proposals = None if gsd_m is None else proposals_at_gsd(self.rpn_proposals_by_gsd, gsd_m)
-        with self._lock, torch.inference_mode(), _proposal_counts(net.network.rpn, proposals):
+        with (
+            self._lock,
+            torch.inference_mode(),
+            _proposal_counts(net.network.rpn, proposals),
+            _box_head_precision(net),
+        ):
             # one view: the network keeps objects from the floor; several: each view keeps
             # them from SCORE_FLOOR, and the fused objects are kept from the floor
             net.network.roi_heads.score_thresh = floor if one_view else SCORE_FLOOR
@@ -769,6 +774,21 @@ def _proposal_counts(rpn: RegionProposalNetwork, counts: tuple[int, int] | None)
         yield
     finally:
         set_rpn_test_counts(rpn, saved)
+
+
+@contextlib.contextmanager
+def _box_head_precision(net: _Network) -> Iterator[None]:
+    """Within: ``net``'s box head multiplies in bfloat16 where its backbone runs in bfloat16
+    (:class:`~geoseg.model.roi_sampling.ChannelsLastBoxHead`); after, in float32 again."""
+    head = net.network.roi_heads.box_head
+    if not isinstance(head, ChannelsLastBoxHead):
+        yield
+        return
+    head.bfloat16 = net.bf16 is not None and net.backbone is net.bf16
+    try:
+        yield
+    finally:
+        head.bfloat16 = False
 
 
 class _Network(NamedTuple):
