@@ -342,6 +342,18 @@ def test_cli_boundary_width_option(files, capsys):
     assert "--boundary-width METRES" in text and "d = 0.1 * sqrt(area of the reference)" in text
 
 
+def test_cli_reference_without_classes_names_both_files(files, tmp_path: Path, capsys):
+    pred, _ = files  # two classes, so the reference's class cannot be guessed
+    ref = tmp_path / "outlines.geojson"
+    _boxes((0, 0, 10, 10)).drop(columns="class").to_file(ref)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(pred), str(ref)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{pred} against {ref}: the reference has no 'class' column" in err
+    assert "--ref-class NAME" in err and "\n" not in err
+
+
 def test_cli_missing_file_exits_2_with_one_line(files, capsys):
     pred, _ = files
     with pytest.raises(SystemExit) as exit_info:

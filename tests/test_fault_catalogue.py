@@ -511,7 +511,7 @@ def test_case12_points_only_reference_is_an_error(tmp_path: Path) -> None:
 
     pred = _frame([shapely.box(0, 0, 10, 10)], ["building"])
     ref = _frame([shapely.Point(5, 5), shapely.Point(50, 5)], ["building", "building"])
-    with pytest.raises(LabelError, match=r"reference hold no polygons, only Point"):
+    with pytest.raises(LabelError, match=r"reference holds no polygons, only Point"):
         evaluate(pred, ref)
     ref.to_file(tmp_path / "points.gpkg")
     pred.to_file(tmp_path / "pred.gpkg")

@@ -151,9 +151,12 @@ def evaluate_files(
     """:func:`evaluate` on two vector files (every layer of each; see :func:`read_polygons`)."""
     pred = read_polygons(pred_path, classes=classes)
     ref = read_polygons(ref_path, classes=classes)
-    result = evaluate(
-        pred, ref, iou=iou, classes=classes, ref_class=ref_class, boundary_width=boundary_width
-    )
+    try:
+        result = evaluate(
+            pred, ref, iou=iou, classes=classes, ref_class=ref_class, boundary_width=boundary_width
+        )
+    except LabelError as error:  # say which files the predictions and the reference are
+        raise LabelError(f"{pred_path} against {ref_path}: {error}") from error
     return {"pred": str(pred_path), "ref": str(ref_path), **result}
 
 
@@ -463,8 +466,8 @@ def _checked(frame: gpd.GeoDataFrame, what: str) -> gpd.GeoDataFrame:
         raise UserInputError(f"{what}: expected a GeoDataFrame, got {type(frame).__name__}")
     if frame.crs is None:
         raise LabelError(
-            f"{what} have no CRS; set the CRS the polygons are in (GeoDataFrame.set_crs, "
-            "or ogr2ogr -a_srs EPSG:xxxx for a file)"
+            f"the {what} {_verb(what, 'have', 'has')} no CRS; set the CRS the polygons are in "
+            "(GeoDataFrame.set_crs, or ogr2ogr -a_srs EPSG:xxxx for a file)"
         )
     score = frame["score"] if "score" in frame.columns else 1.0
     out = frame[[]].assign(score=score).set_geometry(frame.geometry.to_numpy(), crs=frame.crs)
@@ -473,6 +476,12 @@ def _checked(frame: gpd.GeoDataFrame, what: str) -> gpd.GeoDataFrame:
     out["class"] = frame["class"].to_numpy(dtype=object) if has_class else None
     out["class"] = [None if c is None or c != c else str(c) for c in out["class"]]
     return out
+
+
+def _verb(what: str, plural: str, singular: str) -> str:
+    """The verb that agrees with ``what`` in messages: "the predictions have", "the reference
+    has"."""
+    return singular if what == "reference" else plural
 
 
 def _polygons_only(frame: gpd.GeoDataFrame, what: str = "polygons") -> gpd.GeoDataFrame:
@@ -484,8 +493,8 @@ def _polygons_only(frame: gpd.GeoDataFrame, what: str = "polygons") -> gpd.GeoDa
     if len(present) and not kinds & _POLYGONAL_TYPES:
         found = ", ".join(sorted({g.geom_type for g in present}))
         raise LabelError(
-            f"the {what} hold no polygons, only {found} ({len(present)}); geoseg eval scores "
-            "instance outlines"
+            f"the {what} {_verb(what, 'hold', 'holds')} no polygons, only {found} "
+            f"({len(present)}); geoseg eval scores instance outlines"
         )
     invalid = int((~shapely.is_valid(present)).sum())
     if invalid:
@@ -570,6 +579,7 @@ def _only_class(other: gpd.GeoDataFrame, classes: Sequence[str] | None, what: st
         return "object"
     hint = "--ref-class NAME" if what == "reference" else "a one-class reference"
     raise LabelError(
-        f"the {what} have no 'class' column or class layers, and the other side has the "
-        f"classes {', '.join(known)}: name the class with {hint} (or --classes NAME)"
+        f"the {what} {_verb(what, 'have', 'has')} no 'class' column or class layers, and the "
+        f"other side has the classes {', '.join(known)}: name the class with {hint} (or "
+        "--classes NAME)"
     )
