@@ -14,10 +14,12 @@ alike), with one torch thread, and prints seconds per tile and the ratio to the 
 backbone as torchvision's module, as geoseg ran it before session 26 folded the batch norm
 (``geoseg.model.folded_backbone``), and torchvision's RoIAlign, as before session 31
 (``geoseg.model.roi_sampling``): the first default as it ran when issue 9 was filed is
-``--plain 0``. On a CPU with AMX, tiles read at 1 m or finer run the backbone in bfloat16
-(``geoseg.model.bf16_backbone``); ``--float32`` names models that run them in float32, and
-``--unfused`` those whose bfloat16 convolutions run layer by layer under autocast, as before
-session 41 fused each with its activation (``geoseg.model.bf16_convs``).
+``--plain 0``. On a CPU with fast bfloat16 (AMX Xeons, AMD Zen 4 and later), tiles read at
+1 m or finer run the backbone and the box head's two layers in bfloat16
+(``geoseg.model.bf16_backbone``); ``--float32`` names models that run them in float32,
+``--float32-box-head`` those whose box head stays float32 on that path (as before session
+48), and ``--unfused`` those whose bfloat16 convolutions run layer by layer under autocast,
+as before session 41 fused each with its activation (``geoseg.model.bf16_convs``).
 ``--torch`` names models whose folded backbone runs in torch, as before session 31 ran it
 through ONNX Runtime (``geoseg.model.onnx_backbone``); ``--torch-roialign`` those that pool
 with torchvision's RoIAlign. ``--proposals PRE:POST``
@@ -57,6 +59,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="tiles per forward pass")
     parser.add_argument(
         "--plain", type=int, nargs="*", default=[], help="models run with the unfolded backbone"
+    )
+    parser.add_argument(
+        "--float32-box-head",
+        type=int,
+        nargs="*",
+        default=[],
+        help="models whose box head stays float32 where their backbone runs in bfloat16",
     )
     parser.add_argument(
         "--torch",
@@ -144,6 +153,7 @@ def main() -> None:
         if m in float32:  # fine tiles too through the float32 runner
             main, by_gsd = None, [(gsd, net._replace(bf16=None)) for gsd, net in by_gsd]
         model._bf16, model._by_gsd = main, by_gsd
+        model.box_head_bf16 = m not in args.float32_box_head
         heads = model.network.roi_heads
         heads.box_roi_pool = _pooler(heads.box_roi_pool, m in plain_pooling)
         heads.mask_roi_pool = _pooler(heads.mask_roi_pool, m in plain_pooling)
@@ -169,6 +179,7 @@ def main() -> None:
         name = f"{spec} ({n} views)" if n > 1 else spec
         name += " (unfolded)" if index in args.plain else ""
         name += " (bf16 unfused)" if index in args.unfused else ""
+        name += " (float32 box head)" if index in args.float32_box_head else ""
         name += " (torch backbone)" if index in args.torch and index not in args.plain else ""
         name += (
             " (torch RoIAlign)" if index in args.torch_roialign and index not in args.plain else ""

@@ -181,3 +181,7 @@ def test_the_box_head_multiplies_in_bfloat16_for_fine_tiles_only(
     seen.clear()
     model.predict(tiles, min_score=0.05, gsd_m=BF16_UP_TO_M * 1.01)
     assert seen and not any(seen)
+    seen.clear()
+    model.box_head_bf16 = False  # as before session 48 (benchmarks' --float32-box-head)
+    model.predict(tiles, min_score=0.05, gsd_m=0.3)
+    assert seen and not any(seen)

@@ -409,6 +409,9 @@ class MaskRCNNSegmenter:
             for gsd, other in networks_by_gsd
         ]
         self._pyramid_runner: OnnxBackbone | None = None  # embed's graph, made on first use
+        # the box head multiplies in bfloat16 where the backbone runs in it (False: float32,
+        # as before session 48; benchmarks/model_tile_time.py --float32-box-head)
+        self.box_head_bf16 = True
         self._lock = threading.Lock()  # predict sets the network's score threshold per call
 
     def __repr__(self) -> str:
@@ -468,7 +471,7 @@ class MaskRCNNSegmenter:
             self._lock,
             torch.inference_mode(),
             _proposal_counts(net.network.rpn, proposals),
-            _box_head_precision(net),
+            _box_head_precision(net, self.box_head_bf16),
         ):
             # one view: the network keeps objects from the floor; several: each view keeps
             # them from SCORE_FLOOR, and the fused objects are kept from the floor
@@ -777,14 +780,15 @@ def _proposal_counts(rpn: RegionProposalNetwork, counts: tuple[int, int] | None)
 
 
 @contextlib.contextmanager
-def _box_head_precision(net: _Network) -> Iterator[None]:
+def _box_head_precision(net: _Network, bf16: bool = True) -> Iterator[None]:
     """Within: ``net``'s box head multiplies in bfloat16 where its backbone runs in bfloat16
-    (:class:`~geoseg.model.roi_sampling.ChannelsLastBoxHead`); after, in float32 again."""
+    and ``bf16`` allows it (:class:`~geoseg.model.roi_sampling.ChannelsLastBoxHead`); after,
+    in float32 again."""
     head = net.network.roi_heads.box_head
     if not isinstance(head, ChannelsLastBoxHead):
         yield
         return
-    head.bfloat16 = net.bf16 is not None and net.backbone is net.bf16
+    head.bfloat16 = bf16 and net.bf16 is not None and net.backbone is net.bf16
     try:
         yield
     finally:

@@ -128,7 +128,7 @@ class ChannelsLastBoxHead(TwoMLPHead):
 
     def __init__(self, in_channels: int, representation_size: int) -> None:
         super().__init__(in_channels, representation_size)
-        self._reordered: tuple[tuple[object, ...], tuple[Tensor, ...]] | None = None
+        self._prepared: tuple[tuple[object, ...], tuple[Tensor, ...]] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if (
@@ -157,9 +157,9 @@ class ChannelsLastBoxHead(TwoMLPHead):
             rows,
             cols,
         )
-        if self._reordered is None or self._reordered[0] != made_from:
+        if self._prepared is None or self._prepared[0] != made_from:
             weight = params[0].reshape(-1, channels, rows, cols).permute(0, 2, 3, 1)
             weight = weight.reshape(params[0].shape[0], -1)
             weights = (weight, *params[1:])
-            self._reordered = (made_from, tuple(w.to(dtype).contiguous() for w in weights))
-        return self._reordered[1]
+            self._prepared = (made_from, tuple(w.to(dtype).contiguous() for w in weights))
+        return self._prepared[1]
