@@ -12,9 +12,9 @@ within an object or two of float32's on one scene, a little under them pooled ov
 the tile grid (the held-out city 0.483 against 0.495 on a Zen 4; the model card). Each
 convolution runs with its ReLU6 or ReLU fused into one oneDNN primitive
 (:mod:`geoseg.model.bf16_convs`; the same outputs as autocast's layer by layer, a third less
-time). Of the heads after them, the box head's two layers
-multiply in bfloat16 too (:class:`~geoseg.model.roi_sampling.ChannelsLastBoxHead`); the
-box predictor, which regresses the boxes, and the mask head stay float32.
+time). Of the heads after them, the box head's two layers multiply in bfloat16 too
+(:class:`~geoseg.model.roi_sampling.ChannelsLastBoxHead`); the box predictor, which
+regresses the boxes, and the mask head stay float32.
 Intel CPUs with AVX-512 bfloat16 but no AMX run it slower than float32, so they keep float32.
 
 :func:`bf16_fast` says whether this CPU has those units; ``GEOSEG_CPU_BF16=0`` turns the path

@@ -780,7 +780,7 @@ def _proposal_counts(rpn: RegionProposalNetwork, counts: tuple[int, int] | None)
 
 
 @contextlib.contextmanager
-def _box_head_precision(net: _Network, bf16: bool = True) -> Iterator[None]:
+def _box_head_precision(net: _Network, bf16: bool) -> Iterator[None]:
     """Within: ``net``'s box head multiplies in bfloat16 where its backbone runs in bfloat16
     and ``bf16`` allows it (:class:`~geoseg.model.roi_sampling.ChannelsLastBoxHead`); after,
     in float32 again."""
